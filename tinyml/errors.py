@@ -1,0 +1,32 @@
+"""Errors a user meets. Each says what is wrong, where, and what to do; the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class TinymlError(Exception):
+    """Base of every error tinyml reports to a user."""
+
+
+class UnsupportedOpError(TinymlError):
+    """A model uses an operation the toolkit cannot compile."""
+
+    def __init__(self, op: str, module_path: str, detail: str = "") -> None:
+        self.op = op
+        self.module_path = module_path
+        where = f"`{module_path}`" if module_path else "the model's top level"
+        message = f"Unsupported operation {op} at {where}."
+        if detail:
+            message += f" {detail}"
+        super().__init__(message)
+
+
+class CalibrationError(TinymlError):
+    """Calibration data is missing or does not match the model."""
+
+
+class RecipeError(TinymlError):
+    """A recipe (tinyml.toml) or a technique option is malformed; the message points at the field."""
+
+
+class BuildError(TinymlError):
+    """Compiling the generated C failed (on the host or for a board)."""
