@@ -18,6 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import cffi
+import numpy as np
+
+from tinyml.errors import BuildError
 
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
 KERNEL_HEADER = FIRMWARE_DIR / "include" / "tml_nn.h"
@@ -90,7 +93,14 @@ def build(
         )
         tmp = out_dir.with_name(f"{name}.tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
-        built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
+        try:
+            built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
+        except (cffi.VerificationError, OSError) as err:
+            _remove_tree(tmp)
+            raise BuildError(
+                f"Compiling for the host failed ({', '.join(Path(s).name for s in sources) or 'glue code'}); "
+                f"the compiler's messages are above. {err}"
+            ) from None
         out_dir.mkdir(parents=True, exist_ok=True)
         so = out_dir / built.name
         os.replace(built, so)  # atomic: a parallel run never sees half a file
@@ -130,3 +140,75 @@ def build_kernels(define_macros: list[tuple[str, str]] | None = None) -> HostLib
         include_dirs=[FIRMWARE_DIR / "include"],
         define_macros=define_macros,
     )
+
+
+MODEL_CDEF = "int tml_model_invoke(const int8_t *in, int8_t *out);"
+MODEL_SOURCES = ("model.c", "model_data.c")
+
+
+def model_macros(model_h: Path) -> dict[str, float]:
+    """The numeric `#define TML_MODEL_*` values of a generated model.h."""
+    macros = {}
+    for name, value in re.findall(r"#define (TML_MODEL_\w+) (-?[\d.e+-]+)f?\n", model_h.read_text()):
+        macros[name] = float(value) if any(c in value for c in ".e") else int(value)
+    return macros
+
+
+class HostModel:
+    """A generated model compiled for the host: call it on a batch of int8 inputs.
+
+    `model(x)` takes int8 inputs shaped (N, TML_MODEL_INPUT_SIZE) or (N, H, W, C) and returns int8
+    outputs shaped (N, TML_MODEL_OUTPUT_SIZE). `quantize` and `dequantize` convert float data
+    with the model's input and output scales.
+    """
+
+    def __init__(self, build_dir: Path, library: HostLibrary, macros: dict[str, float]) -> None:
+        self.build_dir = build_dir
+        self.library = library
+        self.input_size = int(macros["TML_MODEL_INPUT_SIZE"])
+        self.output_size = int(macros["TML_MODEL_OUTPUT_SIZE"])
+        self.input_scale = float(macros["TML_MODEL_INPUT_SCALE"])
+        self.input_zero_point = int(macros["TML_MODEL_INPUT_ZERO_POINT"])
+        self.output_scale = float(macros["TML_MODEL_OUTPUT_SCALE"])
+        self.output_zero_point = int(macros["TML_MODEL_OUTPUT_ZERO_POINT"])
+        self.arena_bytes = int(macros["TML_MODEL_ARENA_BYTES"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.int8).reshape(-1, self.input_size))
+        out = np.zeros((len(x), self.output_size), dtype=np.int8)
+        ffi, lib = self.library.ffi, self.library.lib
+        for i in range(len(x)):
+            status = lib.tml_model_invoke(ffi.from_buffer("int8_t[]", x[i]), ffi.from_buffer("int8_t[]", out[i]))
+            if status != 0:
+                raise RuntimeError(f"tml_model_invoke returned {status} on sample {i}")
+        return out
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        from tinyml.numbers import quantize_tensor
+
+        return quantize_tensor(x, self.input_scale, self.input_zero_point)
+
+    def dequantize(self, y: np.ndarray) -> np.ndarray:
+        from tinyml.numbers import dequantize_tensor
+
+        return dequantize_tensor(y, self.output_scale, self.output_zero_point)
+
+
+def load_model(build_dir: str | Path) -> HostModel:
+    """Compile a build directory's model.c and model_data.c with the kernel library, through cffi."""
+    from tinyml import plugins
+
+    build_dir = Path(build_dir).resolve()
+    missing = [f for f in ("model.h", *MODEL_SOURCES) if not (build_dir / f).exists()]
+    if missing:
+        raise BuildError(f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?")
+    kernel_dirs = [Path(d) for dirs in plugins.plugin_manager().hook.tinyml_kernel_sources() for d in dirs]
+    sources = [build_dir / f for f in MODEL_SOURCES] + sorted(p for d in kernel_dirs for p in (d / "src").glob("*.c"))
+    library = build(
+        cdef=MODEL_CDEF,
+        source='#include "model.h"\n',
+        sources=sources,
+        include_dirs=[build_dir, *[d / "include" for d in kernel_dirs]],
+    )
+    return HostModel(build_dir, library, model_macros(build_dir / "model.h"))
+

@@ -1,0 +1,63 @@
+/*
+ * tml_avgpool_s8.c - int8 average pooling, NHWC.
+ *
+ * Each window is cropped to the real input and divided by the number of real
+ * cells, rounding half away from zero; the output keeps the input's scale and
+ * zero point. A global average pool is kernel = input size with no padding.
+ */
+#include "tml_nn.h"
+#include "tml_support.h"
+
+#include <stddef.h>
+
+/* Same checks as tml_maxpool_s8: positive sizes, pad < kernel, output shape as computed. */
+static int pool_args_valid(const tml_pool_params *p, const tml_shape *in, const int8_t *input,
+                           const tml_shape *out, const int8_t *output)
+{
+    if (p == NULL || in == NULL || input == NULL || out == NULL || output == NULL) {
+        return 0;
+    }
+    if (in->h < 1 || in->w < 1 || in->c < 1 || p->stride_h < 1 || p->stride_w < 1
+        || p->pad_h < 0 || p->pad_w < 0 || p->pad_h >= p->kernel_h || p->pad_w >= p->kernel_w
+        || in->h + 2 * p->pad_h < p->kernel_h || in->w + 2 * p->pad_w < p->kernel_w
+        || p->act_min > p->act_max) {
+        return 0;
+    }
+    return out->c == in->c
+        && out->h == (in->h + 2 * p->pad_h - p->kernel_h) / p->stride_h + 1
+        && out->w == (in->w + 2 * p->pad_w - p->kernel_w) / p->stride_w + 1;
+}
+
+tml_status tml_avgpool_s8(const tml_pool_params *params,
+                          const tml_shape *input_shape, const int8_t *input,
+                          const tml_shape *output_shape, int8_t *output)
+{
+    if (!pool_args_valid(params, input_shape, input, output_shape, output)) {
+        return TML_ARG_ERROR;
+    }
+    const int32_t channels = input_shape->c;
+    for (int32_t oy = 0; oy < output_shape->h; oy++) {
+        const int32_t y0 = oy * params->stride_h - params->pad_h;
+        const int32_t y_begin = y0 > 0 ? y0 : 0;
+        const int32_t y_end = y0 + params->kernel_h < input_shape->h ? y0 + params->kernel_h : input_shape->h;
+        for (int32_t ox = 0; ox < output_shape->w; ox++) {
+            const int32_t x0 = ox * params->stride_w - params->pad_w;
+            const int32_t x_begin = x0 > 0 ? x0 : 0;
+            const int32_t x_end = x0 + params->kernel_w < input_shape->w ? x0 + params->kernel_w : input_shape->w;
+            const int32_t count = (y_end - y_begin) * (x_end - x_begin);
+            int8_t *out = output + (oy * output_shape->w + ox) * channels;
+            for (int32_t c = 0; c < channels; c++) {
+                int32_t sum = 0;
+                for (int32_t y = y_begin; y < y_end; y++) {
+                    const int8_t *cell = input + (y * input_shape->w + x_begin) * channels + c;
+                    for (int32_t x = x_begin; x < x_end; x++, cell += channels) {
+                        sum += *cell;
+                    }
+                }
+                const int32_t mean = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count;
+                out[c] = (int8_t)tml_clamp(mean, params->act_min, params->act_max);
+            }
+        }
+    }
+    return TML_OK;
+}

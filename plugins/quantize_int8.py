@@ -1,0 +1,201 @@
+"""quantize-int8: post-training int8 quantization of a float graph, TFLite's int8 scheme.
+
+Activations are asymmetric per tensor, with ranges calibrated on representative data (min/max,
+or a percentile to ignore outliers). Weights are symmetric per output channel in [-127, 127];
+biases int32 at scale s_in * s_w. Each node gets the Q31 multipliers, shifts and clamps its
+kernel needs, computed with `tinyml.numbers` so the C kernels and the numpy reference agree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tinyml.float_eval import run_float
+
+from tinyml import numbers
+from tinyml.errors import CalibrationError
+from tinyml.hookspecs import hookimpl
+from tinyml.ir import Graph, Node, Tensor
+from tinyml.reference.elementwise import add_params, softmax_exp_table
+from tinyml.technique import Context, Technique
+
+CALIBRATION_BATCH = 256
+SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
+# Ops whose output keeps the input's scale and zero point (no requantization inside the kernel).
+SAME_QUANT_OPS = ("maxpool", "avgpool", "flatten")
+
+
+class QuantizeInt8Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calibration: Literal["minmax", "percentile"] = Field(
+        "minmax", description="how activation ranges are taken from the calibration data"
+    )
+    percentile: float = Field(
+        99.99, gt=50.0, le=100.0, description="with calibration = 'percentile': the percentile of each tensor kept"
+    )
+
+
+class QuantizeInt8(Technique):
+    """Post-training int8 quantization (per-channel weights, per-tensor activations)."""
+
+    name = "quantize-int8"
+    stage = "graph"
+    Options = QuantizeInt8Options
+
+    def apply(self, graph: Graph, context: Context) -> Graph:
+        if graph.is_quantized:
+            return graph
+        ranges = calibrate(graph, context, self.options)
+        return quantize(graph, ranges)
+
+
+@hookimpl
+def tinyml_techniques() -> list[type[Technique]]:
+    return [QuantizeInt8]
+
+
+def calibrate(graph: Graph, context: Context, options: QuantizeInt8Options) -> dict[str, tuple[float, float]]:
+    """(min, max) of every activation tensor over the calibration data, in graph layout."""
+    data = context.calibration
+    if data is None or len(data) == 0:
+        raise CalibrationError(
+            "quantize-int8 needs calibration data to choose activation ranges: pass --calib FILE.npz "
+            "(an array `x` of representative inputs) or set `[data] calibration` in the recipe."
+        )
+    expected = graph.tensors[graph.inputs[0]].shape[1:]
+    if tuple(data.shape[1:]) != tuple(expected):
+        raise CalibrationError(
+            f"Calibration data has samples of shape {tuple(data.shape[1:])} but the model's input "
+            f"`{graph.inputs[0]}` is {tuple(expected)} (graph layout, NHWC without batch)."
+        )
+    batches = [data[i : i + CALIBRATION_BATCH] for i in range(0, len(data), CALIBRATION_BATCH)]
+    samples: dict[str, list[np.ndarray]] = {}
+    with context.progress("calibrating int8 ranges", total=len(batches)) as advance:
+        for batch in batches:
+            for name, value in run_float(graph, np.asarray(batch, dtype=np.float32)).items():
+                if not graph.tensors[name].is_constant:
+                    samples.setdefault(name, []).append(_summary(value, options))
+            advance(1)
+    ranges = {}
+    for name, parts in samples.items():
+        stacked = np.concatenate(parts)
+        if options.calibration == "percentile":
+            lo = float(np.percentile(stacked, 100.0 - options.percentile))
+            hi = float(np.percentile(stacked, options.percentile))
+        else:
+            lo, hi = float(stacked.min()), float(stacked.max())
+        ranges[name] = (lo, hi)
+    return ranges
+
+
+def _summary(value: np.ndarray, options: QuantizeInt8Options) -> np.ndarray:
+    """What a batch contributes to a range: its extremes for min/max, a sample of values for percentiles."""
+    flat = np.asarray(value, dtype=np.float32).ravel()
+    if options.calibration == "minmax":
+        return np.array([flat.min(), flat.max()])
+    if flat.size > 200_000:
+        flat = np.random.default_rng(0).choice(flat, 200_000, replace=False)
+    return flat
+
+
+def activation_quant(lo: float, hi: float) -> tuple[float, int]:
+    """Scale and zero point covering [lo, hi] (widened to include 0, as TFLite requires)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / 255.0
+    zero_point = int(np.clip(round(numbers.INT8_MIN - lo / scale), numbers.INT8_MIN, numbers.INT8_MAX))
+    return float(scale), zero_point
+
+
+def quantize(graph: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
+    """A new int8 graph: quantized tensors, int32 biases and integer node attributes."""
+    q = graph.copy()
+    for name in q.inputs:
+        _set_activation(q.tensors[name], *activation_quant(*ranges[name]))
+    for node in q.nodes:
+        out = q.tensors[node.outputs[0]]
+        first = q.tensors[node.inputs[0]]
+        if node.op in SAME_QUANT_OPS:
+            _set_activation(out, float(first.scale), first.zero_point)
+        elif node.op == "softmax":
+            _set_activation(out, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT)
+        else:
+            _set_activation(out, *activation_quant(*ranges[node.outputs[0]]))
+        QUANTIZERS[node.op](q, node)
+    return q
+
+
+def _set_activation(t: Tensor, scale: float, zero_point: int) -> None:
+    t.dtype, t.scale, t.zero_point = "int8", scale, zero_point
+
+
+def _clamp(node: Node, out: Tensor) -> None:
+    """Fused activation as an int8 clamp on the output."""
+    activation = node.attrs.get("activation", "none")
+    lo, hi = numbers.INT8_MIN, numbers.INT8_MAX
+    if activation in ("relu", "relu6"):
+        lo = max(lo, out.zero_point)
+    if activation == "relu6":
+        hi = min(hi, out.zero_point + round(6.0 / out.scale))
+    node.attrs["act_min"], node.attrs["act_max"] = int(lo), int(hi)
+
+
+def _quantize_weighted(graph: Graph, node: Node) -> None:
+    """conv2d, dwconv2d, fc: per-output-channel weights, int32 bias, one multiplier per channel."""
+    x, w, b = (graph.tensors[n] for n in node.inputs)
+    out = graph.tensors[node.outputs[0]]
+    channel_axis = -1 if node.op == "dwconv2d" else 0
+    wf = np.moveaxis(np.asarray(w.data, dtype=np.float64), channel_axis, 0)
+    max_abs = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1)
+    w_scale = np.where(max_abs > 0, max_abs / 127.0, 1.0)
+    wq = np.clip(np.round(wf / w_scale.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
+    w.data, w.dtype, w.scale, w.zero_point = np.moveaxis(wq, 0, channel_axis).copy(), "int8", w_scale, 0
+    bias_scale = float(x.scale) * w_scale
+    bq = np.round(np.asarray(b.data, dtype=np.float64) / bias_scale)
+    b.data = np.clip(bq, -(2**31), 2**31 - 1).astype(np.int32)
+    b.dtype, b.scale, b.zero_point = "int32", bias_scale, 0
+    node.attrs["multiplier"], node.attrs["shift"] = numbers.quantize_multipliers(bias_scale / out.scale)
+    _clamp(node, out)
+
+
+def _quantize_pool(graph: Graph, node: Node) -> None:
+    _clamp(node, graph.tensors[node.outputs[0]])
+
+
+def _quantize_add(graph: Graph, node: Node) -> None:
+    a, b = (graph.tensors[n] for n in node.inputs)
+    out = graph.tensors[node.outputs[0]]
+    node.attrs.update(add_params(float(a.scale), a.zero_point, float(b.scale), b.zero_point, float(out.scale), out.zero_point))
+    _clamp(node, out)
+
+
+def _quantize_softmax(graph: Graph, node: Node) -> None:
+    node.attrs["exp_table"] = softmax_exp_table(float(graph.tensors[node.inputs[0]].scale))
+
+
+def _quantize_concat(graph: Graph, node: Node) -> None:
+    out = graph.tensors[node.outputs[0]]
+    pairs = [numbers.quantize_multiplier(float(graph.tensors[n].scale) / out.scale) for n in node.inputs]
+    node.attrs["multipliers"] = [m for m, _ in pairs]
+    node.attrs["shifts"] = [s for _, s in pairs]
+
+
+def _nothing(graph: Graph, node: Node) -> None:
+    """flatten moves bytes and keeps the quantization of its input."""
+
+
+QUANTIZERS = {
+    "conv2d": _quantize_weighted,
+    "dwconv2d": _quantize_weighted,
+    "fc": _quantize_weighted,
+    "maxpool": _quantize_pool,
+    "avgpool": _quantize_pool,
+    "add": _quantize_add,
+    "softmax": _quantize_softmax,
+    "concat": _quantize_concat,
+    "flatten": _nothing,
+}

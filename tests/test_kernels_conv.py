@@ -1,0 +1,372 @@
+"""tml_conv2d_s8, tml_dwconv2d_s8 and tml_fc_s8 against the numpy reference, byte for byte.
+
+The reference itself is checked against an independent float computation (torch's convolution in
+float64), so the oracle is not only compared with itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyml import host
+from tinyml.numbers import quantize_multiplier
+from tinyml.reference.conv import conv2d_s8, conv_output_size, dwconv2d_s8, fc_s8
+
+TML_OK, TML_ARG_ERROR = 0, -1
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+# (multiplier, shift) pairs at the edges of what a kernel accepts.
+EXTREME_QUANT = [(INT32_MAX, -31), (INT32_MAX, 30), (1 << 30, -31), (1 << 30, 30), (0, 0), (1, 0)]
+FUZZ = settings(max_examples=150, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return host.build_kernels()
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def _quant(n: int) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (multiplier, shift) from reals 1e-6 .. 10 (log-uniform) and the extremes."""
+    from_real = st.floats(-6, 1).map(lambda e: quantize_multiplier(10.0**e))
+    pairs = st.lists(st.one_of(from_real, st.sampled_from(EXTREME_QUANT)), min_size=n, max_size=n)
+    return pairs.map(lambda ps: (np.array([p[0] for p in ps], np.int32), np.array([p[1] for p in ps], np.int32)))
+
+
+def _bias(n: int) -> st.SearchStrategy[np.ndarray | None]:
+    value = st.one_of(st.integers(-5000, 5000), st.integers(INT32_MIN, INT32_MAX),
+                      st.sampled_from([INT32_MIN, INT32_MAX]))  # fmt: skip
+    return st.one_of(st.none(), st.lists(value, min_size=n, max_size=n).map(lambda b: np.array(b, np.int32)))
+
+
+zero_points = st.one_of(st.sampled_from([-128, 127, 0]), st.integers(-128, 127))
+clamps = st.one_of(
+    st.just((-128, 127)),
+    st.sampled_from([(-128, -128), (127, 127), (0, 127), (0, 6)]),
+    st.tuples(st.integers(-128, 127), st.integers(-128, 127)).map(sorted).map(tuple),
+)
+
+
+def _int8(draw, shape: tuple[int, ...]) -> np.ndarray:
+    """Random int8 data, sometimes only the saturating values -128 and 127."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):
+        return rng.integers(-128, 128, size=shape, dtype=np.int8)
+    return rng.choice(np.array([-128, 127], np.int8), size=shape)
+
+
+@st.composite
+def requant_args(draw, out_c: int) -> dict:
+    multiplier, shift = draw(_quant(out_c))
+    act_min, act_max = draw(clamps)
+    return dict(input_offset=-draw(zero_points), output_offset=draw(zero_points), multiplier=multiplier,
+                shift=shift, act_min=act_min, act_max=act_max)  # fmt: skip
+
+
+@st.composite
+def window_args(draw) -> dict:
+    """Input size, kernel, stride and padding; kernels up to the size of the padded input."""
+    h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    kh, kw = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
+    return dict(h=h, w=w, kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+                padding=(ph, pw))  # fmt: skip
+
+
+@st.composite
+def conv2d_cases(draw):
+    g = draw(window_args())
+    in_c, out_c = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    x = _int8(draw, (g["h"], g["w"], in_c))
+    w = _int8(draw, (out_c, *g["kernel"], in_c))
+    return x, w, draw(_bias(out_c)), dict(stride=g["stride"], padding=g["padding"], **draw(requant_args(out_c)))
+
+
+@st.composite
+def dwconv2d_cases(draw):
+    g = draw(window_args())
+    in_c, m = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    x = _int8(draw, (g["h"], g["w"], in_c))
+    w = _int8(draw, (*g["kernel"], in_c * m))
+    kw = dict(stride=g["stride"], padding=g["padding"], depth_multiplier=m, **draw(requant_args(in_c * m)))
+    return x, w, draw(_bias(in_c * m)), kw
+
+
+@st.composite
+def fc_cases(draw):
+    n, out_c = draw(st.integers(1, 40)), draw(st.integers(1, 6))
+    return _int8(draw, (n,)), _int8(draw, (out_c, n)), draw(_bias(out_c)), draw(requant_args(out_c))
+
+
+# ---------------------------------------------------------------- calling the C kernels
+
+
+class _Call:
+    """Builds the C arguments for one kernel call and keeps their buffers alive."""
+
+    def __init__(self, lib, bias: np.ndarray | None, multiplier: np.ndarray, shift: np.ndarray) -> None:
+        self.ffi = lib.ffi
+        self.keep: list = []
+        self.bias = self.ffi.NULL if bias is None else self.ptr("int32_t[]", bias)
+        self.quant = self.ffi.new("tml_quant_channels *", {
+            "multiplier": self.ptr("int32_t[]", multiplier), "shift": self.ptr("int32_t[]", shift)})  # fmt: skip
+
+    def ptr(self, ctype: str, a: np.ndarray):
+        a = np.ascontiguousarray(a)
+        self.keep.append(a)
+        return self.ffi.from_buffer(ctype, a)
+
+    def shape(self, h: int, w: int, c: int):
+        return self.ffi.new("tml_shape *", {"h": h, "w": w, "c": c})
+
+
+def _conv_params(call: _Call, kw: dict):
+    return call.ffi.new("tml_conv_params *", {
+        "stride_h": kw["stride"][0], "stride_w": kw["stride"][1], "pad_h": kw["padding"][0],
+        "pad_w": kw["padding"][1], "depth_multiplier": kw.get("depth_multiplier", 1),
+        "input_offset": kw["input_offset"], "output_offset": kw["output_offset"],
+        "act_min": kw["act_min"], "act_max": kw["act_max"]})  # fmt: skip
+
+
+def _out_hw(x: np.ndarray, kernel: tuple[int, int], kw: dict) -> tuple[int, int]:
+    return tuple(conv_output_size(x.shape[i], kernel[i], kw["stride"][i], kw["padding"][i]) for i in (0, 1))
+
+
+def c_conv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
+    call = _Call(lib, bias, kw["multiplier"], kw["shift"])
+    out_h, out_w = _out_hw(x, w.shape[1:3], kw)
+    out = np.zeros((out_h, out_w, w.shape[0]), np.int8)
+    status = lib.lib.tml_conv2d_s8(
+        _conv_params(call, kw), call.quant, call.shape(*x.shape), call.ptr("int8_t[]", x),
+        call.shape(*w.shape[1:]), call.ptr("int8_t[]", w), call.bias, call.shape(*out.shape),
+        call.ffi.from_buffer("int8_t[]", out), call.ffi.NULL,
+    )  # fmt: skip
+    return status, out
+
+
+def c_dwconv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
+    call = _Call(lib, bias, kw["multiplier"], kw["shift"])
+    out_h, out_w = _out_hw(x, w.shape[:2], kw)
+    out = np.zeros((out_h, out_w, w.shape[2]), np.int8)
+    status = lib.lib.tml_dwconv2d_s8(
+        _conv_params(call, kw), call.quant, call.shape(*x.shape), call.ptr("int8_t[]", x),
+        call.shape(*w.shape[:2], x.shape[2]), call.ptr("int8_t[]", w), call.bias, call.shape(*out.shape),
+        call.ffi.from_buffer("int8_t[]", out), call.ffi.NULL,
+    )  # fmt: skip
+    return status, out
+
+
+def c_fc(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
+    call = _Call(lib, bias, kw["multiplier"], kw["shift"])
+    params = call.ffi.new("tml_fc_params *", {k: kw[k] for k in ("input_offset", "output_offset", "act_min",
+                                                                   "act_max")})  # fmt: skip
+    out = np.zeros(w.shape[0], np.int8)
+    status = lib.lib.tml_fc_s8(params, call.quant, x.size, call.ptr("int8_t[]", x), call.ptr("int8_t[]", w),
+                               call.bias, w.shape[0], call.ffi.from_buffer("int8_t[]", out))  # fmt: skip
+    return status, out
+
+
+# ---------------------------------------------------------------- C against the reference
+
+
+@FUZZ
+@given(conv2d_cases())
+def test_conv2d_matches_reference(lib, case):
+    x, w, bias, kw = case
+    status, out = c_conv2d(lib, x, w, bias, **kw)
+    assert status == TML_OK
+    np.testing.assert_array_equal(out, conv2d_s8(x, w, bias, **kw))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 9), st.integers(1, 5), st.data())
+def test_pointwise_conv2d_matches_reference(lib, h, w_, in_c, out_c, data):
+    """1x1 kernel, stride 1, no padding: the kernel's pointwise path."""
+    x, w = _int8(data.draw, (h, w_, in_c)), _int8(data.draw, (out_c, 1, 1, in_c))
+    kw = dict(stride=(1, 1), padding=(0, 0), **data.draw(requant_args(out_c)))
+    bias = data.draw(_bias(out_c))
+    status, out = c_conv2d(lib, x, w, bias, **kw)
+    assert status == TML_OK
+    np.testing.assert_array_equal(out, conv2d_s8(x, w, bias, **kw))
+
+
+@FUZZ
+@given(dwconv2d_cases())
+def test_dwconv2d_matches_reference(lib, case):
+    x, w, bias, kw = case
+    status, out = c_dwconv2d(lib, x, w, bias, **kw)
+    assert status == TML_OK
+    np.testing.assert_array_equal(out, dwconv2d_s8(x, w, bias, **kw))
+
+
+@FUZZ
+@given(fc_cases())
+def test_fc_matches_reference(lib, case):
+    x, w, bias, kw = case
+    status, out = c_fc(lib, x, w, bias, **kw)
+    assert status == TML_OK
+    np.testing.assert_array_equal(out, fc_s8(x, w, bias, **kw))
+
+
+def test_scratch_is_not_needed(lib):
+    shape = lib.ffi.new("tml_shape *", {"h": 5, "w": 5, "c": 3})
+    assert lib.lib.tml_conv2d_s8_scratch_bytes(shape, shape, shape) == 0
+    assert lib.lib.tml_dwconv2d_s8_scratch_bytes(shape, shape, shape) == 0
+
+
+# ---------------------------------------------------------------- bad arguments
+
+
+def _small_conv():
+    x = np.arange(-8, 8, dtype=np.int8).reshape(4, 4, 1)
+    w = np.ones((2, 3, 3, 1), np.int8)
+    kw = dict(stride=(1, 1), padding=(1, 1), input_offset=0, output_offset=0,
+              multiplier=np.full(2, 1 << 30, np.int32), shift=np.ones(2, np.int32), act_min=-128, act_max=127)
+    return x, w, kw  # fmt: skip
+
+
+def test_conv_kernels_reject_bad_arguments(lib):
+    x, w, kw = _small_conv()
+    call = _Call(lib, None, kw["multiplier"], kw["shift"])
+    ffi, c = lib.ffi, lib.lib
+    params, xin, win = _conv_params(call, kw), call.ptr("int8_t[]", x), call.ptr("int8_t[]", w)
+    out = ffi.new("int8_t[]", 64)
+    in_shape, f_shape, out_shape = call.shape(4, 4, 1), call.shape(3, 3, 1), call.shape(4, 4, 2)
+    args = [params, call.quant, in_shape, xin, f_shape, win, call.bias, out_shape, out, ffi.NULL]
+    assert c.tml_conv2d_s8(*args) == TML_OK
+    for i in (0, 1, 2, 3, 4, 5, 7, 8):
+        assert c.tml_conv2d_s8(*args[:i], ffi.NULL, *args[i + 1 :]) == TML_ARG_ERROR, f"NULL argument {i}"
+    bad_shapes = {
+        "output height": (in_shape, f_shape, call.shape(3, 4, 2)),
+        "filter channels": (in_shape, call.shape(3, 3, 2), out_shape),
+        "kernel larger than padded input": (in_shape, call.shape(7, 3, 1), call.shape(0, 4, 2)),
+        "zero channels": (call.shape(4, 4, 0), call.shape(3, 3, 0), out_shape),
+    }
+    for what, (i_s, f_s, o_s) in bad_shapes.items():
+        assert c.tml_conv2d_s8(params, call.quant, i_s, xin, f_s, win, call.bias, o_s, out, ffi.NULL) \
+            == TML_ARG_ERROR, what
+    zero_stride = _conv_params(call, {**kw, "stride": (0, 1)})
+    assert c.tml_conv2d_s8(zero_stride, *args[1:]) == TML_ARG_ERROR
+    dw_out = call.shape(4, 4, 1)
+    assert c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, dw_out, out,
+                             ffi.NULL) == TML_OK  # fmt: skip
+    assert c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, out_shape, out,
+                             ffi.NULL) == TML_ARG_ERROR  # fmt: skip
+    fc_params = ffi.new("tml_fc_params *", {"act_min": -128, "act_max": 127})
+    assert c.tml_fc_s8(fc_params, call.quant, 0, xin, win, call.bias, 2, out) == TML_ARG_ERROR
+    assert c.tml_fc_s8(fc_params, call.quant, 9, xin, ffi.NULL, call.bias, 2, out) == TML_ARG_ERROR
+
+
+def test_reference_rejects_bad_arguments():
+    x, w, kw = _small_conv()
+    with pytest.raises(ValueError, match="input channels"):
+        conv2d_s8(x, np.ones((2, 3, 3, 2), np.int8), None, **kw)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        conv2d_s8(x, np.ones((2, 7, 3, 1), np.int8), None, **kw)
+    with pytest.raises(ValueError, match="one value per output channel"):
+        conv2d_s8(x, w, np.zeros(3, np.int32), **kw)
+    with pytest.raises(ValueError, match="int8"):
+        conv2d_s8(x.astype(np.int32), w, None, **kw)
+    with pytest.raises(ValueError, match="depth multiplier"):
+        dwconv2d_s8(x, np.ones((3, 3, 2), np.int8), None, depth_multiplier=1, **kw)
+
+
+# ---------------------------------------------------------------- the reference against float arithmetic
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def _float_expected(acc: np.ndarray, bias, real: float, kw: dict) -> np.ndarray:
+    acc = acc + (0 if bias is None else bias.astype(np.float64))
+    return np.clip(_round_half_away(acc * real) + kw["output_offset"], kw["act_min"], kw["act_max"])
+
+
+def _float_conv(x, w_oihw, bias, kw, groups: int) -> np.ndarray:
+    xt = torch.from_numpy(x.astype(np.float64) + kw["input_offset"]).permute(2, 0, 1)[None]
+    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w_oihw.astype(np.float64)), stride=kw["stride"],
+                                   padding=kw["padding"], groups=groups)  # fmt: skip
+    return y[0].permute(1, 2, 0).numpy()
+
+
+@st.composite
+def float_checked_cases(draw, depthwise: bool):
+    """Small cases whose accumulators stay far from int32 limits, with one real multiplier."""
+    g = draw(window_args())
+    in_c, n = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    out_c = in_c * n if depthwise else n
+    x = _int8(draw, (g["h"], g["w"], in_c))
+    w = _int8(draw, (*g["kernel"], out_c) if depthwise else (out_c, *g["kernel"], in_c))
+    bias = draw(st.one_of(st.none(), st.lists(st.integers(-20000, 20000), min_size=out_c, max_size=out_c)
+                          .map(lambda b: np.array(b, np.int32))))  # fmt: skip
+    exact = draw(st.booleans())
+    real = draw(st.sampled_from([0.5, 1.0, 2.0]) if exact else st.floats(1e-6, 1.0))
+    mult, shift = quantize_multiplier(real)
+    act_min, act_max = draw(clamps)
+    kw = dict(stride=g["stride"], padding=g["padding"], input_offset=-draw(zero_points),
+              output_offset=draw(zero_points), multiplier=np.full(out_c, mult, np.int32),
+              shift=np.full(out_c, shift, np.int32), act_min=act_min, act_max=act_max)  # fmt: skip
+    if depthwise:
+        kw["depth_multiplier"] = n
+    return x, w, bias, kw, real, exact
+
+
+@settings(max_examples=60, deadline=None)
+@given(float_checked_cases(depthwise=False))
+def test_reference_conv2d_agrees_with_float_conv(case):
+    """Exact for multipliers 0.5, 1, 2 (a single rounding, half away from zero); within 1 otherwise."""
+    x, w, bias, kw, real, exact = case
+    expected = _float_expected(_float_conv(x, w.transpose(0, 3, 1, 2), bias, kw, groups=1), bias, real, kw)
+    got = conv2d_s8(x, w, bias, **kw).astype(np.float64)
+    if exact:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert np.max(np.abs(got - expected), initial=0) <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(float_checked_cases(depthwise=True))
+def test_reference_dwconv2d_agrees_with_float_conv(case):
+    x, w, bias, kw, real, exact = case
+    w_oihw = w.transpose(2, 0, 1)[:, None]  # [C*M, 1, KH, KW]: torch's grouped layout, o reads o // M
+    expected = _float_expected(_float_conv(x, w_oihw, bias, kw, groups=x.shape[2]), bias, real, kw)
+    got = dwconv2d_s8(x, w, bias, **kw).astype(np.float64)
+    if exact:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert np.max(np.abs(got - expected), initial=0) <= 1
+
+
+def test_reference_fc_agrees_with_float_matmul():
+    rng = np.random.default_rng(7)
+    x, w = rng.integers(-128, 128, 37, dtype=np.int8), rng.integers(-127, 128, (5, 37), dtype=np.int8)
+    bias = rng.integers(-3000, 3000, 5).astype(np.int32)
+    kw = dict(input_offset=-11, output_offset=4, multiplier=np.full(5, 1 << 30, np.int32),
+              shift=np.full(5, -6, np.int32), act_min=-128, act_max=127)  # 2^-7: exact in float  # fmt: skip
+    acc = w.astype(np.float64) @ (x.astype(np.float64) - 11) + bias
+    expected = np.clip(_round_half_away(acc / 128) + 4, -128, 127)
+    got = fc_s8(x, w, bias, **kw)
+    assert np.any((expected > -128) & (expected < 127)), "the case should not saturate everywhere"
+    # Double rounding (to 2^-1, then by 2^6) may move a value by one step from the single float rounding.
+    assert np.max(np.abs(got - expected)) <= 1
+
+
+def test_reference_conv2d_hand_computed():
+    """A 2x2 input, 2x2 kernel of ones, padding 1 on both sides, multiplier exactly 1/2."""
+    x = np.array([[1, 2], [3, 4]], np.int8).reshape(2, 2, 1)
+    w = np.ones((1, 2, 2, 1), np.int8)
+    mult, shift = quantize_multiplier(0.5)
+    out = conv2d_s8(x, w, np.array([1], np.int32), stride=(1, 1), padding=(1, 1), input_offset=1,
+                    output_offset=-3, multiplier=np.array([mult], np.int32), shift=np.array([shift], np.int32),
+                    act_min=-128, act_max=127)  # fmt: skip
+    # x + 1 = [[2, 3], [4, 5]]; the 3x3 outputs sum the cells each window covers, plus bias 1:
+    # [[2, 5, 3], [6, 14, 8], [4, 9, 5]] + 1 = [[3, 6, 4], [7, 15, 9], [5, 10, 6]];
+    # halved with ties away from zero: [[2, 3, 2], [4, 8, 5], [3, 5, 3]]; minus 3:
+    expected = np.array([[-1, 0, -1], [1, 5, 2], [0, 2, 0]], np.int8)
+    np.testing.assert_array_equal(out[:, :, 0], expected)

@@ -1,0 +1,246 @@
+"""The pipeline, top to bottom: train-time techniques, export, graph techniques, C, build directory.
+
+`compile` is the notebook entry point; `compile_from_recipe` is what `tinyml compile` and
+`tinyml build` call. A build directory holds the generated C and what validation needs (the int8
+graph, held-out data and the float model's predictions on it). It is written to a temporary
+folder and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pickle
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinyml import plugins
+from tinyml.codegen import GeneratedModel, generate
+from tinyml.errors import CalibrationError, RecipeError, TinymlError
+from tinyml.ir import Graph
+from tinyml.progress import progress_bar
+from tinyml.technique import Context, Technique, silent_progress
+
+if TYPE_CHECKING:
+    import torch
+
+    from tinyml.boards import Board
+    from tinyml.recipe import Recipe
+
+GRAPH_FILE = "graph.pkl"
+FLOAT_GRAPH_FILE = "float_graph.pkl"
+VALIDATION_FILE = "validation.npz"
+MANIFEST_FILE = "manifest.json"
+
+TechniqueSpec = Technique | str | tuple[str, dict[str, Any]]
+
+
+@dataclass
+class Build:
+    """A compiled model: its int8 graph, the generated C, and the directory it was written to."""
+
+    out_dir: Path | None
+    graph: Graph
+    float_graph: Graph
+    generated: GeneratedModel
+    board: Board | None
+    techniques: list[Technique]
+
+    @property
+    def plan(self):  # noqa: ANN201 - MemoryPlan
+        return self.generated.plan
+
+    def layer_weight_bytes(self) -> dict[str, int]:
+        """Flash taken by each layer's constants, by node name."""
+        return {
+            node.name: sum(self.generated.weights[n].nbytes for n in node.inputs if n in self.generated.weights)
+            for node in self.graph.nodes
+        }
+
+    def report(self) -> str:
+        """Layers, kernels, weight and arena bytes, as a readable table."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"tinyml build{f' -> {self.out_dir}' if self.out_dir else ''}")
+        for col in ("#", "layer", "op", "kernel", "output", "weights (B)"):
+            table.add_column(col, justify="right" if col in ("#", "weights (B)") else "left")
+        weights = self.layer_weight_bytes()
+        for i, node in enumerate(self.graph.nodes):
+            out = self.graph.tensors[node.outputs[0]]
+            kernel = self.generated.kernels[node.name].function
+            table.add_row(str(i), node.name, node.op, kernel, "x".join(map(str, out.shape[1:])), str(weights[node.name]))
+        console = Console(width=110, record=True, file=io.StringIO())
+        console.print(table)
+        console.print(f"techniques: {', '.join(t.name for t in self.techniques) or 'none'}")
+        console.print(f"weights (flash): {self.generated.weight_bytes} bytes")
+        console.print(self.plan.report())
+        return console.export_text()
+
+
+def resolve_techniques(specs: Sequence[TechniqueSpec]) -> list[Technique]:
+    """Technique instances from instances, names, or (name, options) pairs."""
+    available = plugins.techniques()
+    result = []
+    for spec in specs:
+        if isinstance(spec, Technique):
+            result.append(spec)
+            continue
+        name, options = (spec, {}) if isinstance(spec, str) else spec
+        if name not in available:
+            raise RecipeError(f"Unknown technique {name!r}. Available techniques: {', '.join(sorted(available))}.")
+        result.append(available[name](options))
+    return result
+
+
+def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
+    model: torch.nn.Module,
+    calibration_data: np.ndarray,
+    techniques: Sequence[TechniqueSpec] = ("quantize-int8",),
+    *,
+    board: Board | None = None,
+    out_dir: str | Path | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    train_data: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = True,
+) -> Build:
+    """Compile a PyTorch model to C.
+
+    `calibration_data` is a batch of representative inputs in PyTorch layout (N, C, H, W) or
+    (N, F), float32. `validation` (inputs, labels) is kept in the build for `tinyml validate`.
+    With `out_dir`, the C and the validation data are written there.
+    """
+    import torch
+
+    from tinyml.frontend import from_torch, nchw_to_graph
+
+    calibration_data = _check_samples(calibration_data, "calibration data")
+    chosen = resolve_techniques(techniques)
+    pm = plugins.plugin_manager()
+    context = Context(
+        train_data=train_data,
+        example_input=torch.from_numpy(calibration_data[:1]),
+        board=board,
+        progress=progress_bar if progress else silent_progress,
+    )
+    model = copy.deepcopy(model).eval()
+    for technique in (t for t in chosen if t.stage == "train"):
+        model = technique.apply(model, context).eval()
+    float_graph = from_torch(model, context.example_input)
+    context.calibration = nchw_to_graph(calibration_data)
+    graph = float_graph
+    for technique in (t for t in chosen if t.stage == "graph"):
+        graph = technique.apply(graph, context)
+    generated = generate(graph, board, pm)
+    build = Build(None, graph, float_graph, generated, board, chosen)
+    if out_dir is not None:
+        float_pred = None
+        if validation is not None:
+            x_val = _check_samples(validation[0], "validation data")
+            with torch.no_grad():
+                float_pred = model(torch.from_numpy(x_val)).numpy()
+            validation = (x_val, np.asarray(validation[1]))
+        write_build(build, Path(out_dir), validation, float_pred)
+    return build
+
+
+def _check_samples(x: Any, what: str) -> np.ndarray:
+    if x is None:
+        raise CalibrationError(f"No {what} given: pass an array of samples shaped (N, C, H, W) or (N, F).")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim not in (2, 4) or len(x) == 0:
+        raise CalibrationError(
+            f"The {what} must be a non-empty batch shaped (N, C, H, W) or (N, F); got shape {x.shape}."
+        )
+    return x
+
+
+def write_build(
+    build: Build,
+    out_dir: Path,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    float_pred: np.ndarray | None,
+) -> None:
+    """Write everything into a temporary sibling of `out_dir`, then swap it in."""
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, text in build.generated.files.items():
+            (tmp / name).write_text(text)
+        (tmp / GRAPH_FILE).write_bytes(pickle.dumps(build.graph))
+        (tmp / FLOAT_GRAPH_FILE).write_bytes(pickle.dumps(build.float_graph))
+        if validation is not None:
+            np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
+        manifest = {
+            "board": build.board.name if build.board else None,
+            "techniques": [{"name": t.name, "options": t.options.model_dump()} for t in build.techniques],
+            "arena_bytes": build.plan.arena_bytes,
+            "arena_lower_bound": build.plan.lower_bound,
+            "arena_greedy_bytes": build.plan.greedy_bytes,
+            "weight_bytes": build.generated.weight_bytes,
+            "layers": [
+                {"name": n.name, "op": n.op, "kernel": build.generated.kernels[n.name].function, "source": n.source}
+                for n in build.graph.nodes
+            ],
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "report.txt").write_text(build.report())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    build.out_dir = out_dir
+
+
+def load_graph(build_dir: Path) -> Graph:
+    path = Path(build_dir) / GRAPH_FILE
+    if not path.exists():
+        raise TinymlError(f"{build_dir} is not a tinyml build directory (no {GRAPH_FILE}); run `tinyml compile` first.")
+    return pickle.loads(path.read_bytes())
+
+
+def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bool = True) -> Build:
+    """Compile what a recipe names: the bundled example, or a model factory with weights and data."""
+    from tinyml.recipe import load_factory_model, load_samples
+
+    validation = train_data = None
+    if recipe.model.example:
+        from tinyml.examples import get_example
+
+        example = get_example(recipe.model.example)
+        model, calibration = example.model, example.calibration
+        validation = (example.x_test, example.y_test)
+        train_data = (example.x_train, example.y_train)
+    else:
+        model = load_factory_model(recipe.model)
+        if recipe.data.calibration is None:
+            raise CalibrationError(
+                "No calibration data: set `[data] calibration = \"calib.npz\"` in the recipe or pass --calib FILE "
+                "(an .npz with an array `x` of representative inputs, shaped (N, C, H, W))."
+            )
+        calibration, labels = load_samples(recipe.data.calibration, "data.calibration")
+        if labels is not None:
+            train_data = (calibration, labels)
+    if recipe.data.validation is not None:
+        x_val, y_val = load_samples(recipe.data.validation, "data.validation")
+        validation = (x_val, y_val) if y_val is not None else None
+    return compile(
+        model,
+        calibration,
+        recipe.techniques,
+        board=recipe.board,
+        out_dir=out_dir,
+        validation=validation,
+        train_data=train_data,
+        progress=progress,
+    )

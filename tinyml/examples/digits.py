@@ -1,0 +1,105 @@
+"""A small CNN for scikit-learn's 8x8 handwritten digits, trained in seconds on a CPU.
+
+The data ship with scikit-learn, so nothing is downloaded. The split and the training are seeded,
+and the trained weights are cached (keyed by this file's content), so a second run skips training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinyml.examples.base import Example
+from tinyml.progress import progress_bar
+
+SEED = 0
+EPOCHS = 40
+BATCH = 64
+
+
+def make_model() -> nn.Module:
+    """conv-bn-relu, max pool, conv-bn-relu, conv-relu, flatten, linear: 8x8x1 -> 10 logits."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 2 * 2, 10),
+    )
+
+
+def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test): images as (N, 1, 8, 8) float32 in [0, 1], a 25% held-out split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
+    return x_train, y_train, x_test, y_test
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = EPOCHS) -> nn.Module:
+    """Adam with a cosine schedule, seeded; shows a progress bar."""
+    torch.manual_seed(SEED)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(SEED)
+    model.train()
+    with progress_bar("training digits CNN", total=epochs) as advance:
+        for _ in range(epochs):
+            order = torch.randperm(len(xt), generator=gen)
+            for i in range(0, len(xt), BATCH):
+                idx = order[i : i + BATCH]
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+            sched.step()
+            advance(1)
+    return model.eval()
+
+
+def _cache_path() -> Path:
+    from tinyml.host import cache_dir
+
+    key = hashlib.sha256(Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    return cache_dir().parent / "examples" / f"digits-{key}.pt"
+
+
+def load(retrain: bool = False) -> Example:
+    """The trained digits example (trained on first use, then cached)."""
+    x_train, y_train, x_test, y_test = load_data()
+    torch.manual_seed(SEED)
+    model = make_model()
+    cache = _cache_path()
+    if cache.exists() and not retrain:
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        model.eval()
+    else:
+        train(model, x_train, y_train)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(cache)
+    rng = np.random.default_rng(SEED)
+    calibration = x_train[rng.choice(len(x_train), size=min(256, len(x_train)), replace=False)]
+    return Example("digits", model, calibration, x_test, y_test, x_train, y_train)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    return float((pred == y).mean())

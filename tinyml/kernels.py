@@ -1,0 +1,235 @@
+"""Kernel selection: which C function runs each int8 node, and the C that calls it.
+
+A `Kernel` is what the `tinyml_select_kernel` hook returns. Its `emit` gets a `CallSite` (C
+expressions for the node's buffers, a place for static parameter tables) and returns the C
+statements that run the node and assign its `tml_status` to `status`. The core's direct kernels (the `tml_*_s8` library in firmware/)
+answer last, so a plugin can claim the nodes it does better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tinyml.hookspecs import hookimpl
+from tinyml.ir import Graph, Node
+
+if TYPE_CHECKING:
+    from tinyml.boards import Board
+
+
+@dataclass
+class CallSite:
+    """Everything the C call for one node may refer to; filled in by the code generator.
+
+    `tensor(name)` is a C pointer expression for an activation or constant; `scratch` the
+    node's scratch buffer (or "NULL"); statics added with `add_static` are emitted at file scope
+    in model.c, named with `prefix` so layers never clash.
+    """
+
+    graph: Graph
+    node: Node
+    prefix: str
+    tensor: Callable[[str], str]
+    scratch: str = "NULL"
+    statics: list[str] = field(default_factory=list)
+
+    def add_static(self, c_type: str, name: str, value: str) -> str:
+        """Declare `static const <c_type> <prefix>_<name> = <value>;` and return its name."""
+        symbol = f"{self.prefix}_{name}"
+        self.statics.append(f"static const {c_type} {symbol} = {value};")
+        return symbol
+
+    def add_int32_array(self, name: str, values: Sequence[int] | np.ndarray) -> str:
+        body = ", ".join(str(int(v)) for v in np.ravel(values))
+        symbol = f"{self.prefix}_{name}"
+        self.statics.append(f"static const int32_t {symbol}[{len(np.ravel(values))}] = {{{body}}};")
+        return symbol
+
+    def input(self, i: int = 0) -> str:
+        return self.tensor(self.node.inputs[i])
+
+    def output(self) -> str:
+        return self.tensor(self.node.outputs[0])
+
+    def shape(self, name: str) -> str:
+        """A static `tml_shape` for an NHWC tensor (vectors as 1 x 1 x N)."""
+        dims = self.graph.tensors[name].shape[1:]
+        h, w, c = (1, 1, dims[0]) if len(dims) == 1 else dims
+        return self.add_static("tml_shape", f"shape_{self._index(name)}", f"{{{h}, {w}, {c}}}")
+
+    def _index(self, name: str) -> str:
+        node = self.node
+        return f"in{node.inputs.index(name)}" if name in node.inputs else "out"
+
+
+@dataclass
+class Kernel:
+    """A C implementation of one node: the function, its scratch bytes, and how to call it."""
+
+    function: str
+    emit: Callable[[CallSite], str]
+    scratch_bytes: int = 0
+    headers: tuple[str, ...] = ("tml_nn.h",)
+
+
+def _fields(**values: int) -> str:
+    return "{" + ", ".join(f".{k} = {int(v)}" for k, v in values.items()) + "}"
+
+
+def _emit_conv(call: CallSite) -> str:
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b = n.inputs
+    out = n.outputs[0]
+    params = call.add_static(
+        "tml_conv_params",
+        "params",
+        _fields(
+            stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
+            depth_multiplier=a.get("depth_multiplier", 1), input_offset=-g.tensors[x].zero_point,
+            output_offset=g.tensors[out].zero_point, act_min=a["act_min"], act_max=a["act_max"],
+        ),
+    )  # fmt: skip
+    quant = _quant_channels(call)
+    kh, kw = g.tensors[w].shape[1:3]
+    in_c = g.tensors[x].shape[-1]
+    filt = call.add_static("tml_shape", "filter", f"{{{kh}, {kw}, {in_c}}}")
+    fn = "tml_dwconv2d_s8" if n.op == "dwconv2d" else "tml_conv2d_s8"
+    return (
+        f"status = {fn}(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, {call.tensor(w)}, "
+        f"{call.tensor(b)}, &{call.shape(out)}, {call.output()}, {call.scratch});"
+    )
+
+
+def _quant_channels(call: CallSite) -> str:
+    mult = call.add_int32_array("multiplier", call.node.attrs["multiplier"])
+    shift = call.add_int32_array("shift", call.node.attrs["shift"])
+    return call.add_static("tml_quant_channels", "quant", f"{{{mult}, {shift}}}")
+
+
+def _emit_fc(call: CallSite) -> str:
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b = n.inputs
+    out_f, in_f = g.tensors[w].shape
+    params = call.add_static(
+        "tml_fc_params",
+        "params",
+        _fields(
+            input_offset=-g.tensors[x].zero_point, output_offset=g.tensors[n.outputs[0]].zero_point,
+            act_min=a["act_min"], act_max=a["act_max"],
+        ),
+    )  # fmt: skip
+    quant = _quant_channels(call)
+    return (
+        f"status = tml_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, {call.tensor(w)}, {call.tensor(b)}, "
+        f"{out_f}, {call.output()});"
+    )
+
+
+def _emit_pool(call: CallSite) -> str:
+    n, a = call.node, call.node.attrs
+    params = call.add_static(
+        "tml_pool_params",
+        "params",
+        _fields(
+            kernel_h=a["kernel"][0], kernel_w=a["kernel"][1], stride_h=a["stride"][0], stride_w=a["stride"][1],
+            pad_h=a["padding"][0], pad_w=a["padding"][1], act_min=a["act_min"], act_max=a["act_max"],
+        ),
+    )  # fmt: skip
+    return (
+        f"status = tml_{n.op}_s8(&{params}, &{call.shape(n.inputs[0])}, {call.input(0)}, "
+        f"&{call.shape(n.outputs[0])}, {call.output()});"
+    )
+
+
+ADD_FIELDS = (
+    "in1_offset", "in1_multiplier", "in1_shift", "in2_offset", "in2_multiplier", "in2_shift",
+    "left_shift", "output_offset", "out_multiplier", "out_shift", "act_min", "act_max",
+)  # fmt: skip
+
+
+def _emit_add(call: CallSite) -> str:
+    n = call.node
+    params = call.add_static("tml_add_params", "params", _fields(**{k: n.attrs[k] for k in ADD_FIELDS}))
+    size = call.graph.tensors[n.outputs[0]].size
+    return f"status = tml_add_s8(&{params}, {call.input(0)}, {call.input(1)}, {call.output()}, {size});"
+
+
+def _emit_softmax(call: CallSite) -> str:
+    n = call.node
+    table = ", ".join(f"{int(v)}u" for v in n.attrs["exp_table"])
+    call.statics.append(f"static const uint32_t {call.prefix}_exp_table[256] = {{{table}}};")
+    shape = call.graph.tensors[n.inputs[0]].shape
+    row = shape[-1]
+    rows = int(np.prod(shape)) // row
+    return f"status = tml_softmax_s8({call.prefix}_exp_table, {call.input(0)}, {rows}, {row}, {call.output()});"
+
+
+def _emit_concat(call: CallSite) -> str:
+    g, n = call.graph, call.node
+    entries = [
+        f"{{{call.tensor(name)}, {g.tensors[name].shape[-1]}, {-g.tensors[name].zero_point}, {int(m)}, {int(s)}}}"
+        for name, m, s in zip(n.inputs, n.attrs["multipliers"], n.attrs["shifts"], strict=True)
+    ]
+    # Input pointers point into the arena, which is not a constant expression: build the table at run time.
+    out = g.tensors[n.outputs[0]]
+    outer = out.size // out.shape[-1]
+    return (
+        "{ const tml_concat_input inputs[] = {" + ", ".join(entries) + "}; "
+        f"status = tml_concat_s8(inputs, {len(entries)}, {outer}, {out.zero_point}, {call.output()}); }}"
+    )
+
+
+def _emit_flatten(call: CallSite) -> str:
+    return f"status = tml_flatten_s8(&{call.shape(call.node.inputs[0])}, {call.input(0)}, {call.output()});"
+
+
+EMITTERS: dict[str, Callable[[CallSite], str]] = {
+    "conv2d": _emit_conv,
+    "dwconv2d": _emit_conv,
+    "fc": _emit_fc,
+    "maxpool": _emit_pool,
+    "avgpool": _emit_pool,
+    "add": _emit_add,
+    "softmax": _emit_softmax,
+    "concat": _emit_concat,
+    "flatten": _emit_flatten,
+}
+
+
+def conv_scratch_bytes(graph: Graph, node: Node) -> int:
+    """Scratch bytes of the portable conv kernels, asked of the kernel library itself (compiled for the host)."""
+    from tinyml.host import build_kernels
+
+    kernels = build_kernels()
+    ffi = kernels.ffi
+
+    def shape(dims: Sequence[int]) -> object:
+        h, w, c = dims
+        return ffi.new("tml_shape *", {"h": h, "w": w, "c": c})
+
+    x, w = (graph.tensors[n] for n in node.inputs[:2])
+    out = graph.tensors[node.outputs[0]]
+    kh, kw = w.shape[1:3]
+    fn = kernels.lib.tml_dwconv2d_s8_scratch_bytes if node.op == "dwconv2d" else kernels.lib.tml_conv2d_s8_scratch_bytes
+    return int(fn(shape(x.shape[1:]), shape((kh, kw, x.shape[-1])), shape(out.shape[1:])))
+
+
+@hookimpl(trylast=True)
+def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
+    """The core's direct kernel for every op: the fallback every plugin can beat."""
+    emit = EMITTERS.get(node.op)
+    if emit is None:
+        return None
+    scratch = conv_scratch_bytes(graph, node) if node.op in ("conv2d", "dwconv2d") else 0
+    return Kernel(function=f"tml_{node.op}_s8", emit=emit, scratch_bytes=scratch)
+
+
+@hookimpl
+def tinyml_kernel_sources() -> list:
+    from tinyml.host import FIRMWARE_DIR
+
+    return [FIRMWARE_DIR]

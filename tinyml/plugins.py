@@ -1,0 +1,202 @@
+"""Finding and loading plugins: the core's own modules, then every entry point of group "tinyml".
+
+Built-in techniques are listed as entry points in tinyml's own pyproject.toml, so they are found
+exactly as a third-party ``pip install tinyml-foo`` plugin is. A plugin that fails to load is
+named in a `TinymlPluginWarning` and the others still load. Set ``TINYML_DISABLE_PLUGIN_AUTOLOAD``
+to load no entry points; ``TINYML_PLUGINS=mod1,mod2`` names modules to load in any case.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from tinyml import hookspecs
+from tinyml.errors import TinymlError
+
+if TYPE_CHECKING:
+    from tinyml.boards import Board
+    from tinyml.technique import Technique
+
+CORE_PLUGINS = ("tinyml.kernels", "tinyml.weights", "tinyml.boards")
+ENTRY_POINT_GROUP = "tinyml"
+DISABLE_AUTOLOAD_ENV = "TINYML_DISABLE_PLUGIN_AUTOLOAD"
+PLUGINS_ENV = "TINYML_PLUGINS"
+
+
+class TinymlPluginWarning(UserWarning):
+    """A plugin could not be loaded; the toolkit goes on without it."""
+
+
+class PluginError(TinymlError):
+    """Plugins disagree (two offer the same name) or one returns something that is not what the hook asks."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin as `tinyml plugins` lists it."""
+
+    name: str
+    distribution: str
+    version: str
+    hooks: tuple[str, ...]
+
+
+# plugin name -> (distribution, version), filled while loading
+_origins: dict[str, tuple[str, str]] = {}
+
+
+@functools.cache
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager with every plugin loaded (built once, then cached)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    _origins.clear()
+    core = ("tinyml", _version("tinyml"))
+    for module_name in CORE_PLUGINS:
+        _load_core(pm, module_name, core)
+    if not os.environ.get(DISABLE_AUTOLOAD_ENV):
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            _load_entry_point(pm, entry_point)
+    for module_name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        _load_module(pm, module_name, f"{module_name} (named in {PLUGINS_ENV})", (module_name, "-"))
+    return pm
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _load_core(pm: pluggy.PluginManager, module_name: str, origin: tuple[str, str]) -> None:
+    """Register a core module; one not written yet is skipped, one that fails to import is reported."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return
+        _warn(f"core plugin {module_name}", err)
+        return
+    except Exception as err:
+        _warn(f"core plugin {module_name}", err)
+        return
+    _register(pm, module, module_name, f"core plugin {module_name}", origin)
+
+
+def _load_entry_point(pm: pluggy.PluginManager, entry_point: metadata.EntryPoint) -> None:
+    if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
+        return  # the same distribution seen twice on sys.path
+    dist = entry_point.dist
+    origin = (dist.name, dist.version) if dist else ("-", "-")
+    where = f"entry point '{entry_point.name} = {entry_point.value}' of distribution {origin[0]} {origin[1]}"
+    try:
+        plugin = entry_point.load()
+    except Exception as err:
+        _warn(where, err)
+        return
+    _register(pm, plugin, entry_point.name, where, origin)
+
+
+def _load_module(pm: pluggy.PluginManager, module_name: str, where: str, origin: tuple[str, str]) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        _warn(where, err)
+        return
+    if not pm.is_registered(module):
+        _register(pm, module, module_name, where, origin)
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str, where: str, origin: tuple[str, str]) -> None:
+    """Register `plugin`; a hook implementation that matches no hook spec is reported, not registered."""
+    try:
+        pm.register(plugin, name=name)
+    except Exception as err:
+        _warn(where, err)
+        return
+    unknown = [caller.name for caller in pm.get_hookcallers(plugin) or [] if not caller.has_spec()]
+    if unknown:
+        pm.unregister(plugin)
+        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("tinyml_")))
+        _warn(where, f"it implements unknown hook(s) {', '.join(unknown)}; the hooks are: {known}")
+        return
+    _origins[name] = origin
+
+
+def _warn(where: str, problem: BaseException | str) -> None:
+    if isinstance(problem, BaseException):
+        problem = f"{type(problem).__name__}: {problem}"
+    warnings.warn(f"tinyml plugin from {where} was not loaded: {problem}", TinymlPluginWarning, stacklevel=3)
+
+
+def _each_result(hook_name: str) -> list[tuple[str, Any]]:
+    """(plugin name, item) for every item every plugin returns from a list-returning hook."""
+    pm = plugin_manager()
+    pairs = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        for item in impl.function() or []:
+            pairs.append((impl.plugin_name, item))
+    return pairs
+
+
+def techniques() -> dict[str, type[Technique]]:
+    """Every technique class the plugins offer, by name."""
+    from tinyml.technique import Technique
+
+    found: dict[str, type[Technique]] = {}
+    offered_by: dict[str, str] = {}
+    for plugin, cls in _each_result("tinyml_techniques"):
+        if not (isinstance(cls, type) and issubclass(cls, Technique)):
+            raise PluginError(
+                f"Plugin '{plugin}' returned {cls!r} from tinyml_techniques; expected a Technique subclass."
+            )
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or getattr(cls, "stage", None) not in ("train", "graph"):
+            raise PluginError(
+                f"Plugin '{plugin}' offers technique class {cls.__qualname__} without a string `name` and a "
+                "`stage` of 'train' or 'graph'."
+            )
+        if name in found and found[name] is not cls:
+            raise PluginError(
+                f"Two plugins offer a technique named '{name}': '{offered_by[name]}' "
+                f"({found[name].__module__}) and '{plugin}' ({cls.__module__}). Uninstall one of them."
+            )
+        found[name], offered_by[name] = cls, plugin
+    return found
+
+
+def boards() -> dict[str, Board]:
+    """Every board the plugins offer, by name and by each of its aliases."""
+    found: dict[str, Board] = {}
+    offered_by: dict[str, str] = {}
+    for plugin, board in _each_result("tinyml_boards"):
+        for key in (board.name, *getattr(board, "aliases", ())):
+            if key in found and found[key] is not board:
+                raise PluginError(
+                    f"Two plugins offer a board called '{key}': '{offered_by[key]}' ({found[key].name}) and "
+                    f"'{plugin}' ({board.name})."
+                )
+            found[key], offered_by[key] = board, plugin
+    return found
+
+
+def plugin_infos() -> list[PluginInfo]:
+    """Each loaded plugin: its name, the distribution and version it came from, the hooks it implements."""
+    pm = plugin_manager()
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue  # blocked
+        distribution, version = _origins.get(name, ("-", "-"))
+        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
+        infos.append(PluginInfo(name, distribution, version, hooks))
+    return infos

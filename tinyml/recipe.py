@@ -1,0 +1,242 @@
+"""The recipe, `tinyml.toml`: which model, which data, which board, which techniques in which order.
+
+Read with tomllib, checked with pydantic; every error names the file and the field, e.g.
+``tinyml.toml: techniques[0].options.percentile: Input should be a valid number, got 'high'``.
+Relative paths resolve against the recipe's folder; command-line overrides against the current
+directory. The README has a full example with every field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydantic
+from pydantic import BaseModel, ConfigDict, PositiveInt
+
+from tinyml import plugins
+from tinyml.errors import RecipeError
+from tinyml.technique import Technique, describe_validation_error
+
+if TYPE_CHECKING:
+    import torch
+
+    from tinyml.boards import Board
+
+DEFAULT_EXAMPLE = "digits"
+DEFAULT_TECHNIQUES = ({"name": "quantize-int8"},)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    """`[model]`: a bundled example, or a factory function in a Python file plus its weights."""
+
+    example: str | None = None
+    factory: str | None = None  # "path/to/net.py:make_model"
+    weights: Path | None = None  # a state_dict saved with torch.save
+    input_shape: list[PositiveInt] | None = None  # NCHW with batch 1; default: from the calibration data
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.example is None) == (self.factory is None):
+            raise ValueError("give exactly one of `example` (a bundled model) or `factory` (FILE.py:FUNC)")
+        if self.example is not None and (self.weights or self.input_shape):
+            raise ValueError("`weights` and `input_shape` belong with `factory`, not with `example`")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"`factory` must be FILE.py:FUNCTION, got {self.factory!r}")
+        return self
+
+    @property
+    def factory_file(self) -> Path:
+        return Path(self.factory.rsplit(":", 1)[0]) if self.factory else Path()
+
+    @property
+    def factory_function(self) -> str:
+        return self.factory.rsplit(":", 1)[1] if self.factory else ""
+
+
+class DataSpec(_Section):
+    """`[data]`: .npz files holding `x` (N, C, H, W float32) and, optionally, integer labels `y`."""
+
+    calibration: Path | None = None
+    validation: Path | None = None
+
+
+class TechniqueEntry(_Section):
+    """One `[[techniques]]` entry: a technique's name and its `[techniques.options]` table."""
+
+    name: str
+    options: dict[str, Any] = {}
+
+
+class RecipeFile(_Section):
+    """The whole file as written."""
+
+    board: str | None = None
+    model: ModelSpec = ModelSpec(example=DEFAULT_EXAMPLE)
+    data: DataSpec = DataSpec()
+    techniques: list[TechniqueEntry] = [TechniqueEntry(**t) for t in DEFAULT_TECHNIQUES]
+
+
+@dataclass
+class Recipe:
+    """A checked recipe: paths absolute, the board found, each technique built with its options."""
+
+    model: ModelSpec
+    data: DataSpec
+    board: Board | None
+    techniques: list[Technique]
+    path: Path | None = None  # the tinyml.toml it came from, if any
+    raw: dict[str, Any] = field(default_factory=dict)  # the merged table, for a build's record
+
+
+# (table, key) pairs holding a path, resolved against the folder of whoever wrote them
+_PATH_FIELDS = (("model", "factory"), ("model", "weights"), ("data", "calibration"), ("data", "validation"))
+
+
+def load_recipe(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read `path` (optional), apply command-line `overrides` (same shape as the TOML), check it all.
+
+    `overrides` is nested like the file: ``{"board": "stm32", "model": {"example": "digits"}}``.
+    Giving `model.example` or `model.factory` replaces the recipe's model source entirely.
+    """
+    where = str(path) if path is not None else "recipe"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        raw = _resolve_paths(_read_toml(path), path.resolve().parent)
+    raw = _merge(raw, _resolve_paths(overrides or {}, Path.cwd()))
+    try:
+        spec = RecipeFile.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise RecipeError(describe_validation_error(err, f"{where}:")) from None
+    return Recipe(
+        model=spec.model,
+        data=spec.data,
+        board=_find_board(spec.board, where),
+        techniques=[_build_technique(entry, i, where) for i, entry in enumerate(spec.techniques)],
+        path=path,
+        raw=raw,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"Recipe file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}.") from None
+
+
+def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
+    table = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+    for section, key in _PATH_FIELDS:
+        value = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
+        if isinstance(value, str):
+            head, sep, function = value.rpartition(":") if key == "factory" else ("", "", value)
+            file = head if sep else function
+            resolved = str(base / Path(file).expanduser())
+            table[section][key] = f"{resolved}:{function}" if sep else resolved
+    return table
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            table = dict(merged[key])
+            if key == "model" and ({"example", "factory"} & value.keys()):
+                table = {}  # a new model source: the recipe's weights and shape belonged to the old one
+            merged[key] = {**table, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _find_board(name: str | None, where: str) -> Board | None:
+    if name is None:
+        return None
+    available = plugins.boards()
+    if name not in available:
+        names = ", ".join(sorted(available)) or "none (no board plugin is loaded)"
+        raise RecipeError(f"{where}: board: unknown board {name!r}. Available boards: {names}.")
+    return available[name]
+
+
+def _build_technique(entry: TechniqueEntry, index: int, where: str) -> Technique:
+    available = plugins.techniques()
+    if entry.name not in available:
+        names = ", ".join(sorted(available)) or "none (no technique plugin is loaded)"
+        raise RecipeError(
+            f"{where}: techniques[{index}].name: unknown technique {entry.name!r}. "
+            f"Available techniques: {names}."
+        )
+    cls = available[entry.name]
+    return cls(cls.parse_options(entry.options, where=f"{where}: techniques[{index}].options"))
+
+
+def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
+    """Call the `[model] factory` function and load `weights` into the module it returns."""
+    import torch
+
+    file, function = spec.factory_file, spec.factory_function
+    if not file.is_file():
+        raise RecipeError(f"model.factory: the file {file} does not exist.")
+    module_spec = importlib.util.spec_from_file_location(f"tinyml_user_model_{abs(hash(file))}", file)
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        raise RecipeError(f"model.factory: importing {file} failed: {type(err).__name__}: {err}") from err
+    make = getattr(module, function, None)
+    if not callable(make):
+        raise RecipeError(f"model.factory: {file} has no function {function!r}.")
+    model = make()
+    if not isinstance(model, torch.nn.Module):
+        raise RecipeError(
+            f"model.factory: {file}:{function}() returned {type(model).__name__}, not a torch.nn.Module."
+        )
+    if spec.weights is not None:
+        try:
+            state = torch.load(spec.weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.state_dict() if isinstance(state, torch.nn.Module) else state)
+        except FileNotFoundError:
+            raise RecipeError(f"model.weights: the file {spec.weights} does not exist.") from None
+        except Exception as err:
+            raise RecipeError(
+                f"model.weights: {spec.weights} does not fit the model from {file}:{function}: {err}"
+            ) from err
+    return model.eval()
+
+
+def load_samples(path: Path, field_name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read `x` (N, C, H, W float32) and optional integer labels `y` from the .npz named by `field_name`."""
+    try:
+        with np.load(path) as arrays:
+            if not isinstance(arrays, np.lib.npyio.NpzFile):
+                raise RecipeError(
+                    f"{field_name}: {path} holds a single array; save it with np.savez(path, x=...)."
+                )
+            if "x" not in arrays:
+                raise RecipeError(
+                    f"{field_name}: {path} has no array `x` (found: {', '.join(arrays.files) or 'none'})."
+                )
+            x = np.asarray(arrays["x"], dtype=np.float32)
+            y = np.asarray(arrays["y"]) if "y" in arrays else None
+    except FileNotFoundError:
+        raise RecipeError(f"{field_name}: the file {path} does not exist.") from None
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"{field_name}: {path} is not a readable .npz file: {err}") from err
+    if y is not None and (len(y) != len(x) or not np.issubdtype(y.dtype, np.integer)):
+        raise RecipeError(f"{field_name}: {path}: `y` must hold one integer label per sample of `x`.")
+    return x, y
