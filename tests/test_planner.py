@@ -79,6 +79,7 @@ def test_random_buffers_plan_is_valid_and_never_worse_than_tflm(buffers: list[Bu
     result.validate()
     assert set(result.offsets) == {b.name for b in buffers}
     assert result.lower_bound <= result.arena_bytes <= result.greedy_bytes
+    assert plan_buffers(buffers).offsets == result.offsets  # the same buffers always get the same plan
     greedy = greedy_tflm_offsets(buffers)
     tflm_plan = MemoryPlan(
         offsets={b.name: o for b, o in zip(buffers, greedy, strict=True)},

@@ -10,6 +10,7 @@ baseline every plan is measured against; it is one of the candidates, so a plan 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from tinyml.ir import Graph
 SCRATCH_PREFIX = "scratch:"
 EXACT_SEARCH_MAX_BUFFERS = 10
 EXACT_SEARCH_BUDGET = 20_000  # search nodes visited before the best plan so far is kept
+JITTER_ROUNDS = 150  # greedy placements in randomly perturbed size order, when no plan is yet minimal
+JITTER = 0.3  # sizes are scaled by a factor in [1 - JITTER, 1 + JITTER] to perturb the order
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class MemoryPlan:
 
         rows = self.timeline()
         last_step = max((r[2] for r in rows), default=0)
-        fig = Figure(figsize=(max(6.0, 0.35 * (last_step + 1)), 5.0))
+        fig = Figure(figsize=(min(max(6.0, 0.35 * (last_step + 1)), 24.0), 5.0))
         ax = fig.add_subplot()
         for i, (name, first, last, offset, size) in enumerate(rows):
             color = f"C{i % 10}"
@@ -137,7 +140,7 @@ class MemoryPlan:
             label=f"TFLM greedy {self.greedy_bytes:,} B",
         )
         ax.set_xlim(-0.5, last_step + 0.5)
-        ax.set_ylim(0, max(self.arena_bytes, self.greedy_bytes, 1) * 1.05)
+        ax.set_ylim(0, max(self.arena_bytes, self.greedy_bytes, 1) * 1.2)
         ax.set_xlabel("step (node index)")
         ax.set_ylabel("arena offset (bytes)")
         ax.legend(loc="upper right", fontsize=7)
@@ -210,32 +213,45 @@ def graph_buffers(graph: Graph, scratch_bytes: Mapping[str, int] | None, alignme
 
 
 def plan_buffers(buffers: list[Buffer]) -> MemoryPlan:
-    """Place buffers in one arena: the smallest of TFLM's greedy plan, our greedy variants and,
-    for a few buffers, an exhaustive search."""
+    """Place buffers in one arena, keeping the smallest of: TFLM's greedy plan, greedy placements
+    in other orders, an exhaustive search when there are few buffers, then greedy placements in
+    size orders with seeded random jitter. It stops early once a plan reaches the lower bound."""
     _check_buffers(buffers)
     conflicts = _time_conflicts(buffers)
-    greedy = greedy_tflm_offsets(buffers, conflicts)
-    best_offsets, best_strategy = greedy, "TFLM greedy (size desc, first fit)"
-    best_arena = _arena(buffers, greedy)
     bound = lower_bound(buffers)
-    for order_name, key in ORDERINGS.items():
-        order = sorted(range(len(buffers)), key=lambda i, key=key: key(buffers[i]))
+    greedy = greedy_tflm_offsets(buffers, conflicts)
+    best_offsets, best_arena = greedy, _arena(buffers, greedy)
+    best_strategy = "TFLM greedy (size desc, first fit)"
+    proven = best_arena == bound
+
+    def try_order(order: list[int], order_name: str) -> None:
+        nonlocal best_offsets, best_arena, best_strategy, proven
         for fit_name, fit in (("first fit", _first_fit), ("best fit", _best_fit)):
-            if best_arena == bound:
-                break
             offsets = _place(buffers, conflicts, order, fit)
             arena = _arena(buffers, offsets)
             if arena < best_arena:
                 best_offsets, best_arena, best_strategy = offsets, arena, f"{fit_name}, {order_name}"
-    if best_arena > bound and len(buffers) <= EXACT_SEARCH_MAX_BUFFERS:
-        found, complete = _exact_search(buffers, conflicts, best_arena, bound)
+                proven = arena == bound
+            if proven:
+                return
+
+    for order_name, key in ORDERINGS.items():
+        if not proven:
+            try_order(sorted(range(len(buffers)), key=lambda i, key=key: key(buffers[i])), order_name)
+    if not proven and len(buffers) <= EXACT_SEARCH_MAX_BUFFERS:
+        found, proven = _exact_search(buffers, conflicts, best_arena, bound)
         if found is not None:
-            best_offsets, best_arena = found, _arena(buffers, found)
-            best_strategy = "exhaustive search"
-        if complete:
-            best_strategy += " (proven minimal)"
-    elif best_arena == bound:
-        best_strategy += " (reaches lower bound)"
+            best_offsets, best_arena, best_strategy = found, _arena(buffers, found), "exhaustive search"
+    rng = random.Random(0)  # fixed seed: the same graph always gets the same plan
+    for _ in range(JITTER_ROUNDS if not proven else 0):
+        jitter = [rng.uniform(1 - JITTER, 1 + JITTER) for _ in buffers]
+        try_order(
+            sorted(range(len(buffers)), key=lambda i: -buffers[i].size * jitter[i]), "jittered size desc"
+        )
+        if proven:
+            break
+    if proven:
+        best_strategy += " (minimal)"
     return MemoryPlan(
         offsets={b.name: best_offsets[i] for i, b in enumerate(buffers)},
         sizes={b.name: b.size for b in buffers},
