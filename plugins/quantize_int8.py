@@ -12,10 +12,10 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from tinyml.float_eval import run_float
 
 from tinyml import numbers
 from tinyml.errors import CalibrationError
+from tinyml.float_eval import run_float
 from tinyml.hookspecs import hookimpl
 from tinyml.ir import Graph, Node, Tensor
 from tinyml.reference.elementwise import add_params, softmax_exp_table
@@ -34,8 +34,17 @@ class QuantizeInt8Options(BaseModel):
         "minmax", description="how activation ranges are taken from the calibration data"
     )
     percentile: float = Field(
-        99.99, gt=50.0, le=100.0, description="with calibration = 'percentile': the percentile of each tensor kept"
+        99.99,
+        gt=50.0,
+        le=100.0,
+        description="with calibration = 'percentile': the percentile of each tensor kept",
     )
+    qat_epochs: int = Field(
+        0,
+        ge=0,
+        description="epochs of quantization-aware fine-tuning on the training data (0: post-training only)",
+    )
+    qat_lr: float = Field(1e-4, gt=0.0, description="learning rate of the quantization-aware fine-tuning")
 
 
 class QuantizeInt8(Technique):
@@ -49,6 +58,16 @@ class QuantizeInt8(Technique):
         if graph.is_quantized:
             return graph
         ranges = calibrate(graph, context, self.options)
+        if self.options.qat_epochs > 0:
+            if context.train_data is None or context.train_data[1] is None:
+                raise CalibrationError(
+                    "quantize-int8 with qat_epochs > 0 needs labelled training data: give `y` (integer labels) "
+                    "beside `x` in the calibration .npz, or set qat_epochs = 0."
+                )
+            from tinyml_plugins.qat import fine_tune
+
+            graph = fine_tune(graph, ranges, context, self.options.qat_epochs, self.options.qat_lr)
+            ranges = calibrate(graph, context, self.options)
         return quantize(graph, ranges)
 
 
@@ -144,14 +163,20 @@ def _clamp(node: Node, out: Tensor) -> None:
     node.attrs["act_min"], node.attrs["act_max"] = int(lo), int(hi)
 
 
+def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
+    """Symmetric per-channel scales along `axis`: max |w| maps to 127 (an all-zero channel gets 1.0)."""
+    per_channel = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0).reshape(np.shape(w)[axis], -1)
+    max_abs = np.abs(per_channel).max(axis=1)
+    return np.where(max_abs > 0, max_abs / 127.0, 1.0)
+
+
 def _quantize_weighted(graph: Graph, node: Node) -> None:
     """conv2d, dwconv2d, fc: per-output-channel weights, int32 bias, one multiplier per channel."""
     x, w, b = (graph.tensors[n] for n in node.inputs)
     out = graph.tensors[node.outputs[0]]
-    channel_axis = -1 if node.op == "dwconv2d" else 0
+    channel_axis = w.data.ndim - 1 if node.op == "dwconv2d" else 0
     wf = np.moveaxis(np.asarray(w.data, dtype=np.float64), channel_axis, 0)
-    max_abs = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1)
-    w_scale = np.where(max_abs > 0, max_abs / 127.0, 1.0)
+    w_scale = weight_scales(w.data, channel_axis)
     wq = np.clip(np.round(wf / w_scale.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
     w.data, w.dtype, w.scale, w.zero_point = np.moveaxis(wq, 0, channel_axis).copy(), "int8", w_scale, 0
     bias_scale = float(x.scale) * w_scale
@@ -169,7 +194,11 @@ def _quantize_pool(graph: Graph, node: Node) -> None:
 def _quantize_add(graph: Graph, node: Node) -> None:
     a, b = (graph.tensors[n] for n in node.inputs)
     out = graph.tensors[node.outputs[0]]
-    node.attrs.update(add_params(float(a.scale), a.zero_point, float(b.scale), b.zero_point, float(out.scale), out.zero_point))
+    node.attrs.update(
+        add_params(
+            float(a.scale), a.zero_point, float(b.scale), b.zero_point, float(out.scale), out.zero_point
+        )
+    )
     _clamp(node, out)
 
 

@@ -35,12 +35,15 @@ def _quant(n: int) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Per-channel (multiplier, shift) from reals 1e-6 .. 10 (log-uniform) and the extremes."""
     from_real = st.floats(-6, 1).map(lambda e: quantize_multiplier(10.0**e))
     pairs = st.lists(st.one_of(from_real, st.sampled_from(EXTREME_QUANT)), min_size=n, max_size=n)
-    return pairs.map(lambda ps: (np.array([p[0] for p in ps], np.int32), np.array([p[1] for p in ps], np.int32)))
+    return pairs.map(
+        lambda ps: (np.array([p[0] for p in ps], np.int32), np.array([p[1] for p in ps], np.int32))
+    )
 
 
 def _bias(n: int) -> st.SearchStrategy[np.ndarray | None]:
-    value = st.one_of(st.integers(-5000, 5000), st.integers(INT32_MIN, INT32_MAX),
-                      st.sampled_from([INT32_MIN, INT32_MAX]))  # fmt: skip
+    value = st.one_of(
+        st.integers(-5000, 5000), st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MAX])
+    )
     return st.one_of(st.none(), st.lists(value, min_size=n, max_size=n).map(lambda b: np.array(b, np.int32)))
 
 
@@ -64,8 +67,14 @@ def _int8(draw, shape: tuple[int, ...]) -> np.ndarray:
 def requant_args(draw, out_c: int) -> dict:
     multiplier, shift = draw(_quant(out_c))
     act_min, act_max = draw(clamps)
-    return dict(input_offset=-draw(zero_points), output_offset=draw(zero_points), multiplier=multiplier,
-                shift=shift, act_min=act_min, act_max=act_max)  # fmt: skip
+    return dict(
+        input_offset=-draw(zero_points),
+        output_offset=draw(zero_points),
+        multiplier=multiplier,
+        shift=shift,
+        act_min=act_min,
+        act_max=act_max,
+    )
 
 
 @st.composite
@@ -74,8 +83,9 @@ def window_args(draw) -> dict:
     h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
     kh, kw = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
-    return dict(h=h, w=w, kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
-                padding=(ph, pw))  # fmt: skip
+    return dict(
+        h=h, w=w, kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=(ph, pw)
+    )
 
 
 @st.composite
@@ -84,7 +94,12 @@ def conv2d_cases(draw):
     in_c, out_c = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     x = _int8(draw, (g["h"], g["w"], in_c))
     w = _int8(draw, (out_c, *g["kernel"], in_c))
-    return x, w, draw(_bias(out_c)), dict(stride=g["stride"], padding=g["padding"], **draw(requant_args(out_c)))
+    return (
+        x,
+        w,
+        draw(_bias(out_c)),
+        dict(stride=g["stride"], padding=g["padding"], **draw(requant_args(out_c))),
+    )
 
 
 @st.composite
@@ -113,8 +128,10 @@ class _Call:
         self.ffi = lib.ffi
         self.keep: list = []
         self.bias = self.ffi.NULL if bias is None else self.ptr("int32_t[]", bias)
-        self.quant = self.ffi.new("tml_quant_channels *", {
-            "multiplier": self.ptr("int32_t[]", multiplier), "shift": self.ptr("int32_t[]", shift)})  # fmt: skip
+        self.quant = self.ffi.new(
+            "tml_quant_channels *",
+            {"multiplier": self.ptr("int32_t[]", multiplier), "shift": self.ptr("int32_t[]", shift)},
+        )
 
     def ptr(self, ctype: str, a: np.ndarray):
         a = np.ascontiguousarray(a)
@@ -126,11 +143,20 @@ class _Call:
 
 
 def _conv_params(call: _Call, kw: dict):
-    return call.ffi.new("tml_conv_params *", {
-        "stride_h": kw["stride"][0], "stride_w": kw["stride"][1], "pad_h": kw["padding"][0],
-        "pad_w": kw["padding"][1], "depth_multiplier": kw.get("depth_multiplier", 1),
-        "input_offset": kw["input_offset"], "output_offset": kw["output_offset"],
-        "act_min": kw["act_min"], "act_max": kw["act_max"]})  # fmt: skip
+    return call.ffi.new(
+        "tml_conv_params *",
+        {
+            "stride_h": kw["stride"][0],
+            "stride_w": kw["stride"][1],
+            "pad_h": kw["padding"][0],
+            "pad_w": kw["padding"][1],
+            "depth_multiplier": kw.get("depth_multiplier", 1),
+            "input_offset": kw["input_offset"],
+            "output_offset": kw["output_offset"],
+            "act_min": kw["act_min"],
+            "act_max": kw["act_max"],
+        },
+    )
 
 
 def _out_hw(x: np.ndarray, kernel: tuple[int, int], kw: dict) -> tuple[int, int]:
@@ -142,10 +168,17 @@ def c_conv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
     out_h, out_w = _out_hw(x, w.shape[1:3], kw)
     out = np.zeros((out_h, out_w, w.shape[0]), np.int8)
     status = lib.lib.tml_conv2d_s8(
-        _conv_params(call, kw), call.quant, call.shape(*x.shape), call.ptr("int8_t[]", x),
-        call.shape(*w.shape[1:]), call.ptr("int8_t[]", w), call.bias, call.shape(*out.shape),
-        call.ffi.from_buffer("int8_t[]", out), call.ffi.NULL,
-    )  # fmt: skip
+        _conv_params(call, kw),
+        call.quant,
+        call.shape(*x.shape),
+        call.ptr("int8_t[]", x),
+        call.shape(*w.shape[1:]),
+        call.ptr("int8_t[]", w),
+        call.bias,
+        call.shape(*out.shape),
+        call.ffi.from_buffer("int8_t[]", out),
+        call.ffi.NULL,
+    )
     return status, out
 
 
@@ -154,20 +187,36 @@ def c_dwconv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
     out_h, out_w = _out_hw(x, w.shape[:2], kw)
     out = np.zeros((out_h, out_w, w.shape[2]), np.int8)
     status = lib.lib.tml_dwconv2d_s8(
-        _conv_params(call, kw), call.quant, call.shape(*x.shape), call.ptr("int8_t[]", x),
-        call.shape(*w.shape[:2], x.shape[2]), call.ptr("int8_t[]", w), call.bias, call.shape(*out.shape),
-        call.ffi.from_buffer("int8_t[]", out), call.ffi.NULL,
-    )  # fmt: skip
+        _conv_params(call, kw),
+        call.quant,
+        call.shape(*x.shape),
+        call.ptr("int8_t[]", x),
+        call.shape(*w.shape[:2], x.shape[2]),
+        call.ptr("int8_t[]", w),
+        call.bias,
+        call.shape(*out.shape),
+        call.ffi.from_buffer("int8_t[]", out),
+        call.ffi.NULL,
+    )
     return status, out
 
 
 def c_fc(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
     call = _Call(lib, bias, kw["multiplier"], kw["shift"])
-    params = call.ffi.new("tml_fc_params *", {k: kw[k] for k in ("input_offset", "output_offset", "act_min",
-                                                                   "act_max")})  # fmt: skip
+    params = call.ffi.new(
+        "tml_fc_params *", {k: kw[k] for k in ("input_offset", "output_offset", "act_min", "act_max")}
+    )
     out = np.zeros(w.shape[0], np.int8)
-    status = lib.lib.tml_fc_s8(params, call.quant, x.size, call.ptr("int8_t[]", x), call.ptr("int8_t[]", w),
-                               call.bias, w.shape[0], call.ffi.from_buffer("int8_t[]", out))  # fmt: skip
+    status = lib.lib.tml_fc_s8(
+        params,
+        call.quant,
+        x.size,
+        call.ptr("int8_t[]", x),
+        call.ptr("int8_t[]", w),
+        call.bias,
+        w.shape[0],
+        call.ffi.from_buffer("int8_t[]", out),
+    )
     return status, out
 
 
@@ -225,9 +274,17 @@ def test_scratch_is_not_needed(lib):
 def _small_conv():
     x = np.arange(-8, 8, dtype=np.int8).reshape(4, 4, 1)
     w = np.ones((2, 3, 3, 1), np.int8)
-    kw = dict(stride=(1, 1), padding=(1, 1), input_offset=0, output_offset=0,
-              multiplier=np.full(2, 1 << 30, np.int32), shift=np.ones(2, np.int32), act_min=-128, act_max=127)
-    return x, w, kw  # fmt: skip
+    kw = dict(
+        stride=(1, 1),
+        padding=(1, 1),
+        input_offset=0,
+        output_offset=0,
+        multiplier=np.full(2, 1 << 30, np.int32),
+        shift=np.ones(2, np.int32),
+        act_min=-128,
+        act_max=127,
+    )
+    return x, w, kw
 
 
 def test_conv_kernels_reject_bad_arguments(lib):
@@ -248,15 +305,23 @@ def test_conv_kernels_reject_bad_arguments(lib):
         "zero channels": (call.shape(4, 4, 0), call.shape(3, 3, 0), out_shape),
     }
     for what, (i_s, f_s, o_s) in bad_shapes.items():
-        assert c.tml_conv2d_s8(params, call.quant, i_s, xin, f_s, win, call.bias, o_s, out, ffi.NULL) \
-            == TML_ARG_ERROR, what
+        assert (
+            c.tml_conv2d_s8(params, call.quant, i_s, xin, f_s, win, call.bias, o_s, out, ffi.NULL)
+            == TML_ARG_ERROR
+        ), what
     zero_stride = _conv_params(call, {**kw, "stride": (0, 1)})
     assert c.tml_conv2d_s8(zero_stride, *args[1:]) == TML_ARG_ERROR
     dw_out = call.shape(4, 4, 1)
-    assert c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, dw_out, out,
-                             ffi.NULL) == TML_OK  # fmt: skip
-    assert c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, out_shape, out,
-                             ffi.NULL) == TML_ARG_ERROR  # fmt: skip
+    assert (
+        c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, dw_out, out, ffi.NULL)
+        == TML_OK
+    )
+    assert (
+        c.tml_dwconv2d_s8(
+            params, call.quant, in_shape, xin, f_shape, win, call.bias, out_shape, out, ffi.NULL
+        )
+        == TML_ARG_ERROR
+    )
     fc_params = ffi.new("tml_fc_params *", {"act_min": -128, "act_max": 127})
     assert c.tml_fc_s8(fc_params, call.quant, 0, xin, win, call.bias, 2, out) == TML_ARG_ERROR
     assert c.tml_fc_s8(fc_params, call.quant, 9, xin, ffi.NULL, call.bias, 2, out) == TML_ARG_ERROR
@@ -291,8 +356,13 @@ def _float_expected(acc: np.ndarray, bias, real: float, kw: dict) -> np.ndarray:
 
 def _float_conv(x, w_oihw, bias, kw, groups: int) -> np.ndarray:
     xt = torch.from_numpy(x.astype(np.float64) + kw["input_offset"]).permute(2, 0, 1)[None]
-    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w_oihw.astype(np.float64)), stride=kw["stride"],
-                                   padding=kw["padding"], groups=groups)  # fmt: skip
+    y = torch.nn.functional.conv2d(
+        xt,
+        torch.from_numpy(w_oihw.astype(np.float64)),
+        stride=kw["stride"],
+        padding=kw["padding"],
+        groups=groups,
+    )
     return y[0].permute(1, 2, 0).numpy()
 
 
@@ -304,15 +374,28 @@ def float_checked_cases(draw, depthwise: bool):
     out_c = in_c * n if depthwise else n
     x = _int8(draw, (g["h"], g["w"], in_c))
     w = _int8(draw, (*g["kernel"], out_c) if depthwise else (out_c, *g["kernel"], in_c))
-    bias = draw(st.one_of(st.none(), st.lists(st.integers(-20000, 20000), min_size=out_c, max_size=out_c)
-                          .map(lambda b: np.array(b, np.int32))))  # fmt: skip
+    bias = draw(
+        st.one_of(
+            st.none(),
+            st.lists(st.integers(-20000, 20000), min_size=out_c, max_size=out_c).map(
+                lambda b: np.array(b, np.int32)
+            ),
+        )
+    )
     exact = draw(st.booleans())
     real = draw(st.sampled_from([0.5, 1.0, 2.0]) if exact else st.floats(1e-6, 1.0))
     mult, shift = quantize_multiplier(real)
     act_min, act_max = draw(clamps)
-    kw = dict(stride=g["stride"], padding=g["padding"], input_offset=-draw(zero_points),
-              output_offset=draw(zero_points), multiplier=np.full(out_c, mult, np.int32),
-              shift=np.full(out_c, shift, np.int32), act_min=act_min, act_max=act_max)  # fmt: skip
+    kw = dict(
+        stride=g["stride"],
+        padding=g["padding"],
+        input_offset=-draw(zero_points),
+        output_offset=draw(zero_points),
+        multiplier=np.full(out_c, mult, np.int32),
+        shift=np.full(out_c, shift, np.int32),
+        act_min=act_min,
+        act_max=act_max,
+    )
     if depthwise:
         kw["depth_multiplier"] = n
     return x, w, bias, kw, real, exact
@@ -348,8 +431,14 @@ def test_reference_fc_agrees_with_float_matmul():
     rng = np.random.default_rng(7)
     x, w = rng.integers(-128, 128, 37, dtype=np.int8), rng.integers(-127, 128, (5, 37), dtype=np.int8)
     bias = rng.integers(-3000, 3000, 5).astype(np.int32)
-    kw = dict(input_offset=-11, output_offset=4, multiplier=np.full(5, 1 << 30, np.int32),
-              shift=np.full(5, -6, np.int32), act_min=-128, act_max=127)  # 2^-7: exact in float  # fmt: skip
+    kw = dict(
+        input_offset=-11,
+        output_offset=4,
+        multiplier=np.full(5, 1 << 30, np.int32),
+        shift=np.full(5, -6, np.int32),  # with the multiplier 2^30: exactly 2^-7
+        act_min=-128,
+        act_max=127,
+    )
     acc = w.astype(np.float64) @ (x.astype(np.float64) - 11) + bias
     expected = np.clip(_round_half_up(acc / 128) + 4, -128, 127)
     got = fc_s8(x, w, bias, **kw)
@@ -363,9 +452,19 @@ def test_reference_conv2d_hand_computed():
     x = np.array([[1, 2], [3, 4]], np.int8).reshape(2, 2, 1)
     w = np.ones((1, 2, 2, 1), np.int8)
     mult, shift = quantize_multiplier(0.5)
-    out = conv2d_s8(x, w, np.array([1], np.int32), stride=(1, 1), padding=(1, 1), input_offset=1,
-                    output_offset=-3, multiplier=np.array([mult], np.int32), shift=np.array([shift], np.int32),
-                    act_min=-128, act_max=127)  # fmt: skip
+    out = conv2d_s8(
+        x,
+        w,
+        np.array([1], np.int32),
+        stride=(1, 1),
+        padding=(1, 1),
+        input_offset=1,
+        output_offset=-3,
+        multiplier=np.array([mult], np.int32),
+        shift=np.array([shift], np.int32),
+        act_min=-128,
+        act_max=127,
+    )
     # x + 1 = [[2, 3], [4, 5]]; the 3x3 outputs sum the cells each window covers, plus bias 1:
     # [[2, 5, 3], [6, 14, 8], [4, 9, 5]] + 1 = [[3, 6, 4], [7, 15, 9], [5, 10, 6]];
     # halved with ties away from zero: [[2, 3, 2], [4, 8, 5], [3, 5, 3]]; minus 3:

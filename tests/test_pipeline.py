@@ -144,7 +144,7 @@ def test_failed_compile_leaves_no_build_directory(tmp_path) -> None:
 @pytest.mark.slow
 def test_digits_example_accuracy_through_c(tmp_path) -> None:
     from tinyml.recipe import load_recipe
-    from tinyml.validate import validate
+    from tinyml.validation import validate
 
     compiler.compile_from_recipe(load_recipe(None, {"model": {"example": "digits"}}), tmp_path / "digits")
     result = validate(tmp_path / "digits")

@@ -104,17 +104,16 @@ def compile_command(
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def validate_command(build_dir: str, as_json: bool) -> None:
-    """Run a compiled model's C on the host against the integer reference and the float model."""
-    from tinyml.validate import validate
+    """Run a build's C on the host: accuracy against PyTorch, bytes against the integer reference.
+
+    Exits with 1 when the C output differs from the reference on any sample.
+    """
+    from tinyml.validation import format_report, validate
 
     result = validate(Path(build_dir))
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
-        return
-    table = Table("check", "result", show_header=False)
-    for key, value in _flatten(result):
-        table.add_row(key, str(value))
-    Console().print(table)
+    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+    if not result["c_matches_reference"]:
+        sys.exit(1)
 
 
 def _recipe_path(recipe: str | None) -> Path | None:
@@ -136,12 +135,6 @@ def _overrides(
     if board:
         overrides["board"] = board
     return overrides
-
-
-def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in _flatten(v, f"{prefix}{k}.")]
-    return [(prefix.rstrip("."), value)]
 
 
 if __name__ == "__main__":

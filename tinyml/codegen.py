@@ -138,7 +138,9 @@ def _model_h(graph: Graph, plan: MemoryPlan) -> str:
     return "\n".join(lines)
 
 
-def _model_c(graph: Graph, plan: MemoryPlan, kernels: dict[str, Kernel], weights: dict[str, EncodedTensor]) -> str:
+def _model_c(
+    graph: Graph, plan: MemoryPlan, kernels: dict[str, Kernel], weights: dict[str, EncodedTensor]
+) -> str:
     inputs, outputs = set(graph.inputs), set(graph.outputs)
 
     def tensor_expr(name: str) -> str:
@@ -159,7 +161,9 @@ def _model_c(graph: Graph, plan: MemoryPlan, kernels: dict[str, Kernel], weights
         scratch = f"(tml_arena + {plan.offsets[scratch_key]})" if scratch_key in plan.offsets else "NULL"
         site = CallSite(graph=graph, node=node, prefix=prefix, tensor=tensor_expr, scratch=scratch)
         call = kernels[node.name].emit(site)
-        statics.append(f"/* layer {i}: {node.name} ({node.op}, {kernels[node.name].function}) from {node.source} */")
+        statics.append(
+            f"/* layer {i}: {node.name} ({node.op}, {kernels[node.name].function}) from {node.source} */"
+        )
         statics.extend(site.statics)
         calls += [
             f"    /* {i}: {node.name} */",

@@ -60,7 +60,9 @@ class Build:
     def layer_weight_bytes(self) -> dict[str, int]:
         """Flash taken by each layer's constants, by node name."""
         return {
-            node.name: sum(self.generated.weights[n].nbytes for n in node.inputs if n in self.generated.weights)
+            node.name: sum(
+                self.generated.weights[n].nbytes for n in node.inputs if n in self.generated.weights
+            )
             for node in self.graph.nodes
         }
 
@@ -76,7 +78,9 @@ class Build:
         for i, node in enumerate(self.graph.nodes):
             out = self.graph.tensors[node.outputs[0]]
             kernel = self.generated.kernels[node.name].function
-            table.add_row(str(i), node.name, node.op, kernel, "x".join(map(str, out.shape[1:])), str(weights[node.name]))
+            table.add_row(
+                str(i), node.name, node.op, kernel, "x".join(map(str, out.shape[1:])), str(weights[node.name])
+            )
         console = Console(width=110, record=True, file=io.StringIO())
         console.print(table)
         console.print(f"techniques: {', '.join(t.name for t in self.techniques) or 'none'}")
@@ -95,7 +99,9 @@ def resolve_techniques(specs: Sequence[TechniqueSpec]) -> list[Technique]:
             continue
         name, options = (spec, {}) if isinstance(spec, str) else spec
         if name not in available:
-            raise RecipeError(f"Unknown technique {name!r}. Available techniques: {', '.join(sorted(available))}.")
+            raise RecipeError(
+                f"Unknown technique {name!r}. Available techniques: {', '.join(sorted(available))}."
+            )
         result.append(available[name](options))
     return result
 
@@ -178,7 +184,9 @@ def write_build(
         (tmp / GRAPH_FILE).write_bytes(pickle.dumps(build.graph))
         (tmp / FLOAT_GRAPH_FILE).write_bytes(pickle.dumps(build.float_graph))
         if validation is not None:
-            np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
+            np.savez_compressed(
+                tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred
+            )
         manifest = {
             "board": build.board.name if build.board else None,
             "techniques": [{"name": t.name, "options": t.options.model_dump()} for t in build.techniques],
@@ -187,7 +195,12 @@ def write_build(
             "arena_greedy_bytes": build.plan.greedy_bytes,
             "weight_bytes": build.generated.weight_bytes,
             "layers": [
-                {"name": n.name, "op": n.op, "kernel": build.generated.kernels[n.name].function, "source": n.source}
+                {
+                    "name": n.name,
+                    "op": n.op,
+                    "kernel": build.generated.kernels[n.name].function,
+                    "source": n.source,
+                }
                 for n in build.graph.nodes
             ],
         }
@@ -205,7 +218,9 @@ def write_build(
 def load_graph(build_dir: Path) -> Graph:
     path = Path(build_dir) / GRAPH_FILE
     if not path.exists():
-        raise TinymlError(f"{build_dir} is not a tinyml build directory (no {GRAPH_FILE}); run `tinyml compile` first.")
+        raise TinymlError(
+            f"{build_dir} is not a tinyml build directory (no {GRAPH_FILE}); run `tinyml compile` first."
+        )
     return pickle.loads(path.read_bytes())
 
 
@@ -225,7 +240,7 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
         model = load_factory_model(recipe.model)
         if recipe.data.calibration is None:
             raise CalibrationError(
-                "No calibration data: set `[data] calibration = \"calib.npz\"` in the recipe or pass --calib FILE "
+                'No calibration data: set `[data] calibration = "calib.npz"` in the recipe or pass --calib FILE '
                 "(an .npz with an array `x` of representative inputs, shaped (N, C, H, W))."
             )
         calibration, labels = load_samples(recipe.data.calibration, "data.calibration")

@@ -178,7 +178,9 @@ class HostModel:
         out = np.zeros((len(x), self.output_size), dtype=np.int8)
         ffi, lib = self.library.ffi, self.library.lib
         for i in range(len(x)):
-            status = lib.tml_model_invoke(ffi.from_buffer("int8_t[]", x[i]), ffi.from_buffer("int8_t[]", out[i]))
+            status = lib.tml_model_invoke(
+                ffi.from_buffer("int8_t[]", x[i]), ffi.from_buffer("int8_t[]", out[i])
+            )
             if status != 0:
                 raise RuntimeError(f"tml_model_invoke returned {status} on sample {i}")
         return out
@@ -201,9 +203,13 @@ def load_model(build_dir: str | Path) -> HostModel:
     build_dir = Path(build_dir).resolve()
     missing = [f for f in ("model.h", *MODEL_SOURCES) if not (build_dir / f).exists()]
     if missing:
-        raise BuildError(f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?")
+        raise BuildError(
+            f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?"
+        )
     kernel_dirs = [Path(d) for dirs in plugins.plugin_manager().hook.tinyml_kernel_sources() for d in dirs]
-    sources = [build_dir / f for f in MODEL_SOURCES] + sorted(p for d in kernel_dirs for p in (d / "src").glob("*.c"))
+    sources = [build_dir / f for f in MODEL_SOURCES] + sorted(
+        p for d in kernel_dirs for p in (d / "src").glob("*.c")
+    )
     library = build(
         cdef=MODEL_CDEF,
         source='#include "model.h"\n',
@@ -211,4 +217,3 @@ def load_model(build_dir: str | Path) -> HostModel:
         include_dirs=[build_dir, *[d / "include" for d in kernel_dirs]],
     )
     return HostModel(build_dir, library, model_macros(build_dir / "model.h"))
-

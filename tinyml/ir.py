@@ -115,7 +115,9 @@ class Graph:
         """One line per node: op, input shapes -> output shape, source module."""
         lines = []
         for node in self.nodes:
-            ins = ", ".join(str(self.tensors[i].shape) for i in node.inputs if not self.tensors[i].is_constant)
+            ins = ", ".join(
+                str(self.tensors[i].shape) for i in node.inputs if not self.tensors[i].is_constant
+            )
             outs = ", ".join(str(self.tensors[o].shape) for o in node.outputs)
             lines.append(f"{node.name:<20} {node.op:<9} {ins} -> {outs}  [{node.source}]")
         return "\n".join(lines)

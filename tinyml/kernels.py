@@ -165,7 +165,9 @@ def _emit_softmax(call: CallSite) -> str:
     shape = call.graph.tensors[n.inputs[0]].shape
     row = shape[-1]
     rows = int(np.prod(shape)) // row
-    return f"status = tml_softmax_s8({call.prefix}_exp_table, {call.input(0)}, {rows}, {row}, {call.output()});"
+    return (
+        f"status = tml_softmax_s8({call.prefix}_exp_table, {call.input(0)}, {rows}, {row}, {call.output()});"
+    )
 
 
 def _emit_concat(call: CallSite) -> str:
@@ -214,7 +216,11 @@ def conv_scratch_bytes(graph: Graph, node: Node) -> int:
     x, w = (graph.tensors[n] for n in node.inputs[:2])
     out = graph.tensors[node.outputs[0]]
     kh, kw = w.shape[1:3]
-    fn = kernels.lib.tml_dwconv2d_s8_scratch_bytes if node.op == "dwconv2d" else kernels.lib.tml_conv2d_s8_scratch_bytes
+    fn = (
+        kernels.lib.tml_dwconv2d_s8_scratch_bytes
+        if node.op == "dwconv2d"
+        else kernels.lib.tml_conv2d_s8_scratch_bytes
+    )
     return int(fn(shape(x.shape[1:]), shape((kh, kw, x.shape[-1])), shape(out.shape[1:])))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 from tinyml.errors import TinymlError
@@ -156,13 +157,13 @@ def plan(graph: Graph, scratch_bytes: Mapping[str, int] | None = None, alignment
     `scratch_bytes` maps a node name to the scratch its kernel asks for (alive during that node's
     step only). Every size is rounded up to `alignment`, so every offset is a multiple of it.
     """
-    if not isinstance(alignment, int) or alignment < 1:
-        raise TinymlError(f"Memory plan alignment must be a positive integer of bytes, got {alignment!r}.")
     return plan_buffers(graph_buffers(graph, scratch_bytes, alignment))
 
 
 def graph_buffers(graph: Graph, scratch_bytes: Mapping[str, int] | None, alignment: int) -> list[Buffer]:
     """The buffers a graph needs, in the order TFLM would add them: activations, then scratch."""
+    if not isinstance(alignment, Integral) or alignment < 1:
+        raise TinymlError(f"Memory plan alignment must be a positive integer of bytes, got {alignment!r}.")
     step_of = {node.name: i for i, node in enumerate(graph.nodes)}
     end = max(len(graph.nodes) - 1, 0)
     first: dict[str, int] = {name: 0 for name in graph.inputs}
@@ -201,14 +202,14 @@ def graph_buffers(graph: Graph, scratch_bytes: Mapping[str, int] | None, alignme
                 f"Scratch size given for node {node_name!r}, which is not in the graph "
                 f"(nodes: {', '.join(step_of) or 'none'})."
             )
-        if not isinstance(nbytes, int) or nbytes < 0:
+        if not isinstance(nbytes, Integral) or nbytes < 0:
             raise TinymlError(
                 f"Scratch size for node {node_name!r} must be a non-negative integer"
                 f" of bytes, got {nbytes!r}."
             )
         if nbytes > 0:
             step = step_of[node_name]
-            buffers.append(Buffer(SCRATCH_PREFIX + node_name, _round_up(nbytes, alignment), step, step))
+            buffers.append(Buffer(SCRATCH_PREFIX + node_name, _round_up(int(nbytes), alignment), step, step))
     return buffers
 
 

@@ -165,11 +165,12 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def _find_board(name: str | None, where: str) -> Board | None:
     if name is None:
         return None
-    available = plugins.boards()
-    if name not in available:
-        names = ", ".join(sorted(available)) or "none (no board plugin is loaded)"
-        raise RecipeError(f"{where}: board: unknown board {name!r}. Available boards: {names}.")
-    return available[name]
+    from tinyml.boards import BoardError, resolve_board
+
+    try:
+        return resolve_board(name)
+    except BoardError as err:
+        raise RecipeError(f"{where}: board: {err}") from None
 
 
 def _build_technique(entry: TechniqueEntry, index: int, where: str) -> Technique:
@@ -197,7 +198,9 @@ def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
     try:
         module_spec.loader.exec_module(module)
     except Exception as err:
-        raise RecipeError(f"model.factory: importing {file} failed: {type(err).__name__}: {err}") from err
+        raise RecipeError(
+            f"model.factory: importing {file} failed: {type(err).__name__}: {_one_line(err)}"
+        ) from err
     make = getattr(module, function, None)
     if not callable(make):
         raise RecipeError(f"model.factory: {file} has no function {function!r}.")
@@ -214,7 +217,8 @@ def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
             raise RecipeError(f"model.weights: the file {spec.weights} does not exist.") from None
         except Exception as err:
             raise RecipeError(
-                f"model.weights: {spec.weights} does not fit the model from {file}:{function}: {err}"
+                f"model.weights: {spec.weights} does not fit the model from {file}:{function}: "
+                f"{_one_line(err)}"
             ) from err
     return model.eval()
 
@@ -236,7 +240,12 @@ def load_samples(path: Path, field_name: str) -> tuple[np.ndarray, np.ndarray | 
     except FileNotFoundError:
         raise RecipeError(f"{field_name}: the file {path} does not exist.") from None
     except (OSError, ValueError) as err:
-        raise RecipeError(f"{field_name}: {path} is not a readable .npz file: {err}") from err
+        raise RecipeError(f"{field_name}: {path} is not a readable .npz file: {_one_line(err)}") from err
     if y is not None and (len(y) != len(x) or not np.issubdtype(y.dtype, np.integer)):
         raise RecipeError(f"{field_name}: {path}: `y` must hold one integer label per sample of `x`.")
     return x, y
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message as one line, so the error stays one paragraph."""
+    return " ".join(str(err).split())

@@ -46,7 +46,14 @@ def _weighted(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
 def _pool(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
     a = node.attrs
     fn = maxpool_s8 if node.op == "maxpool" else avgpool_s8
-    return fn(x, kernel=a["kernel"], stride=a["stride"], padding=a["padding"], act_min=a["act_min"], act_max=a["act_max"])
+    return fn(
+        x,
+        kernel=a["kernel"],
+        stride=a["stride"],
+        padding=a["padding"],
+        act_min=a["act_min"],
+        act_max=a["act_max"],
+    )
 
 
 def _add(graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -60,7 +67,9 @@ def _softmax(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
 def _concat(graph: Graph, node: Node, *xs: np.ndarray) -> np.ndarray:
     parts = [
         (x, -graph.tensors[name].zero_point, m, s)
-        for x, name, m, s in zip(xs, node.inputs, node.attrs["multipliers"], node.attrs["shifts"], strict=True)
+        for x, name, m, s in zip(
+            xs, node.inputs, node.attrs["multipliers"], node.attrs["shifts"], strict=True
+        )
     ]
     return concat_s8(parts, graph.tensors[node.outputs[0]].zero_point)
 

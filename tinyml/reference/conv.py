@@ -43,8 +43,9 @@ def _check_window(op: str, x: np.ndarray, kernel: tuple[int, int], stride, paddi
 def _check_channels(op: str, out_c: int, bias, multiplier, shift, act_min: int, act_max: int) -> None:
     for name, a in (("bias", bias), ("multiplier", multiplier), ("shift", shift)):
         if a is not None and np.shape(a) != (out_c,):
-            raise ValueError(f"{op}: `{name}` must have one value per output channel ({out_c}), got shape "
-                             f"{np.shape(a)}")
+            raise ValueError(
+                f"{op}: `{name}` must have one value per output channel ({out_c}), got shape {np.shape(a)}"
+            )
     if not -128 <= act_min <= act_max <= 127:
         raise ValueError(f"{op}: activation clamp [{act_min}, {act_max}] is not an int8 range")
 
@@ -94,8 +95,15 @@ def conv2d_s8(
     _check_channels("conv2d", w.shape[0], bias, multiplier, shift, act_min, act_max)
     windows = _windows(x, w.shape[1:3], stride, padding, input_offset)
     sums = np.tensordot(windows, w.astype(np.float64), axes=([2, 3, 4], [1, 2, 3]))
-    return _finish(sums, bias, output_offset=output_offset, multiplier=multiplier, shift=shift,
-                   act_min=act_min, act_max=act_max)  # fmt: skip
+    return _finish(
+        sums,
+        bias,
+        output_offset=output_offset,
+        multiplier=multiplier,
+        shift=shift,
+        act_min=act_min,
+        act_max=act_max,
+    )
 
 
 def dwconv2d_s8(
@@ -117,15 +125,24 @@ def dwconv2d_s8(
     _check_array("dwconv2d", "x", x, np.int8, 3)
     _check_array("dwconv2d", "w", w, np.int8, 3)
     if depth_multiplier < 1 or w.shape[2] != x.shape[2] * depth_multiplier:
-        raise ValueError(f"dwconv2d: weights have {w.shape[2]} channels, expected input channels "
-                         f"{x.shape[2]} x depth multiplier {depth_multiplier}")
+        raise ValueError(
+            f"dwconv2d: weights have {w.shape[2]} channels, expected input channels "
+            f"{x.shape[2]} x depth multiplier {depth_multiplier}"
+        )
     _check_window("dwconv2d", x, w.shape[:2], stride, padding)
     _check_channels("dwconv2d", w.shape[2], bias, multiplier, shift, act_min, act_max)
     windows = _windows(x, w.shape[:2], stride, padding, input_offset)
     windows = np.repeat(windows, depth_multiplier, axis=-1)
     sums = np.einsum("yxklc,klc->yxc", windows, w.astype(np.float64))
-    return _finish(sums, bias, output_offset=output_offset, multiplier=multiplier, shift=shift,
-                   act_min=act_min, act_max=act_max)  # fmt: skip
+    return _finish(
+        sums,
+        bias,
+        output_offset=output_offset,
+        multiplier=multiplier,
+        shift=shift,
+        act_min=act_min,
+        act_max=act_max,
+    )
 
 
 def fc_s8(
@@ -147,5 +164,12 @@ def fc_s8(
         raise ValueError(f"fc: weights take {w.shape[1]} input features but the input has {x.shape[0]}")
     _check_channels("fc", w.shape[0], bias, multiplier, shift, act_min, act_max)
     sums = w.astype(np.float64) @ (x.astype(np.float64) + input_offset)
-    return _finish(sums, bias, output_offset=output_offset, multiplier=multiplier, shift=shift,
-                   act_min=act_min, act_max=act_max)  # fmt: skip
+    return _finish(
+        sums,
+        bias,
+        output_offset=output_offset,
+        multiplier=multiplier,
+        shift=shift,
+        act_min=act_min,
+        act_max=act_max,
+    )

@@ -1,16 +1,13 @@
-"""SCons builder of the tinyml-arm platform: arm-none-eabi-gcc from PATH, the board's flags,
-the runtime (startup, semihosting, counter) compiled in, and a linker script made from the
-board's memory map (`build.tinyml` in the board JSON)."""
-
-import os
+"""SCons builder of the tinyml-arm platform: compiles a project with the arm-none-eabi-gcc found
+on PATH, using the CPU flags of the board JSON (`build.tinyml.cflags`) and the project's linker
+script (`board_build.ldscript`). Release flags: -O2 (instruction counts are what tinyml
+reports), sections per function and datum, unused ones dropped at link."""
 
 from SCons.Script import AlwaysBuild, Default, DefaultEnvironment
 
 env = DefaultEnvironment()
 board = env.BoardConfig()
-platform_dir = env.PioPlatform().get_dir()
-runtime_dir = os.path.join(platform_dir, "runtime")
-tinyml = board.get("build.tinyml")
+cpu_flags = list(board.get("build.tinyml.cflags"))
 
 env.Replace(
     AR="arm-none-eabi-gcc-ar",
@@ -28,39 +25,13 @@ env.Replace(
     SIZECHECKCMD="$SIZETOOL -A -d $SOURCES",
     SIZEPRINTCMD="$SIZETOOL -B -d $SOURCES",
 )
-
-cpu_flags = list(tinyml["cflags"])
 env.Append(
     ASFLAGS=cpu_flags + ["-x", "assembler-with-cpp"],
-    CCFLAGS=cpu_flags + ["-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra"],
+    CCFLAGS=cpu_flags + ["-O2", "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra"],
     CFLAGS=["-std=c99"],
-    CPPDEFINES=[
-        "TML_COUNTER_" + tinyml["counter"].upper(),
-        ("TML_INSTRUCTIONS_PER_TICK", tinyml["instructions_per_tick"]),
-    ],
-    CPPPATH=[runtime_dir],
     LINKFLAGS=cpu_flags + ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections"],
     LIBS=["c", "gcc"],
 )
-
-
-def render_linker_script():
-    """Fill the linker script template with this board's memory map."""
-    template_path = os.path.join(runtime_dir, "tinyml.ld.in")
-    with open(template_path, encoding="utf-8") as template:
-        text = template.read()
-    for key in ("flash_origin", "flash_bytes", "ram_origin", "ram_bytes", "stack_reserve"):
-        text = text.replace("@%s@" % key.upper(), "0x%08X" % int(tinyml[key]))
-    build_dir = env.subst("$BUILD_DIR")
-    os.makedirs(build_dir, exist_ok=True)
-    path = os.path.join(build_dir, "tinyml.ld")
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(text)
-    return path
-
-
-env.Replace(LDSCRIPT_PATH=render_linker_script())
-env.BuildSources(os.path.join("$BUILD_DIR", "tinyml_runtime"), runtime_dir)
 
 program = env.BuildProgram()
 size = env.Alias("size", program, env.VerboseAction("$SIZEPRINTCMD", "Calculating size $SOURCE"))

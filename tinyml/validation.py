@@ -24,7 +24,7 @@ def validate(build_dir: str | Path, limit: int | None = None) -> dict[str, Any]:
     data_path = build_dir / VALIDATION_FILE
     if not data_path.exists():
         raise TinymlError(
-            f"{build_dir} has no validation data: compile with `[data] validation = \"val.npz\"` in the recipe "
+            f'{build_dir} has no validation data: compile with `[data] validation = "val.npz"` in the recipe '
             "(an .npz with inputs `x` and integer labels `y`) or use a bundled example."
         )
     with np.load(data_path) as data:

@@ -1,0 +1,129 @@
+"""The quantize-int8 technique: the TFLite int8 scheme, calibration options and QAT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tinyml_plugins.qat import FakeQuantGraph
+from tinyml_plugins.quantize_int8 import QuantizeInt8, activation_quant, calibrate
+from torch import nn
+
+from tinyml.errors import CalibrationError, RecipeError
+from tinyml.frontend import from_torch, nchw_to_graph
+from tinyml.reference import run_int8
+from tinyml.technique import Context
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 6 * 6, 4),
+    ).eval()  # fmt: skip
+
+
+def _graph_and_data(n: int = 32):
+    x = np.random.default_rng(0).normal(size=(n, 1, 6, 6)).astype(np.float32)
+    graph = from_torch(small_cnn(), torch.from_numpy(x[:1]))
+    return graph, nchw_to_graph(x)
+
+
+def test_weights_biases_and_multipliers_follow_the_int8_spec() -> None:
+    graph, calib = _graph_and_data()
+    q = QuantizeInt8().apply(graph, Context(calibration=calib))
+    for node in q.nodes:
+        if node.op not in ("conv2d", "dwconv2d", "fc"):
+            continue
+        x, w, b = (q.tensors[n] for n in node.inputs)
+        assert w.dtype == "int8" and w.data.min() >= -127 and w.data.max() <= 127
+        # Every output channel uses its full range: max |w| == 127.
+        axis = w.data.ndim - 1 if node.op == "dwconv2d" else 0
+        per_channel = np.abs(np.moveaxis(w.data.astype(int), axis, 0)).reshape(len(w.scale), -1).max(axis=1)
+        assert np.all(per_channel == 127)
+        assert b.dtype == "int32"
+        np.testing.assert_allclose(b.scale, float(x.scale) * w.scale)
+        mult, shift = np.asarray(node.attrs["multiplier"]), np.asarray(node.attrs["shift"])
+        real = mult * 2.0 ** (shift.astype(float) - 31)
+        np.testing.assert_allclose(real, b.scale / q.tensors[node.outputs[0]].scale, rtol=1e-8)
+
+
+def test_relu6_clamp_is_the_int8_image_of_zero_and_six() -> None:
+    graph, calib = _graph_and_data()
+    q = QuantizeInt8().apply(graph, Context(calibration=calib))
+    first = q.nodes[0]
+    out = q.tensors[first.outputs[0]]
+    assert first.attrs["act_min"] == max(-128, out.zero_point)
+    assert first.attrs["act_max"] == min(127, out.zero_point + round(6 / out.scale))
+
+
+def test_activation_range_always_contains_zero() -> None:
+    for lo, hi in [(0.5, 3.0), (-4.0, -1.0), (-1.0, 1.0), (0.0, 0.0)]:
+        scale, zp = activation_quant(lo, hi)
+        assert -128 <= zp <= 127 and scale > 0
+        assert round(0.0 / scale) + zp in range(-128, 128)
+
+
+def test_percentile_calibration_ignores_outliers() -> None:
+    graph, calib = _graph_and_data(200)
+    calib = calib.copy()
+    calib[0, 0, 0, 0] = 1000.0  # one wild pixel
+    minmax = calibrate(graph, Context(calibration=calib), QuantizeInt8.Options())
+    pct = calibrate(
+        graph, Context(calibration=calib), QuantizeInt8.Options(calibration="percentile", percentile=99.9)
+    )
+    name = graph.inputs[0]
+    assert minmax[name][1] == pytest.approx(1000.0)
+    assert pct[name][1] < 10.0
+
+
+def test_missing_calibration_and_bad_options_are_named() -> None:
+    graph, _ = _graph_and_data()
+    with pytest.raises(CalibrationError, match="calibration data"):
+        QuantizeInt8().apply(graph, Context())
+    with pytest.raises(RecipeError, match=r"percentile.*valid number"):
+        QuantizeInt8(percentile="high")
+    with pytest.raises(RecipeError, match="qat_epoch"):
+        QuantizeInt8(qat_epoch=3)
+
+
+def test_fake_quant_graph_matches_the_int8_reference() -> None:
+    """QAT's forward pass rounds exactly where the int8 model does: outputs agree to a few steps."""
+    graph, calib = _graph_and_data(64)
+    options = QuantizeInt8.Options()
+    ranges = calibrate(graph, Context(calibration=calib), options)
+    q = QuantizeInt8().apply(graph, Context(calibration=calib))
+    x_nchw = torch.from_numpy(np.ascontiguousarray(calib.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        fake = FakeQuantGraph(graph, ranges)(x_nchw).numpy()
+    xq = np.clip(
+        np.round(calib / q.tensors[q.inputs[0]].scale) + q.tensors[q.inputs[0]].zero_point, -128, 127
+    )
+    out = q.tensors[q.outputs[0]]
+    real = (run_int8(q, xq.astype(np.int8))[q.outputs[0]].astype(np.float64) - out.zero_point) * out.scale
+    assert np.max(np.abs(fake - real)) <= 3 * out.scale
+
+
+def test_qat_needs_labels() -> None:
+    graph, calib = _graph_and_data()
+    with pytest.raises(CalibrationError, match="labelled training data"):
+        QuantizeInt8(qat_epochs=1).apply(graph, Context(calibration=calib))
+
+
+def test_qat_fine_tunes_and_keeps_accuracy() -> None:
+    graph, calib = _graph_and_data(128)
+    x_nchw = np.ascontiguousarray(calib.transpose(0, 3, 1, 2))
+    with torch.no_grad():
+        labels = small_cnn()(torch.from_numpy(x_nchw)).argmax(1).numpy()  # the float model's own answers
+    context = Context(calibration=calib, train_data=(x_nchw, labels))
+    q = QuantizeInt8(qat_epochs=2, qat_lr=1e-3).apply(graph, context)
+    ptq = QuantizeInt8().apply(graph, context)
+    changed = [
+        n for n in q.constants() if n.dtype == "int8" and not np.array_equal(n.data, ptq.tensors[n.name].data)
+    ]
+    assert changed, "fine-tuning left every weight as post-training quantization had it"
+    xq = np.clip(
+        np.round(calib / q.tensors[q.inputs[0]].scale) + q.tensors[q.inputs[0]].zero_point, -128, 127
+    )
+    pred = run_int8(q, xq.astype(np.int8))[q.outputs[0]].argmax(1)
+    assert np.mean(pred == labels) >= 0.9

@@ -1,0 +1,364 @@
+"""Firmware for a board: check that a model fits, write a PlatformIO project, build it, size it.
+
+A model directory holds the generated `model.h`, `model.c` and `model_data.c` (the contract:
+`TML_MODEL_INPUT_SIZE`, `TML_MODEL_OUTPUT_SIZE`, `TML_MODEL_ARENA_BYTES`, `TML_MODEL_LAYER_COUNT`,
+`tml_model_invoke`, `tml_model_layer_names`, and `TML_LAYER_BEGIN(i)`/`TML_LAYER_END(i)` around
+each layer). `build_firmware` turns it into a firmware directory::
+
+    <out_dir>/firmware.elf     the image QEMU or a board runs
+    <out_dir>/firmware.json    what `tinyml run` and `tinyml size` need (board, machine, layers)
+    <out_dir>/model/           the model files it was built from
+    <out_dir>/project/         a complete PlatformIO project: `pio run` inside it rebuilds the ELF
+
+The project compiles the model, the kernel library (from the `tinyml_kernel_sources` hook), the
+test harness (`firmware/harness`) with the test inputs, and the board runtime (`boards/runtime`:
+reset, vector table, fault report, semihosting, instruction counter) with release flags (-O2,
+function and data sections, --gc-sections). It is built in a temporary folder and moved into
+place only when the build succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinyml import platformio
+from tinyml.boards import Board
+from tinyml.errors import BuildError, TinymlError
+
+if TYPE_CHECKING:
+    from tinyml.planner import MemoryPlan
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+RUNTIME_DIR = REPO_DIR / "boards" / "runtime"
+HARNESS_DIR = REPO_DIR / "firmware" / "harness"
+MODEL_FILES = ("model.h", "model.c", "model_data.c")
+ELF_NAME = "firmware.elf"
+MANIFEST_NAME = "firmware.json"
+PROJECT_DIR_NAME = "project"
+LOCAL_PLATFORM = "tinyml-arm"
+
+# Flash taken besides the weights: runtime, harness, kernels and libc helpers. Measured on the
+# cortex-m4 build of the bundled example (`tinyml size`), rounded up; only used before a build.
+CODE_BYTES_ESTIMATE = 16 * 1024
+
+
+class FitError(TinymlError):
+    """The model does not fit the board's flash or RAM."""
+
+
+@dataclass
+class FitEstimate:
+    """Flash and RAM a model is expected to need on a board, before anything is compiled."""
+
+    board: str
+    flash_bytes: int
+    ram_bytes: int
+    flash_limit: int
+    ram_limit: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+
+def live_bytes_by_layer(plan: MemoryPlan, layer_names: Sequence[str]) -> dict[str, int]:
+    """Arena bytes alive while each layer runs (buffers whose lifetime covers its step)."""
+    live = {}
+    for step, name in enumerate(layer_names):
+        live[name] = sum(
+            plan.sizes[buffer] for buffer, (first, last) in plan.lifetimes.items() if first <= step <= last
+        )
+    return live
+
+
+def check_fit(
+    board: Board,
+    arena_bytes: int,
+    layer_weight_bytes: Mapping[str, int],
+    *,
+    live_arena_bytes: Mapping[str, int] | None = None,
+    code_bytes: int = CODE_BYTES_ESTIMATE,
+) -> FitEstimate:
+    """Raise FitError if weights + code exceed flash or arena + stack exceed RAM; else the estimate.
+
+    `layer_weight_bytes` maps each layer to its constant bytes (they stay in flash);
+    `live_arena_bytes` (optional) maps each layer to the arena bytes alive while it runs, to name
+    the layer that sets the RAM peak.
+    """
+    weights = sum(layer_weight_bytes.values())
+    estimate = FitEstimate(
+        board=board.name,
+        flash_bytes=weights + code_bytes,
+        ram_bytes=arena_bytes + board.stack_reserve,
+        flash_limit=board.flash_bytes,
+        ram_limit=board.ram_bytes,
+        parts={"weights": weights, "code": code_bytes, "arena": arena_bytes, "stack": board.stack_reserve},
+    )
+    problems = []
+    if estimate.flash_bytes > board.flash_bytes:
+        layer, size = max(layer_weight_bytes.items(), key=lambda item: item[1], default=("-", 0))
+        problems.append(
+            f"flash: needs about {estimate.flash_bytes} bytes ({weights} of weights + {code_bytes} of code), "
+            f"{estimate.flash_bytes - board.flash_bytes} bytes more than the {board.flash_bytes} it has; "
+            f"layer {layer!r} holds the most weights ({size} bytes): pruning, Huffman-coded or binarized "
+            "weights for it would help"
+        )
+    if estimate.ram_bytes > board.ram_bytes:
+        culprit = ""
+        if live_arena_bytes:
+            layer, size = max(live_arena_bytes.items(), key=lambda item: item[1])
+            culprit = f"layer {layer!r} sets the peak ({size} bytes of activations alive); "
+        problems.append(
+            f"RAM: needs about {estimate.ram_bytes} bytes ({arena_bytes} of arena + {board.stack_reserve} of "
+            f"stack), {estimate.ram_bytes - board.ram_bytes} bytes more than the {board.ram_bytes} it has; "
+            f"{culprit}fewer channels or a lower input resolution there (architecture search under a RAM "
+            "limit) would help"
+        )
+    if problems:
+        raise FitError(f"The model does not fit board {board.name!r}: " + "; ".join(problems) + ".")
+    return estimate
+
+
+def check_build_fits(build: Any, board: Board) -> FitEstimate:
+    """`check_fit` with the figures of a `tinyml.compiler.Build`."""
+    layer_names = [node.name for node in build.graph.nodes]
+    return check_fit(
+        board,
+        build.plan.arena_bytes,
+        build.layer_weight_bytes(),
+        live_arena_bytes=live_bytes_by_layer(build.plan, layer_names),
+    )
+
+
+@dataclass
+class FirmwareBuild:
+    """A built firmware directory and what its build printed."""
+
+    out_dir: Path
+    elf: Path
+    board: Board
+    log: str
+
+
+def kernel_source_dirs() -> list[Path]:
+    """Directories (each with include/ and src/) that every build compiles, from the plugins."""
+    from tinyml import plugins
+
+    results = plugins.plugin_manager().hook.tinyml_kernel_sources()
+    dirs = [Path(d) for result in results for d in (result or [])]
+    return dirs or [REPO_DIR / "firmware"]
+
+
+def board_json(board: Board) -> dict[str, Any]:
+    """The PlatformIO board definition (project `boards/<name>.json`)."""
+    return {
+        "build": {
+            "cpu": board.core,
+            "mcu": board.name,
+            "f_cpu": f"{board.clock_hz}L",
+            "tinyml": {"cflags": board.cflags},
+        },
+        "frameworks": [],
+        "name": board.description or board.name,
+        "upload": {"maximum_size": board.flash_bytes, "maximum_ram_size": board.ram_bytes},
+        "url": "https://developer.arm.com/",
+        "vendor": "tinyml",
+    }
+
+
+def linker_script(board: Board) -> str:
+    """The runtime's linker script template filled with the board's memory map."""
+    text = (RUNTIME_DIR / "tinyml.ld.in").read_text()
+    values = {
+        "FLASH_ORIGIN": board.flash_origin,
+        "FLASH_BYTES": board.flash_bytes,
+        "RAM_ORIGIN": board.ram_origin,
+        "RAM_BYTES": board.ram_bytes,
+        "STACK_RESERVE": board.stack_reserve,
+    }
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", f"0x{value:08X}")
+    return text
+
+
+def build_flags(board: Board, defines: Iterable[str]) -> list[str]:
+    """Preprocessor flags: profiling on, the board's instruction counter, extra defines."""
+    flags = [
+        "-DTML_PROFILE",
+        f"-DTML_COUNTER_{board.counter.upper()}",
+        f"-DTML_INSTRUCTIONS_PER_TICK={board.instructions_per_tick}",
+    ]
+    return flags + [f"-D{d}" for d in defines]
+
+
+def platformio_ini(board: Board, defines: Iterable[str], pio_platform: str | None) -> str:
+    """platformio.ini of the project: tinyml's core dir, the local platform, the board's flags."""
+    platform = pio_platform or f"symlink://{platformio.PLATFORM_DIR}"
+    lines = [
+        f"; Firmware for board {board.name}, written by tinyml. Rebuild with `pio run` here.",
+        "; The core dir holds the offline tool-scons link that tinyml sets up (see tinyml.platformio).",
+        "[platformio]",
+        f"core_dir = {platformio.core_dir()}",
+        f"default_envs = {board.name}",
+        "",
+        f"[env:{board.name}]",
+        f"platform = {platform}",
+        f"board = {board.name}",
+        "board_build.ldscript = tinyml.ld",
+        "build_flags = " + " ".join(build_flags(board, defines)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def test_inputs_c(inputs: np.ndarray) -> str:
+    """`tml_test_inputs[N][TML_MODEL_INPUT_SIZE]` and `tml_test_input_count` as C."""
+    rows = ",\n".join("    {" + ", ".join(str(int(v)) for v in row) + "}" for row in inputs)
+    return (
+        "/* Test inputs the harness runs, written by tinyml. */\n"
+        '#include "model.h"\n\n'
+        f"const int32_t tml_test_input_count = {len(inputs)};\n"
+        f"const int8_t tml_test_inputs[{len(inputs)}][TML_MODEL_INPUT_SIZE] = {{\n{rows}\n}};\n"
+    )
+
+
+def model_sizes(model_dir: Path) -> dict[str, int]:
+    """The TML_MODEL_* size macros of a model.h."""
+    import re
+
+    header = (model_dir / "model.h").read_text()
+    sizes = {}
+    for name in ("INPUT_SIZE", "OUTPUT_SIZE", "ARENA_BYTES", "LAYER_COUNT"):
+        match = re.search(rf"#define\s+TML_MODEL_{name}\s+\(?(\d+)", header)
+        if not match:
+            raise BuildError(f"{model_dir / 'model.h'} does not define TML_MODEL_{name} as a number.")
+        sizes[name.lower()] = int(match.group(1))
+    return sizes
+
+
+def _check_inputs(model_dir: Path, test_inputs: np.ndarray) -> np.ndarray:
+    input_size = model_sizes(model_dir)["input_size"]
+    inputs = np.asarray(test_inputs)
+    if inputs.ndim == 1:
+        inputs = inputs[None, :]
+    inputs = inputs.reshape(len(inputs), -1)
+    if len(inputs) == 0 or inputs.shape[1] != input_size:
+        raise BuildError(
+            f"Test inputs shaped {np.shape(test_inputs)} do not match the model in {model_dir}, which takes "
+            f"{input_size} int8 values per input: pass an array shaped (N, {input_size})."
+        )
+    if inputs.dtype != np.int8:
+        if inputs.min() < -128 or inputs.max() > 127:
+            raise BuildError(f"Test inputs for {model_dir} must be int8 values in [-128, 127].")
+        inputs = inputs.astype(np.int8)
+    return inputs
+
+
+def write_project(
+    project: Path,
+    model_dir: Path,
+    board: Board,
+    test_inputs: np.ndarray,
+    defines: Iterable[str] = (),
+    pio_platform: str | None = None,
+) -> None:
+    """Write a complete PlatformIO project for `board` into the empty folder `project`."""
+    src = project / "src"
+    (project / "boards").mkdir(parents=True)
+    src.mkdir()
+    defines = list(defines)
+    (project / "platformio.ini").write_text(platformio_ini(board, defines, pio_platform))
+    (project / "boards" / f"{board.name}.json").write_text(json.dumps(board_json(board), indent=2) + "\n")
+    (project / "tinyml.ld").write_text(linker_script(board))
+    for name in MODEL_FILES:
+        shutil.copy2(model_dir / name, src / name)
+    for path in sorted([*HARNESS_DIR.glob("*.[ch]"), *RUNTIME_DIR.glob("*.[ch]")]):
+        shutil.copy2(path, src / path.name)
+    (src / "test_inputs.c").write_text(test_inputs_c(test_inputs))
+    for index, kernels in enumerate(kernel_source_dirs()):
+        library = project / "lib" / f"kernels{index}_{kernels.name}"
+        for part in ("include", "src"):
+            if (kernels / part).is_dir():
+                shutil.copytree(kernels / part, library / part, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def build_firmware(
+    model_dir: str | Path,
+    board: Board,
+    out_dir: str | Path,
+    test_inputs: np.ndarray,
+    *,
+    defines: Iterable[str] = (),
+    pio_platform: str | None = None,
+) -> FirmwareBuild:
+    """Write the PlatformIO project for `board`, build it with `pio run`, and put it in `out_dir`.
+
+    `test_inputs` (int8, shaped (N, input size)) are compiled in for the harness to run.
+    `defines` are extra preprocessor macros (e.g. TML_INJECT_FAULT, which makes the harness
+    execute an undefined instruction). `pio_platform` replaces the offline tinyml platform with
+    another PlatformIO platform spec (e.g. `ststm32`, which needs network access to install).
+    """
+    model_dir = Path(model_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise BuildError(
+            f"{model_dir} is not a generated model: {', '.join(missing)} missing. Run `tinyml compile` first."
+        )
+    inputs = _check_inputs(model_dir, test_inputs)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        project = staging / PROJECT_DIR_NAME
+        write_project(project, model_dir, board, inputs, defines, pio_platform)
+        log = platformio.run_pio(project, "run", "--environment", board.name)
+        built = project / ".pio" / "build" / board.name / ELF_NAME
+        if not built.is_file():
+            raise BuildError(f"`pio run` in {project} succeeded but made no {ELF_NAME}.")
+        shutil.copy2(built, staging / ELF_NAME)
+        shutil.copytree(model_dir, staging / "model", ignore=shutil.ignore_patterns("__pycache__"))
+        manifest = {
+            "board": asdict_board(board),
+            "test_inputs": len(inputs),
+            "defines": list(defines),
+            "model_sizes": model_sizes(model_dir),
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / "build.log").write_text(log)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return FirmwareBuild(out_dir, out_dir / ELF_NAME, board, log)
+
+
+def asdict_board(board: Board) -> dict[str, Any]:
+    """Every field of a board, for the firmware manifest (so running needs no board registry)."""
+    values = asdict(board)
+    values["aliases"] = list(board.aliases)
+    return values
+
+
+def read_manifest(build_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a firmware directory, with a clear error when it is not one."""
+    path = Path(build_dir) / MANIFEST_NAME
+    if not path.is_file() or not (Path(build_dir) / ELF_NAME).is_file():
+        raise TinymlError(
+            f"{build_dir} is not a firmware directory (no {MANIFEST_NAME} and {ELF_NAME}); "
+            "build one with `tinyml build --board NAME`."
+        )
+    return json.loads(path.read_text())
+
+
+def manifest_board(manifest: Mapping[str, Any]) -> Board:
+    """The board a firmware was built for, rebuilt from its manifest."""
+    values = dict(manifest["board"])
+    values["aliases"] = tuple(values.get("aliases", ()))
+    return Board(**values)
