@@ -317,6 +317,7 @@ def build_firmware(
         project = staging / PROJECT_DIR_NAME
         write_project(project, model_dir, board, inputs, defines, pio_platform)
         log = platformio.run_pio(project, "run", "--environment", board.name)
+        print(log)
         built = project / ".pio" / "build" / board.name / ELF_NAME
         if not built.is_file():
             raise BuildError(f"`pio run` in {project} succeeded but made no {ELF_NAME}.")

@@ -2,8 +2,8 @@
 
 A `Kernel` is what the `tinyml_select_kernel` hook returns. Its `emit` gets a `CallSite` (C
 expressions for the node's buffers, a place for static parameter tables) and returns the C
-statements that run the node and assign its `tml_status` to `status`. The core's direct kernels (the `tml_*_s8` library in firmware/)
-answer last, so a plugin can claim the nodes it does better.
+statements that run the node and assign its `tml_status` to `status`. The core's direct kernels
+(the `tml_*_s8` library in firmware/) answer last, so a plugin can claim the nodes it does better.
 """
 
 from __future__ import annotations
