@@ -29,7 +29,7 @@ def make_model():
 
 
 def run(*args: str) -> click.testing.Result:
-    return CliRunner(mix_stderr=False).invoke(main, list(args))
+    return CliRunner().invoke(main, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(namespace["make_model"]().state_dict(), folder / "net.pt")
     rng = np.random.default_rng(0)
     np.savez(folder / "calib.npz", x=rng.normal(size=(64, 1, 8, 8)).astype(np.float32))
-    np.savez(
-        folder / "val.npz", x=rng.normal(size=(20, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 20)
-    )
+    np.savez(folder / "val.npz", x=rng.normal(size=(20, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 20))
     (folder / "tinyml.toml").write_text(
         textwrap.dedent(
             """
@@ -71,16 +69,16 @@ def build_dir(project: Path) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         result = run("compile", "--out", "out")
-    assert result.exit_code == 0, result.output + result.stderr
-    assert "quantize-int8" in result.output
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "quantize-int8" in result.stdout
     return project / "out"
 
 
 def test_plugins_lists_the_builtin_technique() -> None:
     result = run("plugins")
     assert result.exit_code == 0
-    assert "quantize-int8" in result.output
-    listed = {info["name"]: info for info in json.loads(run("plugins", "--json").output)}
+    assert "quantize-int8" in result.stdout
+    listed = {info["name"]: info for info in json.loads(run("plugins", "--json").stdout)}
     assert "tinyml_techniques" in listed["quantize-int8"]["hooks"]
 
 
@@ -91,7 +89,7 @@ def test_compile_writes_the_c_sources(build_dir: Path) -> None:
 def test_validate_reports_c_equal_to_reference(build_dir: Path) -> None:
     result = run("validate", str(build_dir), "--json")
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["c_matches_reference"] is True
     assert report["samples"] == 20
 
@@ -100,7 +98,7 @@ def test_pytest_fixture_runs_the_build(build_dir: Path, project: Path, tinyml_mo
     model = tinyml_model(build_dir)
     data = np.load(project / "val.npz")
     predictions = model(model.quantize(nchw_to_graph(data["x"]))).argmax(axis=1)
-    report = json.loads(run("validate", str(build_dir), "--json").output)
+    report = json.loads(run("validate", str(build_dir), "--json").stdout)
     assert np.mean(predictions == data["y"]) == pytest.approx(report["int8_accuracy"])
 
 
@@ -109,16 +107,12 @@ def test_recipe_error_is_one_clean_paragraph(tmp_path: Path) -> None:
     recipe.write_text('[[techniques]]\nname = "quantize-int8"\noptions = { percentile = "high" }\n')
     result = run("compile", "--recipe", str(recipe), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
-    assert result.stderr.startswith(
-        f"Error: {recipe}: techniques[0].options.percentile: Input should be a valid"
-    )
-    assert "Traceback" not in result.stderr + result.output
+    assert result.stderr.startswith(f"Error: {recipe}: techniques[0].options.percentile: Input should be a valid")
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_debug_shows_the_exception(tmp_path: Path) -> None:
-    result = run(
-        "--debug", "compile", "--example", "digits", "--board", "no-such-board", "--out", str(tmp_path)
-    )
+    result = run("--debug", "compile", "--example", "digits", "--board", "no-such-board", "--out", str(tmp_path))
     assert isinstance(result.exception, RecipeError)
     assert "no-such-board" in str(result.exception)
 

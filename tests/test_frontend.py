@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from tinyml.errors import TinymlError, UnsupportedOpError
 from tinyml.float_eval import run_float
@@ -66,6 +67,24 @@ class Residual(nn.Module):
         return self.relu(out)
 
 
+class DownsamplingBlock(nn.Module):
+    """ResNet-8 style: functional ReLUs, a strided 1x1 shortcut, a global average pool by F.avg_pool2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.shortcut = nn.Conv2d(3, 6, 1, stride=2)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.conv2(y) + self.shortcut(x))
+        y = F.avg_pool2d(y, y.shape[2:])
+        return self.fc(torch.flatten(y, 1))
+
+
 class TwoBranches(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -89,10 +108,15 @@ class GlobalMean(nn.Module):
 
 def test_plain_cnn_with_batch_norm_and_relu() -> None:
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
     )
     graph = convert_and_compare(model, (1, 8, 8))
     assert ops_of(graph) == ["conv2d", "conv2d", "maxpool", "flatten", "fc"]
@@ -111,8 +135,12 @@ def test_flatten_keeps_pytorch_channel_major_order() -> None:
 
 def test_depthwise_separable_block_with_relu6_and_multiplier_two() -> None:
     model = nn.Sequential(
-        nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=4, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-        nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU6(inplace=True),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=4, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 6, 1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU6(inplace=True),
     )
     graph = convert_and_compare(model, (4, 9, 9))
     dw = graph.nodes[0]
@@ -129,6 +157,12 @@ def test_residual_block_fuses_relu_into_add() -> None:
     assert add.attrs["activation"] == "relu"
     assert add.inputs == ["1.conv2", "0"]
     assert add.name == "1.add"
+
+
+def test_functional_residual_with_strided_shortcut() -> None:
+    graph = convert_and_compare(DownsamplingBlock(), (3, 8, 8))
+    assert ops_of(graph) == ["conv2d", "conv2d", "conv2d", "add", "avgpool", "flatten", "fc"]
+    assert [n.attrs.get("activation") for n in graph.nodes[:4]] == ["relu", "none", "none", "relu"]
 
 
 def test_concatenation_of_two_branches() -> None:
@@ -185,8 +219,13 @@ def test_mean_over_height_and_width_without_keepdim() -> None:
 
 def test_vector_model_with_softmax_head_and_batch_norm_1d() -> None:
     model = nn.Sequential(
-        nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5),
-        nn.Flatten(), nn.Linear(16, 5, bias=False), nn.Softmax(dim=-1),
+        nn.Linear(10, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(16, 5, bias=False),
+        nn.Softmax(dim=-1),
     )
     graph = convert_and_compare(model, (10,))
     assert ops_of(graph) == ["fc", "fc", "softmax"]
@@ -274,6 +313,7 @@ class ReluOnSharedValue(nn.Module):
         return y + torch.relu(y)
 
 
+@pytest.mark.filterwarnings("ignore:The tensor attributes self.lstm")
 @pytest.mark.parametrize(
     ("model", "shape", "expected"),
     [
@@ -289,8 +329,19 @@ class ReluOnSharedValue(nn.Module):
         (nn.Sequential(nn.BatchNorm2d(2)), (2, 3, 3), ["aten.batch_norm", "model input"]),
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.AdaptiveAvgPool2d(3)), (2, 4, 4), ["must divide"]),
     ],
-    ids=["sigmoid", "lstm", "dilation", "groups", "avg-count-pad", "ceil", "softmax-channels",
-         "relu-after-avgpool", "relu-shared", "bn-on-input", "adaptive-uneven"],
+    ids=[
+        "sigmoid",
+        "lstm",
+        "dilation",
+        "groups",
+        "avg-count-pad",
+        "ceil",
+        "softmax-channels",
+        "relu-after-avgpool",
+        "relu-shared",
+        "bn-on-input",
+        "adaptive-uneven",
+    ],
 )
 def test_unsupported_models_are_reported_with_op_and_module(
     model: nn.Module, shape: tuple[int, ...], expected: list[str]
@@ -340,3 +391,20 @@ def test_layout_helpers_round_trip() -> None:
     assert nchw_to_graph(vector) is vector
     with pytest.raises(TinymlError):
         nchw_to_graph(np.ones((2, 3, 4)))
+
+
+def test_every_unsupported_module_is_listed_at_once() -> None:
+    message = unsupported_message(
+        nn.Sequential(nn.Conv2d(2, 2, 1), nn.Sigmoid(), nn.Conv2d(2, 2, 1), nn.Tanh()), (2, 3, 3)
+    )
+    assert "aten.sigmoid (torch.nn.Sigmoid) at `1`" in message
+    assert "aten.tanh (torch.nn.Tanh) at `3`" in message
+
+
+def test_graph_does_not_share_memory_with_the_model() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    graph = from_torch(model, torch.randn(1, 3))
+    before = graph.tensors["1.weight"].data.copy()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    np.testing.assert_array_equal(graph.tensors["1.weight"].data, before)

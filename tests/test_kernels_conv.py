@@ -6,6 +6,8 @@ float64), so the oracle is not only compared with itself.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -31,41 +33,51 @@ def lib():
 # ---------------------------------------------------------------- strategies
 
 
-def _quant(n: int) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
-    """Per-channel (multiplier, shift) from reals 1e-6 .. 10 (log-uniform) and the extremes."""
+def _quant(n: int, taps: int) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (multiplier, shift): either all scaled to the layer so that few outputs saturate
+    (a sum of `taps` products of random int8 values is about sqrt(taps) * 5500), or each from reals
+    1e-6 .. 10 (log-uniform) and the extremes."""
+    typical = 40 / (5500 * math.sqrt(taps))
+    scaled = st.floats(-1, 1).map(lambda e: quantize_multiplier(typical * 10.0**e))
     from_real = st.floats(-6, 1).map(lambda e: quantize_multiplier(10.0**e))
-    pairs = st.lists(st.one_of(from_real, st.sampled_from(EXTREME_QUANT)), min_size=n, max_size=n)
-    return pairs.map(
-        lambda ps: (np.array([p[0] for p in ps], np.int32), np.array([p[1] for p in ps], np.int32))
-    )
+    any_pair = st.one_of(scaled, from_real, st.sampled_from(EXTREME_QUANT))
+    pairs = st.one_of(st.lists(scaled, min_size=n, max_size=n), st.lists(any_pair, min_size=n, max_size=n))
+    return pairs.map(lambda ps: (np.array([p[0] for p in ps], np.int32), np.array([p[1] for p in ps], np.int32)))
 
 
 def _bias(n: int) -> st.SearchStrategy[np.ndarray | None]:
-    value = st.one_of(
-        st.integers(-5000, 5000), st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MAX])
-    )
-    return st.one_of(st.none(), st.lists(value, min_size=n, max_size=n).map(lambda b: np.array(b, np.int32)))
+    """None, small biases, or a mix with the int32 extremes."""
+    small = st.integers(-5000, 5000)
+    mixed = st.one_of(small, st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MAX]))
+    lists = st.one_of(st.lists(small, min_size=n, max_size=n), st.lists(mixed, min_size=n, max_size=n))
+    return st.one_of(st.none(), lists.map(lambda b: np.array(b, np.int32)))
 
 
 zero_points = st.one_of(st.sampled_from([-128, 127, 0]), st.integers(-128, 127))
-clamps = st.one_of(
-    st.just((-128, 127)),
-    st.sampled_from([(-128, -128), (127, 127), (0, 127), (0, 6)]),
-    st.tuples(st.integers(-128, 127), st.integers(-128, 127)).map(sorted).map(tuple),
+# Half the time no clamp at all, else a fused ReLU-like, saturated or random clamp.
+clamps = st.integers(0, 3).flatmap(
+    lambda k: (
+        st.just((-128, 127))
+        if k < 2
+        else st.one_of(
+            st.sampled_from([(-128, -128), (127, 127), (0, 127), (0, 6)]),
+            st.tuples(st.integers(-128, 127), st.integers(-128, 127)).map(sorted).map(tuple),
+        )
+    )
 )
 
 
 def _int8(draw, shape: tuple[int, ...]) -> np.ndarray:
-    """Random int8 data, sometimes only the saturating values -128 and 127."""
+    """Random int8 data; one time in four only the saturating values -128 and 127."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) > 0:
         return rng.integers(-128, 128, size=shape, dtype=np.int8)
     return rng.choice(np.array([-128, 127], np.int8), size=shape)
 
 
 @st.composite
-def requant_args(draw, out_c: int) -> dict:
-    multiplier, shift = draw(_quant(out_c))
+def requant_args(draw, out_c: int, taps: int) -> dict:
+    multiplier, shift = draw(_quant(out_c, taps))
     act_min, act_max = draw(clamps)
     return dict(
         input_offset=-draw(zero_points),
@@ -83,9 +95,7 @@ def window_args(draw) -> dict:
     h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
     kh, kw = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
-    return dict(
-        h=h, w=w, kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=(ph, pw)
-    )
+    return dict(h=h, w=w, kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=(ph, pw))
 
 
 @st.composite
@@ -98,7 +108,7 @@ def conv2d_cases(draw):
         x,
         w,
         draw(_bias(out_c)),
-        dict(stride=g["stride"], padding=g["padding"], **draw(requant_args(out_c))),
+        dict(stride=g["stride"], padding=g["padding"], **draw(requant_args(out_c, w[0].size))),
     )
 
 
@@ -108,14 +118,19 @@ def dwconv2d_cases(draw):
     in_c, m = draw(st.integers(1, 5)), draw(st.integers(1, 3))
     x = _int8(draw, (g["h"], g["w"], in_c))
     w = _int8(draw, (*g["kernel"], in_c * m))
-    kw = dict(stride=g["stride"], padding=g["padding"], depth_multiplier=m, **draw(requant_args(in_c * m)))
+    kw = dict(
+        stride=g["stride"],
+        padding=g["padding"],
+        depth_multiplier=m,
+        **draw(requant_args(in_c * m, w.shape[0] * w.shape[1])),
+    )
     return x, w, draw(_bias(in_c * m)), kw
 
 
 @st.composite
 def fc_cases(draw):
     n, out_c = draw(st.integers(1, 40)), draw(st.integers(1, 6))
-    return _int8(draw, (n,)), _int8(draw, (out_c, n)), draw(_bias(out_c)), draw(requant_args(out_c))
+    return _int8(draw, (n,)), _int8(draw, (out_c, n)), draw(_bias(out_c)), draw(requant_args(out_c, n))
 
 
 # ---------------------------------------------------------------- calling the C kernels
@@ -237,7 +252,7 @@ def test_conv2d_matches_reference(lib, case):
 def test_pointwise_conv2d_matches_reference(lib, h, w_, in_c, out_c, data):
     """1x1 kernel, stride 1, no padding: the kernel's pointwise path."""
     x, w = _int8(data.draw, (h, w_, in_c)), _int8(data.draw, (out_c, 1, 1, in_c))
-    kw = dict(stride=(1, 1), padding=(0, 0), **data.draw(requant_args(out_c)))
+    kw = dict(stride=(1, 1), padding=(0, 0), **data.draw(requant_args(out_c, in_c)))
     bias = data.draw(_bias(out_c))
     status, out = c_conv2d(lib, x, w, bias, **kw)
     assert status == TML_OK
@@ -306,20 +321,16 @@ def test_conv_kernels_reject_bad_arguments(lib):
     }
     for what, (i_s, f_s, o_s) in bad_shapes.items():
         assert (
-            c.tml_conv2d_s8(params, call.quant, i_s, xin, f_s, win, call.bias, o_s, out, ffi.NULL)
-            == TML_ARG_ERROR
+            c.tml_conv2d_s8(params, call.quant, i_s, xin, f_s, win, call.bias, o_s, out, ffi.NULL) == TML_ARG_ERROR
         ), what
     zero_stride = _conv_params(call, {**kw, "stride": (0, 1)})
     assert c.tml_conv2d_s8(zero_stride, *args[1:]) == TML_ARG_ERROR
     dw_out = call.shape(4, 4, 1)
     assert (
-        c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, dw_out, out, ffi.NULL)
-        == TML_OK
+        c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, dw_out, out, ffi.NULL) == TML_OK
     )
     assert (
-        c.tml_dwconv2d_s8(
-            params, call.quant, in_shape, xin, f_shape, win, call.bias, out_shape, out, ffi.NULL
-        )
+        c.tml_dwconv2d_s8(params, call.quant, in_shape, xin, f_shape, win, call.bias, out_shape, out, ffi.NULL)
         == TML_ARG_ERROR
     )
     fc_params = ffi.new("tml_fc_params *", {"act_min": -128, "act_max": 127})
@@ -377,9 +388,7 @@ def float_checked_cases(draw, depthwise: bool):
     bias = draw(
         st.one_of(
             st.none(),
-            st.lists(st.integers(-20000, 20000), min_size=out_c, max_size=out_c).map(
-                lambda b: np.array(b, np.int32)
-            ),
+            st.lists(st.integers(-20000, 20000), min_size=out_c, max_size=out_c).map(lambda b: np.array(b, np.int32)),
         )
     )
     exact = draw(st.booleans())

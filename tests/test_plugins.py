@@ -53,7 +53,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_tinyml(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TINYML_")}
-    environ["PYTHONPATH"] = os.pathsep.join([str(site), environ.get("PYTHONPATH", "")])
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), environ.get("PYTHONPATH")]))
     environ.update(env)
     return subprocess.run(
         [sys.executable, "-m", "tinyml.cli", *args], capture_output=True, text=True, env=environ, timeout=300
@@ -149,9 +149,7 @@ def test_plugin_with_misspelt_hook_is_reported_not_loaded(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv(plugins.PLUGINS_ENV, "misspelt_plugin")
-    with pytest.warns(
-        plugins.TinymlPluginWarning, match=r"misspelt_plugin.*unknown hook\(s\) tinyml_technique"
-    ):
+    with pytest.warns(plugins.TinymlPluginWarning, match=r"misspelt_plugin.*unknown hook\(s\) tinyml_technique"):
         infos = plugins.plugin_infos()
     assert "misspelt_plugin" not in {info.name for info in infos}
 
@@ -197,9 +195,7 @@ def test_boards_by_name_and_alias(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plugins.boards() == {"stm32f405": board, "stm32": board, "m3": other}
 
 
-def test_missing_core_module_is_skipped_silently(
-    monkeypatch: pytest.MonkeyPatch, fresh_manager: None
-) -> None:
+def test_missing_core_module_is_skipped_silently(monkeypatch: pytest.MonkeyPatch, fresh_manager: None) -> None:
     monkeypatch.setattr(plugins, "CORE_PLUGINS", ("tinyml.not_written_yet",))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tinyml_plugins.qat import FakeQuantGraph
-from tinyml_plugins.quantize_int8 import QuantizeInt8, activation_quant, calibrate
 from torch import nn
 
 from tinyml.errors import CalibrationError, RecipeError
 from tinyml.frontend import from_torch, nchw_to_graph
 from tinyml.reference import run_int8
 from tinyml.technique import Context
+from tinyml_plugins.qat import FakeQuantGraph
+from tinyml_plugins.quantize_int8 import QuantizeInt8, activation_quant, calibrate
 
 
 def small_cnn() -> nn.Module:

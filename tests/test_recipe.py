@@ -164,20 +164,14 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
 
 
 def test_command_line_model_replaces_recipe_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(
-        tmp_path, '[model]\nfactory = "net.py:make"\nweights = "net.pt"\n[data]\ncalibration = "c.npz"\n'
-    )
+    path = write(tmp_path, '[model]\nfactory = "net.py:make"\nweights = "net.pt"\n[data]\ncalibration = "c.npz"\n')
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    recipe = load_recipe(
-        path, {"model": {"example": "digits"}, "data": {"validation": "v.npz"}, "board": "stm32"}
-    )
+    recipe = load_recipe(path, {"model": {"example": "digits"}, "data": {"validation": "v.npz"}, "board": "stm32"})
     assert recipe.model.example == "digits" and recipe.model.weights is None
     assert recipe.data.calibration == tmp_path / "c.npz", "recipe paths resolve against the recipe's folder"
-    assert recipe.data.validation == elsewhere / "v.npz", (
-        "command-line paths resolve against the current folder"
-    )
+    assert recipe.data.validation == elsewhere / "v.npz", "command-line paths resolve against the current folder"
     assert recipe.board is BOARD
 
 

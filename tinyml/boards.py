@@ -129,7 +129,9 @@ def load_board_file(path: Path) -> Board:
         stack_reserve=_field(raw, "stack_reserve", path, int, DEFAULT_STACK_RESERVE),
     )
     if board.counter not in COUNTERS:
-        raise BoardError(f"Board file {path}: qemu.counter must be one of {', '.join(COUNTERS)}, got {board.counter!r}.")
+        raise BoardError(
+            f"Board file {path}: qemu.counter must be one of {', '.join(COUNTERS)}, got {board.counter!r}."
+        )
     return board
 
 

@@ -28,16 +28,19 @@ class TinymlGroup(click.Group):
     """A click group that turns a `TinymlError` from any subcommand into a message and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TinymlError as err:
-            if ctx.meta.get("tinyml.debug"):
-                raise
-            click.echo(f"Error: {err}", err=True)
-            ctx.exit(1)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except TinymlError as err:
+                if ctx.meta.get("tinyml.debug"):
+                    raise
+                click.echo(f"Error: {err}", err=True)
+                ctx.exit(1)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a plugin that failed to load) as one line on stderr, without source lines."""
     click.echo(f"Warning: {message}", err=True)
 
 
@@ -48,8 +51,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(ctx: click.Context, debug: bool) -> None:
     """Take a PyTorch model onto a Cortex-M microcontroller: compress, quantize, generate C, build, run."""
     ctx.meta["tinyml.debug"] = debug
-    if not debug:
-        warnings.showwarning = _show_warning
 
 
 @main.command("plugins")

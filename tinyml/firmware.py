@@ -6,7 +6,8 @@ A model directory holds the generated `model.h`, `model.c` and `model_data.c` (t
 each layer). `build_firmware` turns it into a firmware directory::
 
     <out_dir>/firmware.elf     the image QEMU or a board runs
-    <out_dir>/firmware.json    what `tinyml run` and `tinyml size` need (board, machine, layers)
+    <out_dir>/firmware.json    what `tinyml run` and `tinyml size` need (board, machine, sizes)
+    <out_dir>/test_inputs.npy  the int8 inputs compiled in, one row per inference the harness runs
     <out_dir>/model/           the model files it was built from
     <out_dir>/project/         a complete PlatformIO project: `pio run` inside it rebuilds the ELF
 
@@ -20,6 +21,7 @@ place only when the build succeeds.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +44,7 @@ HARNESS_DIR = REPO_DIR / "firmware" / "harness"
 MODEL_FILES = ("model.h", "model.c", "model_data.c")
 ELF_NAME = "firmware.elf"
 MANIFEST_NAME = "firmware.json"
+TEST_INPUTS_NAME = "test_inputs.npy"
 PROJECT_DIR_NAME = "project"
 LOCAL_PLATFORM = "tinyml-arm"
 
@@ -229,8 +232,6 @@ def test_inputs_c(inputs: np.ndarray) -> str:
 
 def model_sizes(model_dir: Path) -> dict[str, int]:
     """The TML_MODEL_* size macros of a model.h."""
-    import re
-
     header = (model_dir / "model.h").read_text()
     sizes = {}
     for name in ("INPUT_SIZE", "OUTPUT_SIZE", "ARENA_BYTES", "LAYER_COUNT"):
@@ -239,6 +240,25 @@ def model_sizes(model_dir: Path) -> dict[str, int]:
             raise BuildError(f"{model_dir / 'model.h'} does not define TML_MODEL_{name} as a number.")
         sizes[name.lower()] = int(match.group(1))
     return sizes
+
+
+def default_test_inputs(model_dir: str | Path, count: int = 4) -> np.ndarray:
+    """Inputs for the harness: the first `count` validation samples of a compiled model directory,
+    quantized with the model's input scale, else seeded random int8 (instruction counts of int8
+    kernels hardly depend on the values)."""
+    from tinyml.frontend import nchw_to_graph
+    from tinyml.host import model_macros
+    from tinyml.numbers import quantize_tensor
+
+    model_dir = Path(model_dir)
+    input_size = model_sizes(model_dir)["input_size"]
+    validation = model_dir / "validation.npz"
+    if validation.is_file():
+        with np.load(validation) as data:
+            x = nchw_to_graph(data["x"][:count]).reshape(-1, input_size)
+        macros = model_macros(model_dir / "model.h")
+        return quantize_tensor(x, macros["TML_MODEL_INPUT_SCALE"], int(macros["TML_MODEL_INPUT_ZERO_POINT"]))
+    return np.random.default_rng(0).integers(-128, 128, size=(count, input_size), dtype=np.int8)
 
 
 def _check_inputs(model_dir: Path, test_inputs: np.ndarray) -> np.ndarray:
@@ -317,11 +337,11 @@ def build_firmware(
         project = staging / PROJECT_DIR_NAME
         write_project(project, model_dir, board, inputs, defines, pio_platform)
         log = platformio.run_pio(project, "run", "--environment", board.name)
-        print(log)
         built = project / ".pio" / "build" / board.name / ELF_NAME
         if not built.is_file():
             raise BuildError(f"`pio run` in {project} succeeded but made no {ELF_NAME}.")
         shutil.copy2(built, staging / ELF_NAME)
+        np.save(staging / TEST_INPUTS_NAME, inputs)
         shutil.copytree(model_dir, staging / "model", ignore=shutil.ignore_patterns("__pycache__"))
         manifest = {
             "board": asdict_board(board),
@@ -363,3 +383,105 @@ def manifest_board(manifest: Mapping[str, Any]) -> Board:
     values = dict(manifest["board"])
     values["aliases"] = tuple(values.get("aliases", ()))
     return Board(**values)
+
+
+FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
+RAM_SECTIONS = (".data", ".bss")
+
+
+@dataclass
+class SizeReport:
+    """Flash and RAM of a built firmware, by section and by layer, read from its ELF.
+
+    A symbol belongs to a layer when its name is the layer's C name with a `tml_` prefix
+    (weights: `tml_<layer>_weight`) or the code generator's per-layer prefix `l<index>_`.
+    """
+
+    board: str
+    flash_bytes: int
+    ram_bytes: int
+    flash_limit: int
+    ram_limit: int
+    stack_reserve: int
+    sections: dict[str, int]
+    layers: list[dict[str, Any]]
+    arena_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _c_name(layer: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in layer)
+
+
+def _layer_of(symbol: str, layer_names: Sequence[str]) -> str | None:
+    match = re.match(r"l(\d+)_", symbol)
+    if match and int(match.group(1)) < len(layer_names):
+        return layer_names[int(match.group(1))]
+    bare = symbol.removeprefix("tml_")
+    owners = [name for name in layer_names if bare.startswith(_c_name(name) + "_")]
+    return max(owners, key=len, default=None)
+
+
+def _read_elf(elf_path: Path) -> tuple[dict[str, int], list[tuple[str, int, int, str]], list[str]]:
+    """Section sizes, data symbols (name, size, address, section) and the model's layer names."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf_path, "rb") as stream:
+        elf = ELFFile(stream)
+        sections = {s.name: s.data_size for s in elf.iter_sections() if s.name in set(FLASH_SECTIONS + RAM_SECTIONS)}
+        symbols = []
+        names_symbol = None
+        for symbol in elf.get_section_by_name(".symtab").iter_symbols():
+            kind = symbol["st_info"]["type"]
+            index = symbol["st_shndx"]
+            if kind != "STT_OBJECT" or not isinstance(index, int) or symbol["st_size"] == 0:
+                continue
+            section = elf.get_section(index).name
+            symbols.append((symbol.name, symbol["st_size"], symbol["st_value"], section))
+            if symbol.name == "tml_model_layer_names":
+                names_symbol = symbol
+
+        def read(address: int, size: int) -> bytes:
+            for s in elf.iter_sections():
+                start = s["sh_addr"]
+                if s["sh_type"] == "SHT_PROGBITS" and start <= address < start + s.data_size:
+                    return s.data()[address - start : address - start + size]
+            return b""
+
+        layer_names = []
+        if names_symbol is not None:
+            table = read(names_symbol["st_value"], names_symbol["st_size"])
+            for (pointer,) in np.frombuffer(table, dtype="<u4").reshape(-1, 1):
+                text = read(int(pointer), 256)
+                layer_names.append(text.split(b"\0", 1)[0].decode(errors="replace"))
+    return sections, symbols, layer_names
+
+
+def size_report(build_dir: str | Path) -> SizeReport:
+    """Flash and RAM of the firmware in `build_dir`, by section and by layer."""
+    build_dir = Path(build_dir)
+    board = manifest_board(read_manifest(build_dir))
+    sections, symbols, layer_names = _read_elf(build_dir / ELF_NAME)
+    layers = {name: {"name": name, "flash_bytes": 0, "ram_bytes": 0, "symbols": []} for name in layer_names}
+    arena = 0
+    for name, size, _address, section in symbols:
+        if "arena" in name and section == ".bss":
+            arena += size
+        owner = _layer_of(name, layer_names)
+        if owner is None:
+            continue
+        layers[owner]["flash_bytes" if section in (".rodata", ".text") else "ram_bytes"] += size
+        layers[owner]["symbols"].append(name)
+    return SizeReport(
+        board=board.name,
+        flash_bytes=sum(sections.get(s, 0) for s in FLASH_SECTIONS),
+        ram_bytes=sum(sections.get(s, 0) for s in RAM_SECTIONS),
+        flash_limit=board.flash_bytes,
+        ram_limit=board.ram_bytes,
+        stack_reserve=board.stack_reserve,
+        sections=sections,
+        layers=list(layers.values()),
+        arena_bytes=arena,
+    )

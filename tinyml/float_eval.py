@@ -37,7 +37,9 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         try:
             kernel = _KERNELS[node.op]
         except KeyError:
-            raise TinymlError(f"run_float has no float implementation of op {node.op!r} (node `{node.name}`).") from None
+            raise TinymlError(
+                f"run_float has no float implementation of op {node.op!r} (node `{node.name}`)."
+            ) from None
         out = kernel(node, *args)
         values[node.outputs[0]] = _activate(out, node.attrs.get("activation", "none"))
     return values
@@ -84,7 +86,7 @@ def _conv2d(node: Node, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> 
 
 def _dwconv2d(node: Node, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     multiplier = node.attrs["depth_multiplier"]
-    x = np.tile(x, (1, 1, 1, multiplier)) if multiplier > 1 else x  # output channel c*M+m reads channel c
+    x = np.repeat(x, multiplier, axis=-1) if multiplier > 1 else x  # output channel c*M+m reads channel c
     taps, (oh, ow) = _windows(x, weight.shape[1:3], node.attrs["stride"], node.attrs["padding"])
     out = np.zeros((x.shape[0], oh, ow, weight.shape[3]), dtype=np.float32)
     for ky, kx, view in taps:

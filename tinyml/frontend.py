@@ -27,12 +27,26 @@ _FUSES_ACTIVATION = ("conv2d", "dwconv2d", "fc", "maxpool", "add")
 _OUT_CHANNEL_AXIS = {"conv2d": 0, "dwconv2d": -1, "fc": 0}
 
 _ACTIVATION_OPS = (
-    "aten.relu", "aten.relu_", "aten.relu6", "aten.relu6_", "aten.hardtanh", "aten.hardtanh_",
-    "aten.clamp", "aten.clamp_", "aten.clamp_min", "aten.clamp_min_",
+    "aten.relu",
+    "aten.relu_",
+    "aten.relu6",
+    "aten.relu6_",
+    "aten.hardtanh",
+    "aten.hardtanh_",
+    "aten.clamp",
+    "aten.clamp_",
+    "aten.clamp_min",
+    "aten.clamp_min_",
 )
 _IDENTITY_OPS = (
-    "aten.dropout", "aten.dropout_", "aten.feature_dropout", "aten.alpha_dropout",
-    "aten.clone", "aten.contiguous", "aten.detach", "aten.alias",
+    "aten.dropout",
+    "aten.dropout_",
+    "aten.feature_dropout",
+    "aten.alpha_dropout",
+    "aten.clone",
+    "aten.contiguous",
+    "aten.detach",
+    "aten.alias",
 )
 _RESHAPE_OPS = ("aten.flatten", "aten.view", "aten.reshape", "aten._unsafe_view")
 
@@ -84,9 +98,7 @@ def _check_example(x: Any) -> None:
     if not x.is_floating_point():
         raise TinymlError(f"The example input must be a floating-point tensor, got dtype {x.dtype}.")
     if x.dim() not in (2, 4):
-        raise TinymlError(
-            f"The example input must have shape (1, C, H, W) or (1, F), got {tuple(x.shape)}."
-        )
+        raise TinymlError(f"The example input must have shape (1, C, H, W) or (1, F), got {tuple(x.shape)}.")
     if x.shape[0] != 1:
         raise TinymlError(
             f"The example input must have batch size 1 (the firmware runs one sample at a time), "
@@ -114,6 +126,11 @@ def _module_of(node: torch.fx.Node) -> tuple[str, str]:
     if type_name.startswith("torch.nn.modules."):
         type_name = "torch.nn." + type_name.rsplit(".", 1)[-1]
     return path, type_name
+
+
+def _describe(ops: str, module_type: str) -> str:
+    """'aten.sigmoid (torch.nn.Sigmoid)': the op as an error names it."""
+    return f"{ops} ({module_type})" if module_type else ops
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -179,12 +196,12 @@ class _Converter:
         outputs: list[str] = []
         for node in self.fx_graph.nodes:
             if node.op == "placeholder":
-                if node.name in self.constants:
-                    self.values[node.name] = self.constants[node.name]
-                else:
+                if node.name in self.program.graph_signature.user_inputs:
                     self._add_tensor(INPUT_NAME, node)
                     self.values[node.name] = INPUT_NAME
                     inputs.append(INPUT_NAME)
+                else:
+                    self.values[node.name] = self.constants.get(node.name)
             elif node.op == "call_function":
                 self.handlers[_op_name(node.target)](node, self._bind(node))
             elif node.op == "output":
@@ -206,7 +223,8 @@ class _Converter:
             value = self.program.state_dict.get(key)
             if value is None:
                 value = self.program.constants[key]
-            arrays[placeholder] = value.detach().cpu().numpy()
+            if isinstance(value, torch.Tensor):
+                arrays[placeholder] = value.detach().cpu().numpy()
         return arrays
 
     def _reject_unknown_ops(self) -> None:
@@ -222,9 +240,9 @@ class _Converter:
         ((path, type_name), ops), *others = unknown.items()
         detail = ""
         if others:
-            more = "; ".join(f"{', '.join(o)} ({t}) at `{p or 'top level'}`" for (p, t), o in others)
+            more = "; ".join(f"{_describe(', '.join(o), t)} at `{p or 'top level'}`" for (p, t), o in others)
             detail = f"Also unsupported: {more}."
-        raise UnsupportedOpError(f"{', '.join(ops)} ({type_name})", path, self._supported_hint(detail))
+        raise UnsupportedOpError(_describe(", ".join(ops), type_name), path, self._supported_hint(detail))
 
     def _supported_hint(self, detail: str) -> str:
         return (
@@ -236,7 +254,7 @@ class _Converter:
 
     def _unsupported(self, node: torch.fx.Node, detail: str) -> UnsupportedOpError:
         path, type_name = _module_of(node)
-        return UnsupportedOpError(f"{_op_name(node.target)} ({type_name})", path, self._supported_hint(detail))
+        return UnsupportedOpError(_describe(_op_name(node.target), type_name), path, self._supported_hint(detail))
 
     def _bind(self, node: torch.fx.Node) -> dict[str, Any]:
         """Arguments by schema name with defaults filled in and fx nodes replaced by their values."""
@@ -298,18 +316,25 @@ class _Converter:
         inputs: list[str],
         attrs: dict[str, Any],
         constants: dict[str, np.ndarray] | None = None,
+        intermediate_shape: tuple[int, ...] | None = None,
     ) -> str:
-        """Append an IR node whose output is the value of `node`; returns the output tensor name."""
+        """Append an IR node for `node`; returns its output tensor's name.
+
+        The output is the value of `node`, or with `intermediate_shape`, a step on the way to it.
+        """
         name = self._node_name(node, op)
         const_names = []
         for suffix, data in (constants or {}).items():
-            data = np.ascontiguousarray(data, dtype=np.float32)
+            data = np.array(data, dtype=np.float32, order="C")  # a copy: the graph must not share the model's memory
             self.tensors[f"{name}.{suffix}"] = Tensor(f"{name}.{suffix}", data.shape, data=data)
             const_names.append(f"{name}.{suffix}")
-        self._add_tensor(name, node)
-        path, _ = _module_of(node)
-        self.nodes.append(Node(name, op, inputs + const_names, [name], attrs, source=path))
-        self.values[node.name] = name
+        if intermediate_shape is None:
+            self._add_tensor(name, node)
+            self.values[node.name] = name
+        else:
+            self.tensors[name] = Tensor(name, intermediate_shape)
+            self.aliases[name] = []
+        self.nodes.append(Node(name, op, inputs + const_names, [name], attrs, source=_module_of(node)[0]))
         return name
 
     def _alias(self, node: torch.fx.Node, tensor: str) -> None:
@@ -320,6 +345,11 @@ class _Converter:
     def _activation_input(self, node: torch.fx.Node, value: Any, what: str) -> str:
         if not isinstance(value, str):
             raise self._unsupported(node, f"Its {what} must be an activation computed from the model input.")
+        return value
+
+    def _parameter(self, node: torch.fx.Node, value: Any) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise self._unsupported(node, "Its weight must be a parameter of the model, not a computed tensor.")
         return value
 
     def _feature_map(self, node: torch.fx.Node, value: Any) -> str:
@@ -354,9 +384,7 @@ class _Converter:
 
     def _conv2d(self, node: torch.fx.Node, a: dict[str, Any]) -> None:
         x = self._feature_map(node, a["input"])
-        weight = a["weight"]
-        if not isinstance(weight, np.ndarray):
-            raise self._unsupported(node, "Its weight must be a parameter of the model.")
+        weight = self._parameter(node, a["weight"])
         out_ch, in_per_group, kh, kw = weight.shape
         in_ch = self.tensors[x].shape[3]
         if _pair(a["dilation"]) != (1, 1):
@@ -380,8 +408,9 @@ class _Converter:
             self._emit(node, "dwconv2d", [x], attrs, {"weight": weight.transpose(1, 2, 3, 0), "bias": bias})
         else:
             raise self._unsupported(
-                node, f"groups={groups} with {in_ch} input channels; only groups=1 or depthwise "
-                f"(groups == in_channels) convolutions are supported."
+                node,
+                f"groups={groups} with {in_ch} input channels; only groups=1 or depthwise "
+                f"(groups == in_channels) convolutions are supported.",
             )
 
     def _linear(self, node: torch.fx.Node, a: dict[str, Any]) -> None:
@@ -390,7 +419,7 @@ class _Converter:
             raise self._unsupported(
                 node, f"Its input must be a (1, F) vector (flatten first), got shape {self.tensors[x].shape}."
             )
-        weight = a["weight"]
+        weight = self._parameter(node, a["weight"])
         bias = a["bias"] if a["bias"] is not None else np.zeros(weight.shape[0], dtype=np.float32)
         self._emit(node, "fc", [x], {"activation": "none"}, {"weight": weight, "bias": bias})
 
@@ -454,16 +483,20 @@ class _Converter:
             self._emit(node, "flatten", [x], {})
         else:
             raise self._unsupported(
-                node, f"A reshape from {in_shape} to {out_shape}; only flattening a feature map into "
-                "a (1, C*H*W) vector is supported."
+                node,
+                f"A reshape from {in_shape} to {out_shape}; only flattening a feature map into "
+                "a (1, C*H*W) vector is supported.",
             )
 
     def _pool_attrs(self, node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
         if a["ceil_mode"]:
             raise self._unsupported(node, "ceil_mode=True is not supported.")
         kernel = _pair(a["kernel_size"])
-        return {"kernel": kernel, "stride": _pair(a["stride"]) if a["stride"] else kernel,
-                "padding": _pair(a["padding"])}
+        return {
+            "kernel": kernel,
+            "stride": _pair(a["stride"]) if a["stride"] else kernel,
+            "padding": _pair(a["padding"]),
+        }
 
     def _max_pool2d(self, node: torch.fx.Node, a: dict[str, Any]) -> None:
         x = self._feature_map(node, a["self"])
@@ -504,10 +537,7 @@ class _Converter:
             self._emit(node, "avgpool", [x], attrs)
             return
         # mean without keepdim yields (1, C): a global pool to (1, 1, 1, C), then a flatten.
-        pooled = self._node_name(node, "avgpool")
-        self.tensors[pooled] = Tensor(pooled, (1, 1, 1, self.tensors[x].shape[3]))
-        self.aliases[pooled] = []
-        self.nodes.append(Node(pooled, "avgpool", [x], [pooled], attrs, source=_module_of(node)[0]))
+        pooled = self._emit(node, "avgpool", [x], attrs, intermediate_shape=(1, 1, 1, self.tensors[x].shape[3]))
         self._emit(node, "flatten", [pooled], {})
 
     def _add(self, node: torch.fx.Node, a: dict[str, Any]) -> None:
@@ -517,8 +547,9 @@ class _Converter:
             raise self._unsupported(node, "add with alpha != 1 is not supported.")
         if self.tensors[lhs].shape != self.tensors[rhs].shape:
             raise self._unsupported(
-                node, f"Both operands must have the same shape (no broadcasting), got "
-                f"{self.tensors[lhs].shape} and {self.tensors[rhs].shape}."
+                node,
+                f"Both operands must have the same shape (no broadcasting), got "
+                f"{self.tensors[lhs].shape} and {self.tensors[rhs].shape}.",
             )
         self._emit(node, "add", [lhs, rhs], {"activation": "none"})
 
@@ -526,8 +557,9 @@ class _Converter:
         x = self._activation_input(node, a["self"], "input")
         if len(self.tensors[x].shape) != 2 or a["dim"] % 2 != 1:
             raise self._unsupported(
-                node, f"Softmax over dim {a['dim']} of shape {tuple(node.args[0].meta['val'].shape)}; only "
-                "softmax over the last dim of a (1, F) vector is supported."
+                node,
+                f"Softmax over dim {a['dim']} of shape {tuple(node.args[0].meta['val'].shape)}; only "
+                "softmax over the last dim of a (1, F) vector is supported.",
             )
         self._emit(node, "softmax", [x], {})
 

@@ -50,7 +50,7 @@ def _wrap_int32(x: np.ndarray) -> np.ndarray:
 
 
 def doubling_high_mult(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """round(a * b / 2^31), ties away from zero, as int64 (both inputs int32 range)."""
+    """round(a * b / 2^31) with ties rounded up, as CMSIS-NN does; int64 result (inputs in int32 range)."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     prod = a * b

@@ -86,7 +86,20 @@ def prepare_core_dir() -> Path:
     if stale.exists() and not stale.is_symlink():
         shutil.rmtree(stale)  # a copied package would be "updated" from the registry and stall
     (packages / "tool-scons.pio-link").write_text(json.dumps(link) + "\n")
+    _disable_telemetry(root / "appstate.json")
     return root
+
+
+def _disable_telemetry(appstate: Path) -> None:
+    """Store the offline settings in the core dir too, for a plain `pio run` typed in a project."""
+    try:
+        state = json.loads(appstate.read_text()) if appstate.is_file() else {}
+    except ValueError:
+        state = {}
+    settings = state.setdefault("settings", {})
+    if settings.get("enable_telemetry") is not False:
+        settings["enable_telemetry"] = False
+        appstate.write_text(json.dumps(state))
 
 
 def pio_executable() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +94,6 @@ class Recipe:
     board: Board | None
     techniques: list[Technique]
     path: Path | None = None  # the tinyml.toml it came from, if any
-    raw: dict[str, Any] = field(default_factory=dict)  # the merged table, for a build's record
 
 
 # (table, key) pairs holding a path, resolved against the folder of whoever wrote them
@@ -123,7 +122,6 @@ def load_recipe(path: Path | str | None = None, overrides: dict[str, Any] | None
         board=_find_board(spec.board, where),
         techniques=[_build_technique(entry, i, where) for i, entry in enumerate(spec.techniques)],
         path=path,
-        raw=raw,
     )
 
 
@@ -140,12 +138,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
     table = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
     for section, key in _PATH_FIELDS:
-        value = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
-        if isinstance(value, str):
-            head, sep, function = value.rpartition(":") if key == "factory" else ("", "", value)
-            file = head if sep else function
-            resolved = str(base / Path(file).expanduser())
-            table[section][key] = f"{resolved}:{function}" if sep else resolved
+        fields = table.get(section)
+        value = fields.get(key) if isinstance(fields, dict) else None
+        if not isinstance(value, str):
+            continue
+        if key == "factory" and ":" in value:
+            file, function = value.rsplit(":", 1)
+            fields[key] = f"{base / Path(file).expanduser()}:{function}"
+        else:
+            fields[key] = str(base / Path(value).expanduser())
     return table
 
 
@@ -178,8 +179,7 @@ def _build_technique(entry: TechniqueEntry, index: int, where: str) -> Technique
     if entry.name not in available:
         names = ", ".join(sorted(available)) or "none (no technique plugin is loaded)"
         raise RecipeError(
-            f"{where}: techniques[{index}].name: unknown technique {entry.name!r}. "
-            f"Available techniques: {names}."
+            f"{where}: techniques[{index}].name: unknown technique {entry.name!r}. Available techniques: {names}."
         )
     cls = available[entry.name]
     return cls(cls.parse_options(entry.options, where=f"{where}: techniques[{index}].options"))
@@ -198,17 +198,13 @@ def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
     try:
         module_spec.loader.exec_module(module)
     except Exception as err:
-        raise RecipeError(
-            f"model.factory: importing {file} failed: {type(err).__name__}: {_one_line(err)}"
-        ) from err
+        raise RecipeError(f"model.factory: importing {file} failed: {type(err).__name__}: {_one_line(err)}") from err
     make = getattr(module, function, None)
     if not callable(make):
         raise RecipeError(f"model.factory: {file} has no function {function!r}.")
     model = make()
     if not isinstance(model, torch.nn.Module):
-        raise RecipeError(
-            f"model.factory: {file}:{function}() returned {type(model).__name__}, not a torch.nn.Module."
-        )
+        raise RecipeError(f"model.factory: {file}:{function}() returned {type(model).__name__}, not a torch.nn.Module.")
     if spec.weights is not None:
         try:
             state = torch.load(spec.weights, map_location="cpu", weights_only=True)
@@ -217,8 +213,7 @@ def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
             raise RecipeError(f"model.weights: the file {spec.weights} does not exist.") from None
         except Exception as err:
             raise RecipeError(
-                f"model.weights: {spec.weights} does not fit the model from {file}:{function}: "
-                f"{_one_line(err)}"
+                f"model.weights: {spec.weights} does not fit the model from {file}:{function}: {_one_line(err)}"
             ) from err
     return model.eval()
 
@@ -228,9 +223,7 @@ def load_samples(path: Path, field_name: str) -> tuple[np.ndarray, np.ndarray | 
     try:
         with np.load(path) as arrays:
             if not isinstance(arrays, np.lib.npyio.NpzFile):
-                raise RecipeError(
-                    f"{field_name}: {path} holds a single array; save it with np.savez(path, x=...)."
-                )
+                raise RecipeError(f"{field_name}: {path} holds a single array; save it with np.savez(path, x=...).")
             if "x" not in arrays:
                 raise RecipeError(
                     f"{field_name}: {path} has no array `x` (found: {', '.join(arrays.files) or 'none'})."

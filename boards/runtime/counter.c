@@ -66,8 +66,11 @@ void tml_counter_start(void)
 {
     SYST_RVR = SYSTICK_RELOAD;
     SYST_CVR = 0;
-    wraps = 0;
     SYST_CSR = 0x7u; /* processor clock, interrupt on wrap, enable */
+    while (SYST_CVR == 0) {
+        /* the current value reads 0 until the first reload */
+    }
+    wraps = 0;
 }
 
 uint64_t tml_counter_instructions(void)

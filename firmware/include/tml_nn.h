@@ -118,9 +118,9 @@ tml_status tml_fc_s8(const tml_fc_params *params, const tml_quant_channels *quan
                      const int8_t *weights, const int32_t *bias,
                      int32_t out_features, int8_t *output);
 
-/* Pooling: output has the input's scale and zero point. Padded positions are
- * not counted: avgpool divides by the number of valid inputs, rounding half away
- * from zero. */
+/* Pooling: output has the input's scale and zero point. Padding must be smaller than
+ * the kernel. Padded positions are not counted: avgpool divides by the number of valid
+ * inputs, rounding half away from zero. */
 tml_status tml_maxpool_s8(const tml_pool_params *params,
                           const tml_shape *input_shape, const int8_t *input,
                           const tml_shape *output_shape, int8_t *output);
@@ -133,7 +133,8 @@ tml_status tml_add_s8(const tml_add_params *params, const int8_t *input1, const 
                       int8_t *output, int32_t size);
 
 /* Softmax over the last axis of [rows][row_size]. exp_table[d] = round(65536 * exp(-d * s_in))
- * for d = max - x in 0..255. Output scale 1/256, zero point -128. */
+ * for d = max - x in 0..255 (entries at most 65536, row_size at most 65535, so the uint32 row
+ * sum cannot overflow). Output scale 1/256, zero point -128. */
 tml_status tml_softmax_s8(const uint32_t *exp_table, const int8_t *input, int32_t rows,
                           int32_t row_size, int8_t *output);
 

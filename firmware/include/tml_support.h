@@ -8,7 +8,10 @@
 #ifndef TML_SUPPORT_H
 #define TML_SUPPORT_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "tml_nn.h"
 
 #if defined(__ARM_FEATURE_DSP) && !defined(TML_PORTABLE)
 #include <arm_acle.h>
@@ -20,7 +23,7 @@ static inline int32_t tml_clamp(int32_t v, int32_t lo, int32_t hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-/* round(a * b / 2^31), ties away from zero, no saturation (b is never INT32_MIN). */
+/* round(a * b / 2^31), ties rounded up (toward +inf) as CMSIS-NN does, no saturation (b is never INT32_MIN). */
 static inline int32_t tml_doubling_high_mult(int32_t a, int32_t b)
 {
     int64_t round = (int64_t)1 << 30;
@@ -53,6 +56,36 @@ static inline int32_t tml_requantize(int32_t val, int32_t multiplier, int32_t sh
     const int32_t right = shift > 0 ? 0 : -shift;
     const int32_t shifted = (int32_t)((uint32_t)val << left);
     return tml_divide_by_power_of_two(tml_doubling_high_mult(shifted, multiplier), right);
+}
+
+/* A window geometry is consistent: out == (in + 2 * pad - kernel) / stride + 1, every size positive. */
+static inline int tml_window_fits(int32_t in, int32_t kernel, int32_t stride, int32_t pad, int32_t out)
+{
+    return in > 0 && kernel > 0 && stride > 0 && pad >= 0 && in + 2 * pad >= kernel
+        && out == (in + 2 * pad - kernel) / stride + 1;
+}
+
+/* The end of every multiply-accumulate kernel: bias added with 32-bit wrap-around, requantized,
+ * clamped before the output offset is added so that a value near the int32 limits cannot overflow. */
+static inline int8_t tml_requantize_output(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
+                                           int32_t output_offset, int32_t act_min, int32_t act_max)
+{
+    const int32_t total = (int32_t)((uint32_t)acc + (uint32_t)bias);
+    const int32_t scaled = tml_requantize(total, multiplier, shift);
+    return (int8_t)(tml_clamp(scaled, act_min - output_offset, act_max - output_offset) + output_offset);
+}
+
+/* Pool arguments are usable: pointers set, padding smaller than the kernel, shapes consistent. */
+static inline int tml_pool_args_valid(const tml_pool_params *p, const tml_shape *in, const int8_t *input,
+                                      const tml_shape *out, const int8_t *output)
+{
+    if (p == NULL || in == NULL || input == NULL || out == NULL || output == NULL) {
+        return 0;
+    }
+    return in->c > 0 && out->c == in->c && p->pad_h < p->kernel_h && p->pad_w < p->kernel_w
+        && p->act_min <= p->act_max
+        && tml_window_fits(in->h, p->kernel_h, p->stride_h, p->pad_h, out->h)
+        && tml_window_fits(in->w, p->kernel_w, p->stride_w, p->pad_w, out->w);
 }
 
 #endif /* TML_SUPPORT_H */

@@ -10,29 +10,11 @@
 
 #include <stddef.h>
 
-/* Same checks as tml_maxpool_s8: positive sizes, pad < kernel, output shape as computed. */
-static int pool_args_valid(const tml_pool_params *p, const tml_shape *in, const int8_t *input,
-                           const tml_shape *out, const int8_t *output)
-{
-    if (p == NULL || in == NULL || input == NULL || out == NULL || output == NULL) {
-        return 0;
-    }
-    if (in->h < 1 || in->w < 1 || in->c < 1 || p->stride_h < 1 || p->stride_w < 1
-        || p->pad_h < 0 || p->pad_w < 0 || p->pad_h >= p->kernel_h || p->pad_w >= p->kernel_w
-        || in->h + 2 * p->pad_h < p->kernel_h || in->w + 2 * p->pad_w < p->kernel_w
-        || p->act_min > p->act_max) {
-        return 0;
-    }
-    return out->c == in->c
-        && out->h == (in->h + 2 * p->pad_h - p->kernel_h) / p->stride_h + 1
-        && out->w == (in->w + 2 * p->pad_w - p->kernel_w) / p->stride_w + 1;
-}
-
 tml_status tml_avgpool_s8(const tml_pool_params *params,
                           const tml_shape *input_shape, const int8_t *input,
                           const tml_shape *output_shape, int8_t *output)
 {
-    if (!pool_args_valid(params, input_shape, input, output_shape, output)) {
+    if (!tml_pool_args_valid(params, input_shape, input, output_shape, output)) {
         return TML_ARG_ERROR;
     }
     const int32_t channels = input_shape->c;

@@ -14,13 +14,6 @@
 
 #include <stddef.h>
 
-/* out == (in + 2 * pad - kernel) / stride + 1, with every size positive. */
-static int window_fits(int32_t in, int32_t kernel, int32_t stride, int32_t pad, int32_t out)
-{
-    return in > 0 && kernel > 0 && stride > 0 && pad >= 0 && in + 2 * pad >= kernel
-        && out == (in + 2 * pad - kernel) / stride + 1;
-}
-
 /* sum((x + offset) * w) over n bytes. Called with a constant 0 offset on the interior path,
  * where the compiler drops the add. */
 static inline int32_t dot_s8(const int8_t *x, const int8_t *w, int32_t n, int32_t offset)
@@ -46,15 +39,11 @@ static int32_t sum_s8(const int8_t *w, int32_t n)
     return acc;
 }
 
-/* Bias added with 32-bit wrap-around; the clamp is applied before the output offset is added
- * so that a requantized value near the int32 limits cannot overflow. */
-static int8_t finish(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
-                     const tml_conv_params *p)
+/* The kernel's output step with this layer's offset and clamp. */
+static inline int8_t finish(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
+                            const tml_conv_params *p)
 {
-    const int32_t total = (int32_t)((uint32_t)acc + (uint32_t)bias);
-    const int32_t scaled = tml_requantize(total, multiplier, shift);
-    return (int8_t)(tml_clamp(scaled, p->act_min - p->output_offset, p->act_max - p->output_offset)
-                    + p->output_offset);
+    return tml_requantize_output(acc, bias, multiplier, shift, p->output_offset, p->act_min, p->act_max);
 }
 
 static void conv_pointwise(const tml_conv_params *p, const tml_quant_channels *quant, int32_t pixels,
@@ -93,10 +82,11 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
         || output_shape == NULL || output == NULL) {
         return TML_ARG_ERROR;
     }
-    const tml_conv_params *p = params;
+    const tml_conv_params local = *params; /* a copy the int8 output stores cannot alias */
+    const tml_conv_params *p = &local;
     if (input_shape->c < 1 || filter_shape->c != input_shape->c || output_shape->c < 1
-        || !window_fits(input_shape->h, filter_shape->h, p->stride_h, p->pad_h, output_shape->h)
-        || !window_fits(input_shape->w, filter_shape->w, p->stride_w, p->pad_w, output_shape->w)
+        || !tml_window_fits(input_shape->h, filter_shape->h, p->stride_h, p->pad_h, output_shape->h)
+        || !tml_window_fits(input_shape->w, filter_shape->w, p->stride_w, p->pad_w, output_shape->w)
         || p->act_min > p->act_max) {
         return TML_ARG_ERROR;
     }

@@ -31,7 +31,7 @@ tml_status tml_softmax_s8(const uint32_t *exp_table, const int8_t *input, int32_
             sum += exp_table[max - in[i]];
         }
         for (int32_t i = 0; i < row_size; i++) {
-            const uint64_t numerator = (uint64_t)exp_table[max - in[i]] * 256u + sum / 2u;
+            const uint32_t numerator = exp_table[max - in[i]] * 256u + sum / 2u; /* < 2^24 + 2^31 */
             const int32_t q = (int32_t)(numerator / sum) - 128;
             out[i] = (int8_t)tml_clamp(q, INT8_MIN, INT8_MAX);
         }

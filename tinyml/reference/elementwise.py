@@ -26,9 +26,7 @@ def _wrap_int32(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x, dtype=np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
-def add_params(
-    scale1: float, zp1: int, scale2: float, zp2: int, out_scale: float, out_zp: int
-) -> dict[str, int]:
+def add_params(scale1: float, zp1: int, scale2: float, zp2: int, out_scale: float, out_zp: int) -> dict[str, int]:
     """The integer fields of `tml_add_params` for inputs and output of the given quantization.
 
     TFLite's recipe: both inputs go to a common scale of twice the larger input scale, with

@@ -19,6 +19,7 @@ env.Replace(
     RANLIB="arm-none-eabi-gcc-ranlib",
     SIZETOOL="arm-none-eabi-size",
     ARFLAGS=["rc"],
+    PROGNAME="firmware",
     PROGSUFFIX=".elf",
     SIZEPROGREGEXP=r"^(?:\.isr_vector|\.text|\.rodata|\.ARM\.exidx|\.data)\s+(\d+).*",
     SIZEDATAREGEXP=r"^(?:\.data|\.bss)\s+(\d+).*",

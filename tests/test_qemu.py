@@ -1,0 +1,169 @@
+"""Firmware built offline with PlatformIO for every board and run in QEMU.
+
+Each board's firmware is built once per module. The fixture model (tests/fixtures/tiny_model) is
+plain C, so the same C compiled for the host through cffi gives the expected outputs; the bundled
+example goes through the real code generator and kernel library on a few boards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinyml import host, platformio
+from tinyml.boards import builtin_boards, resolve_board
+from tinyml.cli_board import run_command, size_command
+from tinyml.errors import BuildError
+from tinyml.firmware import ELF_NAME, PROJECT_DIR_NAME, build_firmware, size_report
+from tinyml.qemu import FirmwareFault, FirmwareTimeout, run_firmware
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(
+        shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+        reason="needs arm-none-eabi-gcc and qemu-system-arm",
+    ),
+]
+
+FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "tiny_model"
+BOARD_NAMES = [b.name for b in builtin_boards()]
+INPUTS = np.random.default_rng(11).integers(-128, 128, size=(5, 16), dtype=np.int8)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fixture model's firmware for every board."""
+    root = tmp_path_factory.mktemp("firmware")
+    return {name: build_firmware(FIXTURE_MODEL, resolve_board(name), root / name, INPUTS).out_dir for name in BOARD_NAMES}
+
+
+@pytest.fixture(scope="module")
+def host_outputs() -> np.ndarray:
+    library = host.build(
+        cdef=host.MODEL_CDEF,
+        source='#include "model.h"\n',
+        sources=[FIXTURE_MODEL / "model.c", FIXTURE_MODEL / "model_data.c"],
+        include_dirs=[FIXTURE_MODEL, host.FIRMWARE_DIR / "include"],
+    )
+    ffi, lib = library.ffi, library.lib
+    out = np.zeros((len(INPUTS), 4), dtype=np.int8)
+    for i, x in enumerate(INPUTS):
+        assert lib.tml_model_invoke(ffi.from_buffer("int8_t[]", x), ffi.from_buffer("int8_t[]", out[i])) == 0
+    return out
+
+
+@pytest.mark.parametrize("board", BOARD_NAMES)
+def test_board_runs_the_model_with_the_host_outputs(built, host_outputs, board):
+    result = run_firmware(built[board], timeout=30)
+    np.testing.assert_array_equal(result.outputs, host_outputs)
+    assert result.layer_names == ["fc1", "fc2"]
+    assert result.exit_status == 0
+    assert (result.instructions > 0).all()
+    assert (result.layer_instructions > 0).all()
+    # the layers run inside tml_model_invoke: their sum cannot exceed its total
+    assert (result.layer_instructions.sum(axis=1) <= result.instructions).all()
+    assert 0 < result.stack_bytes < resolve_board(board).ram_bytes
+
+
+@pytest.mark.parametrize("board", BOARD_NAMES)
+def test_instruction_counts_repeat_exactly(built, board):
+    first, second = run_firmware(built[board]), run_firmware(built[board])
+    np.testing.assert_array_equal(first.instructions, second.instructions)
+    np.testing.assert_array_equal(first.layer_instructions, second.layer_instructions)
+    assert first.stack_bytes == second.stack_bytes
+
+
+def test_tim2_counts_single_instructions(built):
+    result = run_firmware(built["stm32f405"])
+    assert result.instruction_resolution == 1
+    # data-dependent clamping makes exact counts differ between inputs
+    assert len(set(result.instructions.tolist())) > 1
+
+
+def test_size_report_attributes_weights_to_layers(built):
+    report = size_report(built["stm32f405"])
+    by_layer = {layer["name"]: layer["flash_bytes"] for layer in report.layers}
+    # fc1: int8 weights [8 * 16] + int32 bias [8]; fc2: int8 [4 * 8] + int32 [4]
+    assert by_layer == {"fc1": 8 * 16 + 4 * 8, "fc2": 4 * 8 + 4 * 4}
+    assert report.arena_bytes == 8
+    assert report.flash_bytes >= sum(by_layer.values()) + report.sections[".text"]
+    assert report.flash_limit == 1024 * 1024
+
+
+def test_cli_run_and_size_print_json(built):
+    runner = CliRunner()
+    ran = runner.invoke(run_command, [str(built["cortex-m4"]), "--json"])
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads(ran.output)
+    assert summary["instruction_resolution"] == 40 and len(summary["outputs"]) == len(INPUTS)
+    sized = runner.invoke(size_command, [str(built["cortex-m4"]), "--json"])
+    assert sized.exit_code == 0, sized.output
+    assert json.loads(sized.output)["board"] == "cortex-m4"
+
+
+@pytest.mark.parametrize("board", ["stm32f405", "cortex-m33"])
+def test_fault_is_reported_with_registers(tmp_path, board):
+    out = build_firmware(FIXTURE_MODEL, resolve_board(board), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_FAULT"])
+    with pytest.raises(FirmwareFault) as err:
+        run_firmware(out.out_dir, timeout=30)
+    registers = err.value.registers
+    assert registers["exception"] == 3  # HardFault (UsageFault escalated)
+    assert registers["cfsr"] & (1 << 16)  # UNDEFINSTR
+    assert "pc=" in str(err.value) and "addr2line" in str(err.value)
+
+
+def test_hang_is_reported_as_timeout(tmp_path):
+    out = build_firmware(FIXTURE_MODEL, resolve_board("cortex-m3"), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_HANG"])
+    with pytest.raises(FirmwareTimeout, match="did not exit within 2 s"):
+        run_firmware(out.out_dir, timeout=2)
+
+
+def test_failed_build_keeps_the_previous_firmware(built, tmp_path):
+    out_dir = tmp_path / "fw"
+    shutil.copytree(built["cortex-m3"], out_dir)
+    before = (out_dir / ELF_NAME).read_bytes()
+    broken = tmp_path / "broken"
+    shutil.copytree(FIXTURE_MODEL, broken)
+    (broken / "model.c").write_text((broken / "model.c").read_text() + "\nthis is not C;\n")
+    with pytest.raises(BuildError, match="model.c"):
+        build_firmware(broken, resolve_board("cortex-m3"), out_dir, INPUTS)
+    assert (out_dir / ELF_NAME).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "fw"]
+
+
+def test_plain_pio_run_inside_the_project_works_offline(built, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(built["stm32f405"] / PROJECT_DIR_NAME, project, ignore=shutil.ignore_patterns(".pio"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATFORMIO_")}
+    env["PATH"] = f"{Path(platformio.pio_executable()).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(["pio", "run"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (project / ".pio" / "build" / "stm32f405" / ELF_NAME).is_file()
+
+
+@pytest.fixture(scope="module")
+def example_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled example compiled by the real code generator."""
+    from tinyml.compiler import compile_from_recipe
+    from tinyml.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("example") / "model"
+    compile_from_recipe(load_recipe(None, {"model": {"example": "digits"}}), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("board", ["stm32f405", "cortex-m3", "cortex-m33"])
+def test_example_model_matches_the_host_build(example_model, tmp_path, board):
+    from tinyml.firmware import default_test_inputs
+
+    inputs = default_test_inputs(example_model, 3)
+    out = build_firmware(example_model, resolve_board(board), tmp_path / "fw", inputs)
+    result = run_firmware(out.out_dir, timeout=60)
+    np.testing.assert_array_equal(result.outputs, host.load_model(example_model)(inputs))

@@ -1,0 +1,182 @@
+"""`tinyml boards`, `tinyml build`, `tinyml run`, `tinyml size`: from a model to figures measured on a board.
+
+`tinyml.cli` adds these commands to its `main` group.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_RECIPE = Path("tinyml.toml")
+DEFAULT_EXAMPLE = "digits"
+
+
+def _print_table(table: Table) -> None:
+    Console(width=120).print(table)
+
+
+def _kib(value: int) -> str:
+    return f"{value / 1024:g} KB"
+
+
+@click.command("boards")
+@click.option("--json", "as_json", is_flag=True, help="Print the boards as JSON.")
+def boards_command(as_json: bool) -> None:
+    """List the boards a firmware can be built for, with the QEMU machine that runs each."""
+    from tinyml import plugins
+
+    unique = {board.name: board for board in plugins.boards().values()}
+    boards = [unique[name] for name in sorted(unique)]
+    if as_json:
+        click.echo(json.dumps([b.summary() for b in boards], indent=2))
+        return
+    table = Table(title="tinyml boards")
+    for column in ("board", "aliases", "core", "FPU", "DSP", "clock", "flash", "RAM", "emulator"):
+        table.add_column(column)
+    for b in boards:
+        table.add_row(
+            b.name,
+            ", ".join(b.aliases),
+            b.core,
+            b.fpu or "-",
+            "yes" if b.dsp else "no",
+            f"{b.clock_hz / 1e6:g} MHz",
+            _kib(b.flash_bytes),
+            _kib(b.ram_bytes),
+            f"qemu {b.qemu_machine}",
+        )
+    _print_table(table)
+
+
+@click.command("build")
+@click.option("--board", "board_name", metavar="NAME", required=True, help="Target board (`tinyml boards`).")
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False, exists=True),
+    help=f"A recipe file (default: ./{DEFAULT_RECIPE} if present, else the bundled '{DEFAULT_EXAMPLE}' example).",
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Firmware folder (default: build/<board>).")
+@click.option("--inputs", "input_count", default=4, show_default=True, help="Test inputs compiled in for `run`.")
+@click.option(
+    "--pio-platform",
+    metavar="SPEC",
+    help="Another PlatformIO platform instead of tinyml's offline one (e.g. ststm32; needs network).",
+)
+def build_command(
+    board_name: str, recipe: str | None, out: str | None, input_count: int, pio_platform: str | None
+) -> None:
+    """Compile the model and build firmware for a board: <out>/firmware.elf and a PlatformIO project.
+
+    The model must fit the board's flash and RAM (checked before anything is built); the firmware
+    runs the model on the first --inputs validation samples when started (`tinyml run`).
+    """
+    from tinyml.boards import resolve_board
+    from tinyml.compiler import compile_from_recipe
+    from tinyml.firmware import build_firmware, check_build_fits, default_test_inputs, size_report
+    from tinyml.recipe import load_recipe
+
+    board = resolve_board(board_name)
+    recipe_path = Path(recipe) if recipe else (DEFAULT_RECIPE if DEFAULT_RECIPE.is_file() else None)
+    overrides: dict[str, Any] = {"board": board_name}
+    if recipe_path is None:
+        overrides["model"] = {"example": DEFAULT_EXAMPLE}
+    loaded = load_recipe(recipe_path, overrides)
+    out_dir = Path(out) if out else Path("build") / board.name
+    with tempfile.TemporaryDirectory(prefix="tinyml-model-") as scratch:
+        model_dir = Path(scratch) / "model"
+        build = compile_from_recipe(loaded, model_dir)
+        estimate = check_build_fits(build, board)
+        click.echo(
+            f"fits {board.name}: about {estimate.flash_bytes} of {board.flash_bytes} bytes of flash, "
+            f"{estimate.ram_bytes} of {board.ram_bytes} bytes of RAM"
+        )
+        inputs = default_test_inputs(model_dir, input_count)
+        built = build_firmware(model_dir, board, out_dir, inputs, pio_platform=pio_platform)
+    report = size_report(built.out_dir)
+    click.echo(
+        f"built {built.elf}: flash {report.flash_bytes} bytes, RAM {report.ram_bytes} bytes "
+        f"(+ stack); run it with `tinyml run {built.out_dir}`"
+    )
+
+
+@click.command("run")
+@click.argument("build_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds before a hung firmware is stopped.")
+def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
+    """Run a firmware folder in QEMU: outputs, instructions per inference and per layer, stack.
+
+    Instructions are counted by the emulated board's timer under `-icount shift=0` (one
+    instruction per virtual nanosecond); on the MPS2 machines they are exact to one SysTick
+    period (`instruction_resolution`). QEMU models no cycles, so these are not times.
+    """
+    from tinyml.qemu import run_firmware
+
+    result = run_firmware(build_dir, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    table = Table(title=f"{result.board} on qemu {result.machine}: per inference")
+    for column in ("input", "output (argmax)", "instructions"):
+        table.add_column(column, justify="right")
+    for k, (row, count) in enumerate(zip(result.outputs, result.instructions, strict=True)):
+        table.add_row(str(k), str(int(np.argmax(row))), f"{int(count):,}")
+    _print_table(table)
+    layers = Table(title="per layer (mean over inputs)")
+    for column in ("#", "layer", "instructions", "share"):
+        layers.add_column(column, justify="left" if column == "layer" else "right")
+    means = result.layer_instructions.mean(axis=0) if len(result.outputs) else np.zeros(len(result.layer_names))
+    total = max(float(means.sum()), 1.0)
+    for i, (name, mean) in enumerate(zip(result.layer_names, means, strict=True)):
+        layers.add_row(str(i), name, f"{mean:,.0f}", f"{100 * mean / total:.1f}%")
+    _print_table(layers)
+    click.echo(f"stack high-water: {result.stack_bytes} bytes; instruction resolution: {result.instruction_resolution}")
+
+
+@click.command("size")
+@click.argument("build_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the sizes as JSON.")
+def size_command(build_dir: str, as_json: bool) -> None:
+    """Flash and RAM of a firmware folder, by ELF section and by layer (weights and parameters)."""
+    from tinyml.firmware import size_report
+
+    report = size_report(build_dir)
+    if as_json:
+        click.echo(json.dumps(report.summary(), indent=2))
+        return
+    sections = Table(title=f"{report.board}: sections")
+    for column in ("section", "bytes", "in"):
+        sections.add_column(column, justify="right" if column == "bytes" else "left")
+    for name, size in report.sections.items():
+        where = "flash + RAM" if name == ".data" else ("RAM" if name == ".bss" else "flash")
+        sections.add_row(name, f"{size:,}", where)
+    _print_table(sections)
+    layers = Table(title="by layer")
+    for column in ("layer", "flash bytes", "RAM bytes"):
+        layers.add_column(column, justify="left" if column == "layer" else "right")
+    for layer in report.layers:
+        layers.add_row(layer["name"], f"{layer['flash_bytes']:,}", f"{layer['ram_bytes']:,}")
+    _print_table(layers)
+    for label, used, limit in (
+        ("flash", report.flash_bytes, report.flash_limit),
+        ("RAM", report.ram_bytes, report.ram_limit),
+    ):
+        click.echo(f"{label}: {used:,} of {limit:,} bytes ({100 * used / limit:.1f}%)")
+    click.echo(f"arena: {report.arena_bytes:,} bytes; stack reserve: {report.stack_reserve:,} bytes")
+
+
+COMMANDS = (boards_command, build_command, run_command, size_command)
+
+
+def register(group: click.Group) -> None:
+    """Add the board commands to the `tinyml` group."""
+    for command in COMMANDS:
+        group.add_command(command)

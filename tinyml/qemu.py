@@ -1,0 +1,215 @@
+"""Run a firmware directory in QEMU and read back what the harness reported.
+
+`qemu-system-arm -icount shift=0` advances virtual time one nanosecond per instruction, so the
+board's timer (TIM2 at 1 GHz on `netduinoplus2`: exact; SysTick at 25 MHz on the MPS2 machines:
+to 40 instructions) counts instructions, and two runs of the same firmware give the same counts.
+Semihosting carries the harness's "TML ..." lines to stdout and its exit status to QEMU's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml.errors import TinymlError
+from tinyml.firmware import ELF_NAME, manifest_board, read_manifest
+
+QEMU = "qemu-system-arm"
+EXIT_OK = 0
+EXIT_MODEL_ERROR = 1
+EXIT_FAULT = 3
+EXIT_LOCKUP = 134  # QEMU's own exit when the core locks up (a fault inside the fault handler)
+
+
+class FirmwareError(TinymlError):
+    """The firmware did not run to a normal end in QEMU."""
+
+
+class FirmwareFault(FirmwareError):
+    """The firmware took a fault; `registers` holds what the fault handler printed."""
+
+    def __init__(self, message: str, registers: dict[str, int]) -> None:
+        super().__init__(message)
+        self.registers = registers
+
+
+class FirmwareTimeout(FirmwareError):
+    """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""
+
+
+@dataclass
+class RunResult:
+    """What one QEMU run of the harness reported.
+
+    `outputs` is int8 [N, output size], one row per test input; `instructions` the instructions
+    of each `tml_model_invoke`; `layer_instructions` [N, layers] the same per layer (the cost of
+    the profiling calls taken out); `stack_bytes` the stack high-water mark of the whole run.
+    """
+
+    board: str
+    machine: str
+    outputs: np.ndarray
+    instructions: np.ndarray
+    layer_instructions: np.ndarray
+    layer_names: list[str]
+    stack_bytes: int
+    exit_status: int
+    instruction_resolution: int
+    log: str
+
+    def summary(self) -> dict[str, Any]:
+        """Plain values for JSON and tables."""
+        return {
+            "board": self.board,
+            "machine": self.machine,
+            "inputs": len(self.outputs),
+            "outputs": self.outputs.tolist(),
+            "instructions": self.instructions.tolist(),
+            "instruction_resolution": self.instruction_resolution,
+            "layers": [
+                {"name": name, "instructions": self.layer_instructions[:, i].tolist()}
+                for i, name in enumerate(self.layer_names)
+            ],
+            "stack_bytes": self.stack_bytes,
+            "exit_status": self.exit_status,
+        }
+
+
+def qemu_command(machine: str, elf: Path) -> list[str]:
+    """The QEMU command line: no display, semihosting console on stdout, one instruction per ns."""
+    return [
+        QEMU,
+        "-M", machine,
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", "none",
+        "-chardev", "stdio,id=console",
+        "-semihosting-config", "enable=on,target=native,chardev=console",
+        "-icount", "shift=0",
+        "-kernel", str(elf),
+    ]  # fmt: skip
+
+
+def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
+    """Run `build_dir/firmware.elf` on the QEMU machine of its board and parse the harness output.
+
+    Raises FirmwareTimeout if QEMU has not exited after `timeout` seconds, FirmwareFault (with
+    the registers) if the firmware faulted, FirmwareError for any other abnormal end.
+    """
+    build_dir = Path(build_dir)
+    manifest = read_manifest(build_dir)
+    board = manifest_board(manifest)
+    if shutil.which(QEMU) is None:
+        raise FirmwareError(
+            f"{QEMU} is not installed: install Debian's `qemu-system-arm` "
+            "(apt-get install --no-install-recommends qemu-system-arm)."
+        )
+    command = qemu_command(board.qemu_machine, build_dir / ELF_NAME)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as expired:
+        shown = _text(expired.stdout).strip().splitlines()[-5:]
+        raise FirmwareTimeout(
+            f"The firmware in {build_dir} did not exit within {timeout:g} s on QEMU {board.qemu_machine} "
+            f"(board {board.name}); it hangs or needs a longer --timeout. Last output: {shown or 'none'}."
+        ) from None
+    log = completed.stdout
+    status = completed.returncode
+    if status == EXIT_FAULT:
+        registers = parse_fault(log)
+        if registers:
+            shown = " ".join(f"{k}={v:#010x}" for k, v in registers.items() if k != "exception")
+            raise FirmwareFault(
+                f"The firmware in {build_dir} faulted on QEMU {board.qemu_machine} (board {board.name}), "
+                f"exception {registers.get('exception')}: {shown}. Look up pc in the ELF "
+                f"(arm-none-eabi-addr2line -e {build_dir / ELF_NAME} <pc>).",
+                registers,
+            )
+    if status == EXIT_LOCKUP:
+        raise FirmwareFault(
+            f"The core locked up on QEMU {board.qemu_machine} (board {board.name}): a fault happened while "
+            "handling a fault, so no registers could be printed.",
+            {},
+        )
+    if status not in (EXIT_OK, EXIT_MODEL_ERROR):
+        raise FirmwareError(
+            f"QEMU {board.qemu_machine} ended with status {status} running {build_dir / ELF_NAME}. "
+            f"stderr: {completed.stderr.strip()[-500:] or 'empty'}"
+        )
+    result = parse_output(log, board.name, board.qemu_machine, status, board.instructions_per_tick)
+    if status == EXIT_MODEL_ERROR:
+        raise FirmwareError(
+            f"tml_model_invoke returned an error on board {board.name} (status line: "
+            f"{_status_line(log)}); the model's arguments do not match its kernels."
+        )
+    return result
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _status_line(log: str) -> str:
+    return next((line for line in log.splitlines() if line.startswith("TML status")), "none")
+
+
+def parse_fault(log: str) -> dict[str, int]:
+    """The registers of a "TML fault key=value ..." line (empty if there is none)."""
+    for line in log.splitlines():
+        if line.startswith("TML fault "):
+            pairs = (item.split("=", 1) for item in line.split()[2:] if "=" in item)
+            return {key: int(value, 0) for key, value in pairs}
+    return {}
+
+
+def parse_output(log: str, board: str, machine: str, status: int, resolution: int) -> RunResult:
+    """Turn the harness's "TML ..." lines into a RunResult; a truncated report is an error."""
+    header: dict[str, int] = {}
+    names: dict[int, str] = {}
+    outputs: dict[int, list[int]] = {}
+    totals: dict[int, int] = {}
+    layers: dict[int, list[int]] = {}
+    stack = -1
+    for line in log.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] != "TML":
+            continue
+        tag, rest = words[1], words[2:]
+        if tag == "model":
+            header = {key: int(value) for key, value in (item.split("=", 1) for item in rest)}
+        elif tag == "layer":
+            names[int(rest[0])] = " ".join(rest[1:])
+        elif tag == "output":
+            outputs[int(rest[0])] = [int(v) for v in rest[1:]]
+        elif tag == "instructions":
+            totals[int(rest[0])] = int(rest[1])
+        elif tag == "layer_instructions":
+            layers[int(rest[0])] = [int(v) for v in rest[1:]]
+        elif tag == "stack":
+            stack = int(rest[0])
+    count = header.get("inputs", -1)
+    if status == EXIT_OK and (count < 0 or len(outputs) != count or stack < 0):
+        raise FirmwareError(
+            f"The harness report from board {board} is incomplete (expected {count} outputs, got "
+            f"{len(outputs)}); first lines: {log.strip().splitlines()[:5]}"
+        )
+    done = sorted(outputs)
+    return RunResult(
+        board=board,
+        machine=machine,
+        outputs=np.array([outputs[k] for k in done], dtype=np.int8).reshape(len(done), header.get("output_size", 0)),
+        instructions=np.array([totals[k] for k in done], dtype=np.int64),
+        layer_instructions=np.array([layers[k] for k in done], dtype=np.int64).reshape(len(done), len(names)),
+        layer_names=[names[i] for i in sorted(names)],
+        stack_bytes=stack,
+        exit_status=status,
+        instruction_resolution=resolution,
+        log=log,
+    )
