@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,17 @@ from click.testing import CliRunner
 
 from tinyml import host, platformio
 from tinyml.boards import builtin_boards, resolve_board
-from tinyml.cli_board import run_command, size_command
+from tinyml.cli_board import build_command, run_command, size_command
 from tinyml.errors import BuildError
-from tinyml.firmware import ELF_NAME, PROJECT_DIR_NAME, build_firmware, size_report
+from tinyml.firmware import (
+    ELF_NAME,
+    PROJECT_DIR_NAME,
+    FitError,
+    build_firmware,
+    check_build_fits,
+    default_test_inputs,
+    size_report,
+)
 from tinyml.qemu import FirmwareFault, FirmwareTimeout, run_firmware
 
 pytestmark = [
@@ -41,7 +50,9 @@ INPUTS = np.random.default_rng(11).integers(-128, 128, size=(5, 16), dtype=np.in
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fixture model's firmware for every board."""
     root = tmp_path_factory.mktemp("firmware")
-    return {name: build_firmware(FIXTURE_MODEL, resolve_board(name), root / name, INPUTS).out_dir for name in BOARD_NAMES}
+    return {
+        name: build_firmware(FIXTURE_MODEL, resolve_board(name), root / name, INPUTS).out_dir for name in BOARD_NAMES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +131,9 @@ def test_fault_is_reported_with_registers(tmp_path, board):
 
 
 def test_hang_is_reported_as_timeout(tmp_path):
-    out = build_firmware(FIXTURE_MODEL, resolve_board("cortex-m3"), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_HANG"])
+    out = build_firmware(
+        FIXTURE_MODEL, resolve_board("cortex-m3"), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_HANG"]
+    )
     with pytest.raises(FirmwareTimeout, match="did not exit within 2 s"):
         run_firmware(out.out_dir, timeout=2)
 
@@ -149,21 +162,39 @@ def test_plain_pio_run_inside_the_project_works_offline(built, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def example_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled example compiled by the real code generator."""
+def example_build(tmp_path_factory: pytest.TempPathFactory):
+    """The bundled example compiled by the real code generator (a `tinyml.compiler.Build`)."""
     from tinyml.compiler import compile_from_recipe
     from tinyml.recipe import load_recipe
 
     out = tmp_path_factory.mktemp("example") / "model"
-    compile_from_recipe(load_recipe(None, {"model": {"example": "digits"}}), out, progress=False)
-    return out
+    return compile_from_recipe(load_recipe(None, {"model": {"example": "digits"}}), out, progress=False)
 
 
 @pytest.mark.parametrize("board", ["stm32f405", "cortex-m3", "cortex-m33"])
-def test_example_model_matches_the_host_build(example_model, tmp_path, board):
-    from tinyml.firmware import default_test_inputs
-
-    inputs = default_test_inputs(example_model, 3)
-    out = build_firmware(example_model, resolve_board(board), tmp_path / "fw", inputs)
+def test_example_model_matches_the_host_build(example_build, tmp_path, board):
+    model_dir = example_build.out_dir
+    inputs = default_test_inputs(model_dir, 3)
+    out = build_firmware(model_dir, resolve_board(board), tmp_path / "fw", inputs)
     result = run_firmware(out.out_dir, timeout=60)
-    np.testing.assert_array_equal(result.outputs, host.load_model(example_model)(inputs))
+    np.testing.assert_array_equal(result.outputs, host.load_model(model_dir)(inputs))
+    assert result.layer_names == [node.name for node in example_build.graph.nodes]
+
+
+def test_fit_check_of_a_build_names_a_layer_of_its_graph(example_build):
+    board = replace(resolve_board("stm32"), ram_bytes=example_build.plan.arena_bytes)
+    with pytest.raises(FitError) as err:
+        check_build_fits(example_build, board)
+    layers = [node.name for node in example_build.graph.nodes]
+    assert any(f"layer '{name}' sets the peak" in str(err.value) for name in layers)
+    assert check_build_fits(example_build, resolve_board("stm32")).parts["arena"] == example_build.plan.arena_bytes
+
+
+def test_cli_build_makes_firmware_for_the_bundled_example(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no tinyml.toml here: the bundled example is built
+    done = CliRunner().invoke(build_command, ["--board", "cortex-m3", "--inputs", "2"])
+    assert done.exit_code == 0, done.output
+    firmware_dir = tmp_path / "build" / "cortex-m3"
+    assert (firmware_dir / ELF_NAME).is_file() and (firmware_dir / PROJECT_DIR_NAME / "platformio.ini").is_file()
+    assert "fits cortex-m3" in done.output
+    assert len(run_firmware(firmware_dir).outputs) == 2

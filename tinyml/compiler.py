@@ -243,9 +243,14 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
                 'No calibration data: set `[data] calibration = "calib.npz"` in the recipe or pass --calib FILE '
                 "(an .npz with an array `x` of representative inputs, shaped (N, C, H, W))."
             )
+    if recipe.data.calibration is not None:
         calibration, labels = load_samples(recipe.data.calibration, "data.calibration")
-        if labels is not None:
-            train_data = (calibration, labels)
+        train_data = (calibration, labels) if labels is not None else train_data
+    if recipe.model.input_shape is not None and list(calibration.shape[1:]) != list(recipe.model.input_shape[1:]):
+        raise CalibrationError(
+            f"model.input_shape is {list(recipe.model.input_shape)} but the calibration samples are shaped "
+            f"{list(calibration.shape[1:])} (without the batch axis); make them agree or drop input_shape."
+        )
     if recipe.data.validation is not None:
         x_val, y_val = load_samples(recipe.data.validation, "data.validation")
         validation = (x_val, y_val) if y_val is not None else None
