@@ -47,8 +47,10 @@ class RunResult:
     """What one QEMU run of the harness reported.
 
     `outputs` is int8 [N, output size], one row per test input; `instructions` the instructions
-    of each `tml_model_invoke`; `layer_instructions` [N, layers] the same per layer (the cost of
-    the profiling calls taken out); `stack_bytes` the stack high-water mark of the whole run.
+    of each `tml_model_invoke` (including its per-layer profiling calls, a few dozen instructions
+    per layer); `layer_instructions` [N, layers] the same per layer (the cost of the profiling
+    calls taken out); `instruction_resolution` how many instructions one timer tick stands for;
+    `stack_bytes` the stack high-water mark of the whole run.
     """
 
     board: str
