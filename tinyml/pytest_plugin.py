@@ -3,7 +3,7 @@
     def test_compiled_model_agrees_with_labels(tinyml_model):
         model = tinyml_model("build/digits")
         data = np.load("build/digits/validation.npz")  # held-out digits, kept by the build
-        predictions = model(model.quantize(data["x"])).argmax(axis=1)
+        predictions = model(model.quantize(nchw_to_graph(data["x"]))).argmax(axis=1)
         assert (predictions == data["y"]).mean() > 0.9
 
 The `tinyml_model` fixture returns a loader: give it a build folder made by `tinyml compile` and
