@@ -56,6 +56,9 @@ test: setup
 demo: setup
 	$(VENV)/bin/tinyml compile --example digits --out build/digits
 	$(VENV)/bin/tinyml validate build/digits
+	$(VENV)/bin/tinyml build --board stm32
+	$(VENV)/bin/tinyml run build/stm32
+	$(VENV)/bin/tinyml size build/stm32
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyml import plugins
+from tinyml.cli_board import register as register_board_commands
 from tinyml.errors import TinymlError
 from tinyml.recipe import load_recipe
 
@@ -137,6 +138,8 @@ def _overrides(
         overrides["board"] = board
     return overrides
 
+
+register_board_commands(main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,16 @@ def boards_command(as_json: bool) -> None:
     type=click.Path(dir_okay=False, exists=True),
     help=f"A recipe file (default: ./{DEFAULT_RECIPE} if present, else the bundled '{DEFAULT_EXAMPLE}' example).",
 )
-@click.option("--out", type=click.Path(file_okay=False), help="Firmware folder (default: build/<board>).")
+@click.option("--out", type=click.Path(file_okay=False), help="Firmware folder (default: build/<board as given>).")
 @click.option("--inputs", "input_count", default=4, show_default=True, help="Test inputs compiled in for `run`.")
 @click.option(
     "--pio-platform",
     metavar="SPEC",
     help="Another PlatformIO platform instead of tinyml's offline one (e.g. ststm32; needs network).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the fit estimate and the built sizes as JSON.")
 def build_command(
-    board_name: str, recipe: str | None, out: str | None, input_count: int, pio_platform: str | None
+    board_name: str, recipe: str | None, out: str | None, input_count: int, pio_platform: str | None, as_json: bool
 ) -> None:
     """Compile the model and build firmware for a board: <out>/firmware.elf and a PlatformIO project.
 
@@ -89,18 +91,23 @@ def build_command(
     if recipe_path is None:
         overrides["model"] = {"example": DEFAULT_EXAMPLE}
     loaded = load_recipe(recipe_path, overrides)
-    out_dir = Path(out) if out else Path("build") / board.name
+    out_dir = Path(out) if out else Path("build") / board_name
     with tempfile.TemporaryDirectory(prefix="tinyml-model-") as scratch:
         model_dir = Path(scratch) / "model"
-        build = compile_from_recipe(loaded, model_dir)
+        build = compile_from_recipe(loaded, model_dir, progress=not as_json)
         estimate = check_build_fits(build, board)
-        click.echo(
-            f"fits {board.name}: about {estimate.flash_bytes} of {board.flash_bytes} bytes of flash, "
-            f"{estimate.ram_bytes} of {board.ram_bytes} bytes of RAM"
-        )
+        if not as_json:
+            click.echo(
+                f"fits {board.name}: about {estimate.flash_bytes} of {board.flash_bytes} bytes of flash, "
+                f"{estimate.ram_bytes} of {board.ram_bytes} bytes of RAM"
+            )
         inputs = default_test_inputs(model_dir, input_count)
         built = build_firmware(model_dir, board, out_dir, inputs, pio_platform=pio_platform)
     report = size_report(built.out_dir)
+    if as_json:
+        summary = {"elf": str(built.elf), "fit_estimate": asdict(estimate), "size": report.summary()}
+        click.echo(json.dumps(summary, indent=2))
+        return
     click.echo(
         f"built {built.elf}: flash {report.flash_bytes} bytes, RAM {report.ram_bytes} bytes "
         f"(+ stack); run it with `tinyml run {built.out_dir}`"

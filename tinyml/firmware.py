@@ -324,6 +324,7 @@ def build_firmware(
     """
     model_dir = Path(model_dir).resolve()
     out_dir = Path(out_dir).resolve()
+    defines = list(defines)
     missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
     if missing:
         raise BuildError(
@@ -345,7 +346,7 @@ def build_firmware(
         manifest = {
             "board": asdict_board(board),
             "test_inputs": len(inputs),
-            "defines": list(defines),
+            "defines": defines,
             "model_sizes": model_sizes(model_dir),
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

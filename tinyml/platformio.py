@@ -68,8 +68,8 @@ def prepare_core_dir() -> Path:
         "description": "SCons from the Python environment that runs PlatformIO",
         "system": "*",
     }
-    (package / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (package / "scons.py").write_text(_SCONS_SCRIPT)
+    _write_atomic(package / "package.json", json.dumps(manifest, indent=2) + "\n")
+    _write_atomic(package / "scons.py", _SCONS_SCRIPT)
     link = {
         "cwd": "/",
         "spec": {
@@ -85,7 +85,7 @@ def prepare_core_dir() -> Path:
     stale = packages / "tool-scons"
     if stale.exists() and not stale.is_symlink():
         shutil.rmtree(stale)  # a copied package would be "updated" from the registry and stall
-    (packages / "tool-scons.pio-link").write_text(json.dumps(link) + "\n")
+    _write_atomic(packages / "tool-scons.pio-link", json.dumps(link) + "\n")
     _disable_telemetry(root / "appstate.json")
     return root
 
@@ -99,7 +99,14 @@ def _disable_telemetry(appstate: Path) -> None:
     settings = state.setdefault("settings", {})
     if settings.get("enable_telemetry") is not False:
         settings["enable_telemetry"] = False
-        appstate.write_text(json.dumps(state))
+        _write_atomic(appstate, json.dumps(state))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` in one step: a `pio` started at the same time never reads half a file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def pio_executable() -> str:

@@ -65,6 +65,25 @@ static inline int tml_window_fits(int32_t in, int32_t kernel, int32_t stride, in
         && out == (in + 2 * pad - kernel) / stride + 1;
 }
 
+/* One axis of a kernel window: its tap 0 lies at input coordinate `origin` (negative inside the
+ * leading padding), and taps [begin, end) lie on real input cells (none when end <= begin). */
+typedef struct {
+    int32_t origin;
+    int32_t begin;
+    int32_t end;
+} tml_window_span;
+
+/* The span of output position `index` along an axis of `size` input cells. */
+static inline tml_window_span tml_window_span_at(int32_t index, int32_t stride, int32_t pad, int32_t kernel,
+                                                 int32_t size)
+{
+    tml_window_span s;
+    s.origin = index * stride - pad;
+    s.begin = s.origin < 0 ? -s.origin : 0;
+    s.end = size - s.origin < kernel ? size - s.origin : kernel;
+    return s;
+}
+
 /* The end of every multiply-accumulate kernel: bias added with 32-bit wrap-around, requantized,
  * clamped before the output offset is added so that a value near the int32 limits cannot overflow. */
 static inline int8_t tml_requantize_output(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
@@ -73,6 +92,28 @@ static inline int8_t tml_requantize_output(int32_t acc, int32_t bias, int32_t mu
     const int32_t total = (int32_t)((uint32_t)acc + (uint32_t)bias);
     const int32_t scaled = tml_requantize(total, multiplier, shift);
     return (int8_t)(tml_clamp(scaled, act_min - output_offset, act_max - output_offset) + output_offset);
+}
+
+/* The output step of a convolution with this layer's offset and clamp. */
+static inline int8_t tml_conv_output(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
+                                     const tml_conv_params *p)
+{
+    return tml_requantize_output(acc, bias, multiplier, shift, p->output_offset, p->act_min, p->act_max);
+}
+
+/* Convolution arguments are usable: pointers set, filter channels matching the input, shapes
+ * consistent, a valid clamp. How many output channels there must be is the caller's to check. */
+static inline int tml_conv_args_valid(const tml_conv_params *p, const tml_quant_channels *quant,
+                                      const tml_shape *in, const int8_t *input, const tml_shape *filter,
+                                      const int8_t *weights, const tml_shape *out, const int8_t *output)
+{
+    if (p == NULL || quant == NULL || quant->multiplier == NULL || quant->shift == NULL || in == NULL
+        || input == NULL || filter == NULL || weights == NULL || out == NULL || output == NULL) {
+        return 0;
+    }
+    return in->c > 0 && filter->c == in->c && out->c > 0 && p->act_min <= p->act_max
+        && tml_window_fits(in->h, filter->h, p->stride_h, p->pad_h, out->h)
+        && tml_window_fits(in->w, filter->w, p->stride_w, p->pad_w, out->w);
 }
 
 /* Pool arguments are usable: pointers set, padding smaller than the kernel, shapes consistent. */

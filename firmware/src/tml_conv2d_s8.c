@@ -39,13 +39,6 @@ static int32_t sum_s8(const int8_t *w, int32_t n)
     return acc;
 }
 
-/* The kernel's output step with this layer's offset and clamp. */
-static inline int8_t finish(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
-                            const tml_conv_params *p)
-{
-    return tml_requantize_output(acc, bias, multiplier, shift, p->output_offset, p->act_min, p->act_max);
-}
-
 static void conv_pointwise(const tml_conv_params *p, const tml_quant_channels *quant, int32_t pixels,
                            int32_t in_c, const int8_t *input, const int8_t *filter, const int32_t *bias,
                            int32_t out_c, int8_t *output)
@@ -56,14 +49,14 @@ static void conv_pointwise(const tml_conv_params *p, const tml_quant_channels *q
         const int32_t multiplier = quant->multiplier[o];
         const int32_t shift = quant->shift[o];
         if (pixels == 1) { /* a fully connected layer: summing the weights would not pay */
-            output[o] = finish(dot_s8(input, w, in_c, p->input_offset), b, multiplier, shift, p);
+            output[o] = tml_conv_output(dot_s8(input, w, in_c, p->input_offset), b, multiplier, shift, p);
             continue;
         }
         const int32_t weight_offset = p->input_offset * sum_s8(w, in_c);
         const int8_t *x = input;
         int8_t *out = output + o;
         for (int32_t i = 0; i < pixels; i++) {
-            *out = finish(weight_offset + dot_s8(x, w, in_c, 0), b, multiplier, shift, p);
+            *out = tml_conv_output(weight_offset + dot_s8(x, w, in_c, 0), b, multiplier, shift, p);
             x += in_c;
             out += out_c;
         }
@@ -77,19 +70,11 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
                          const tml_shape *output_shape, int8_t *output, void *scratch)
 {
     (void)scratch;
-    if (params == NULL || quant == NULL || quant->multiplier == NULL || quant->shift == NULL
-        || input_shape == NULL || input == NULL || filter_shape == NULL || filter == NULL
-        || output_shape == NULL || output == NULL) {
+    if (!tml_conv_args_valid(params, quant, input_shape, input, filter_shape, filter, output_shape, output)) {
         return TML_ARG_ERROR;
     }
     const tml_conv_params local = *params; /* a copy the int8 output stores cannot alias */
     const tml_conv_params *p = &local;
-    if (input_shape->c < 1 || filter_shape->c != input_shape->c || output_shape->c < 1
-        || !tml_window_fits(input_shape->h, filter_shape->h, p->stride_h, p->pad_h, output_shape->h)
-        || !tml_window_fits(input_shape->w, filter_shape->w, p->stride_w, p->pad_w, output_shape->w)
-        || p->act_min > p->act_max) {
-        return TML_ARG_ERROR;
-    }
     const int32_t in_h = input_shape->h, in_w = input_shape->w, in_c = input_shape->c;
     const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
     const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
@@ -110,28 +95,24 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
         const int32_t shift = quant->shift[o];
         int8_t *out = output + o;
         for (int32_t oy = 0; oy < out_h; oy++) {
-            const int32_t y0 = oy * p->stride_h - p->pad_h;
-            const int32_t ky_begin = y0 < 0 ? -y0 : 0;
-            const int32_t ky_end = in_h - y0 < k_h ? in_h - y0 : k_h;
+            const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, k_h, in_h);
             for (int32_t ox = 0; ox < out_w; ox++) {
-                const int32_t x0 = ox * p->stride_w - p->pad_w;
-                const int32_t kx_begin = x0 < 0 ? -x0 : 0;
-                const int32_t kx_end = in_w - x0 < k_w ? in_w - x0 : k_w;
+                const tml_window_span kx = tml_window_span_at(ox, p->stride_w, p->pad_w, k_w, in_w);
                 int32_t acc = 0;
-                if (ky_begin == 0 && ky_end == k_h && kx_begin == 0 && kx_end == k_w) {
-                    const int8_t *x = input + y0 * input_row + x0 * in_c;
+                if (ky.begin == 0 && ky.end == k_h && kx.begin == 0 && kx.end == k_w) {
+                    const int8_t *x = input + ky.origin * input_row + kx.origin * in_c;
                     acc = weight_offset;
-                    for (int32_t ky = 0; ky < k_h; ky++) {
-                        acc += dot_s8(x + ky * input_row, w + ky * row_len, row_len, 0);
+                    for (int32_t row = 0; row < k_h; row++) {
+                        acc += dot_s8(x + row * input_row, w + row * row_len, row_len, 0);
                     }
-                } else if (kx_end > kx_begin) {
-                    const int32_t n = (kx_end - kx_begin) * in_c;
-                    for (int32_t ky = ky_begin; ky < ky_end; ky++) {
-                        acc += dot_s8(input + (y0 + ky) * input_row + (x0 + kx_begin) * in_c,
-                                     w + ky * row_len + kx_begin * in_c, n, p->input_offset);
+                } else if (kx.end > kx.begin) {
+                    const int32_t n = (kx.end - kx.begin) * in_c;
+                    for (int32_t row = ky.begin; row < ky.end; row++) {
+                        acc += dot_s8(input + (ky.origin + row) * input_row + (kx.origin + kx.begin) * in_c,
+                                     w + row * row_len + kx.begin * in_c, n, p->input_offset);
                     }
                 }
-                *out = finish(acc, b, multiplier, shift, p);
+                *out = tml_conv_output(acc, b, multiplier, shift, p);
                 out += out_c;
             }
         }

@@ -12,13 +12,6 @@
 
 #include <stddef.h>
 
-/* The kernel's output step with this layer's offset and clamp. */
-static inline int8_t finish(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
-                            const tml_conv_params *p)
-{
-    return tml_requantize_output(acc, bias, multiplier, shift, p->output_offset, p->act_min, p->act_max);
-}
-
 /* Where a window lies: its size, and the input and filter strides between columns and rows. */
 typedef struct {
     int32_t rows;
@@ -76,20 +69,12 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
                            const tml_shape *output_shape, int8_t *output, void *scratch)
 {
     (void)scratch;
-    if (params == NULL || quant == NULL || quant->multiplier == NULL || quant->shift == NULL
-        || input_shape == NULL || input == NULL || filter_shape == NULL || filter == NULL
-        || output_shape == NULL || output == NULL) {
+    if (!tml_conv_args_valid(params, quant, input_shape, input, filter_shape, filter, output_shape, output)
+        || params->depth_multiplier < 1 || output_shape->c != input_shape->c * params->depth_multiplier) {
         return TML_ARG_ERROR;
     }
     const tml_conv_params local = *params; /* a copy the int8 output stores cannot alias */
     const tml_conv_params *p = &local;
-    if (input_shape->c < 1 || filter_shape->c != input_shape->c || p->depth_multiplier < 1
-        || output_shape->c != input_shape->c * p->depth_multiplier
-        || !tml_window_fits(input_shape->h, filter_shape->h, p->stride_h, p->pad_h, output_shape->h)
-        || !tml_window_fits(input_shape->w, filter_shape->w, p->stride_w, p->pad_w, output_shape->w)
-        || p->act_min > p->act_max) {
-        return TML_ARG_ERROR;
-    }
     const int32_t in_h = input_shape->h, in_w = input_shape->w, in_c = input_shape->c;
     const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
     const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
@@ -100,36 +85,33 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
     int8_t *out = output;
 
     for (int32_t oy = 0; oy < out_h; oy++) {
-        const int32_t y0 = oy * p->stride_h - p->pad_h;
-        const int32_t ky_begin = y0 < 0 ? -y0 : 0;
-        const int32_t ky_end = in_h - y0 < k_h ? in_h - y0 : k_h;
+        const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, k_h, in_h);
         for (int32_t ox = 0; ox < out_w; ox++, out += out_c) {
-            const int32_t x0 = ox * p->stride_w - p->pad_w;
-            const int32_t kx_begin = x0 < 0 ? -x0 : 0;
-            const int32_t kx_end = in_w - x0 < k_w ? in_w - x0 : k_w;
-            g.rows = ky_end > ky_begin ? ky_end - ky_begin : 0;
-            g.cols = kx_end > kx_begin ? kx_end - kx_begin : 0;
+            const tml_window_span kx = tml_window_span_at(ox, p->stride_w, p->pad_w, k_w, in_w);
+            g.rows = ky.end > ky.begin ? ky.end - ky.begin : 0;
+            g.cols = kx.end > kx.begin ? kx.end - kx.begin : 0;
             if (g.rows == 0 || g.cols == 0) { /* the window lies wholly in the padding */
                 for (int32_t o = 0; o < out_c; o++) {
-                    out[o] = finish(0, bias != NULL ? bias[o] : 0, mult[o], shift[o], p);
+                    out[o] = tml_conv_output(0, bias != NULL ? bias[o] : 0, mult[o], shift[o], p);
                 }
                 continue;
             }
-            const int8_t *x = input + (y0 + ky_begin) * g.input_row + (x0 + kx_begin) * in_c;
-            const int8_t *w = filter + ky_begin * g.filter_row + kx_begin * out_c;
+            const int8_t *x = input + (ky.origin + ky.begin) * g.input_row + (kx.origin + kx.begin) * in_c;
+            const int8_t *w = filter + ky.begin * g.filter_row + kx.begin * out_c;
             int32_t o = 0;
             if (multiplier_step == 1) {
                 for (; o + 4 <= out_c; o += 4) {
                     int32_t acc[4];
                     window_dot4(x + o, w + o, &g, p->input_offset, acc);
                     for (int32_t j = 0; j < 4; j++) {
-                        out[o + j] = finish(acc[j], bias != NULL ? bias[o + j] : 0, mult[o + j], shift[o + j], p);
+                        out[o + j] = tml_conv_output(acc[j], bias != NULL ? bias[o + j] : 0, mult[o + j],
+                                                     shift[o + j], p);
                     }
                 }
             }
             for (; o < out_c; o++) {
                 const int32_t acc = window_dot(x + o / multiplier_step, w + o, &g, p->input_offset);
-                out[o] = finish(acc, bias != NULL ? bias[o] : 0, mult[o], shift[o], p);
+                out[o] = tml_conv_output(acc, bias != NULL ? bias[o] : 0, mult[o], shift[o], p);
             }
         }
     }

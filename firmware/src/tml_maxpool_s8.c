@@ -19,13 +19,13 @@ tml_status tml_maxpool_s8(const tml_pool_params *params,
     }
     const int32_t channels = input_shape->c;
     for (int32_t oy = 0; oy < output_shape->h; oy++) {
-        const int32_t y0 = oy * params->stride_h - params->pad_h;
-        const int32_t y_begin = y0 > 0 ? y0 : 0;
-        const int32_t y_end = y0 + params->kernel_h < input_shape->h ? y0 + params->kernel_h : input_shape->h;
+        const tml_window_span ky = tml_window_span_at(oy, params->stride_h, params->pad_h, params->kernel_h,
+                                                      input_shape->h);
+        const int32_t y_begin = ky.origin + ky.begin, y_end = ky.origin + ky.end;
         for (int32_t ox = 0; ox < output_shape->w; ox++) {
-            const int32_t x0 = ox * params->stride_w - params->pad_w;
-            const int32_t x_begin = x0 > 0 ? x0 : 0;
-            const int32_t x_end = x0 + params->kernel_w < input_shape->w ? x0 + params->kernel_w : input_shape->w;
+            const tml_window_span kx = tml_window_span_at(ox, params->stride_w, params->pad_w, params->kernel_w,
+                                                          input_shape->w);
+            const int32_t x_begin = kx.origin + kx.begin, x_end = kx.origin + kx.end;
             int8_t *out = output + (oy * output_shape->w + ox) * channels;
             /* Channels innermost: every read and write walks memory contiguously. */
             for (int32_t c = 0; c < channels; c++) {

@@ -16,6 +16,8 @@ input (|x| <= 255) and a weight (|w| <= 128) is an integer below 2^15, and a sum
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import numpy as np
 
 from tinyml.numbers import requantize, saturate_int8
@@ -50,8 +52,9 @@ def _check_channels(op: str, out_c: int, bias, multiplier, shift, act_min: int, 
         raise ValueError(f"{op}: activation clamp [{act_min}, {act_max}] is not an int8 range")
 
 
-def _windows(x: np.ndarray, kernel: tuple[int, int], stride, padding, input_offset: int) -> np.ndarray:
+def _windows(op: str, x: np.ndarray, kernel: tuple[int, int], stride, padding, input_offset: int) -> np.ndarray:
     """Every kernel window of the offset input as a float64 [OH, OW, KH, KW, C] view; padding is 0."""
+    _check_window(op, x, kernel, stride, padding)
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     out_h = conv_output_size(x.shape[0], kh, sh, ph)
     out_w = conv_output_size(x.shape[1], kw, sw, pw)
@@ -62,8 +65,21 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], stride, padding, input_offs
     return view[: need_h - kh + 1 : sh, : need_w - kw + 1 : sw].transpose(0, 1, 3, 4, 2)
 
 
-def _finish(sums: np.ndarray, bias, *, output_offset: int, multiplier, shift, act_min: int, act_max: int):
+class OutputQuantization(TypedDict):
+    """The keyword arguments every multiply-accumulate op takes after its input offset."""
+
+    output_offset: int
+    multiplier: np.ndarray
+    shift: np.ndarray
+    act_min: int
+    act_max: int
+
+
+def _finish(
+    op: str, sums: np.ndarray, bias, *, output_offset: int, multiplier, shift, act_min: int, act_max: int
+) -> np.ndarray:
     """Add the bias (32-bit wrap-around), requantize per output channel (last axis), offset and clamp."""
+    _check_channels(op, sums.shape[-1], bias, multiplier, shift, act_min, act_max)
     acc = sums.astype(np.int64)
     if bias is not None:
         acc = acc + np.asarray(bias, dtype=np.int64)
@@ -80,30 +96,16 @@ def conv2d_s8(
     stride: tuple[int, int],
     padding: tuple[int, int],
     input_offset: int,
-    output_offset: int,
-    multiplier: np.ndarray,
-    shift: np.ndarray,
-    act_min: int,
-    act_max: int,
+    **quant: Unpack[OutputQuantization],
 ) -> np.ndarray:
     """Convolve x [H, W, Cin] with OHWI weights w [Cout, KH, KW, Cin]; returns int8 [OH, OW, Cout]."""
     _check_array("conv2d", "x", x, np.int8, 3)
     _check_array("conv2d", "w", w, np.int8, 4)
     if w.shape[3] != x.shape[2]:
         raise ValueError(f"conv2d: weights have {w.shape[3]} input channels but the input has {x.shape[2]}")
-    _check_window("conv2d", x, w.shape[1:3], stride, padding)
-    _check_channels("conv2d", w.shape[0], bias, multiplier, shift, act_min, act_max)
-    windows = _windows(x, w.shape[1:3], stride, padding, input_offset)
+    windows = _windows("conv2d", x, w.shape[1:3], stride, padding, input_offset)
     sums = np.tensordot(windows, w.astype(np.float64), axes=([2, 3, 4], [1, 2, 3]))
-    return _finish(
-        sums,
-        bias,
-        output_offset=output_offset,
-        multiplier=multiplier,
-        shift=shift,
-        act_min=act_min,
-        act_max=act_max,
-    )
+    return _finish("conv2d", sums, bias, **quant)
 
 
 def dwconv2d_s8(
@@ -115,11 +117,7 @@ def dwconv2d_s8(
     padding: tuple[int, int],
     depth_multiplier: int,
     input_offset: int,
-    output_offset: int,
-    multiplier: np.ndarray,
-    shift: np.ndarray,
-    act_min: int,
-    act_max: int,
+    **quant: Unpack[OutputQuantization],
 ) -> np.ndarray:
     """Depthwise convolution: output channel o of [OH, OW, C*M] reads input channel o // M with w[:, :, o]."""
     _check_array("dwconv2d", "x", x, np.int8, 3)
@@ -129,47 +127,18 @@ def dwconv2d_s8(
             f"dwconv2d: weights have {w.shape[2]} channels, expected input channels "
             f"{x.shape[2]} x depth multiplier {depth_multiplier}"
         )
-    _check_window("dwconv2d", x, w.shape[:2], stride, padding)
-    _check_channels("dwconv2d", w.shape[2], bias, multiplier, shift, act_min, act_max)
-    windows = _windows(x, w.shape[:2], stride, padding, input_offset)
-    windows = np.repeat(windows, depth_multiplier, axis=-1)
+    windows = np.repeat(_windows("dwconv2d", x, w.shape[:2], stride, padding, input_offset), depth_multiplier, -1)
     sums = np.einsum("yxklc,klc->yxc", windows, w.astype(np.float64))
-    return _finish(
-        sums,
-        bias,
-        output_offset=output_offset,
-        multiplier=multiplier,
-        shift=shift,
-        act_min=act_min,
-        act_max=act_max,
-    )
+    return _finish("dwconv2d", sums, bias, **quant)
 
 
 def fc_s8(
-    x: np.ndarray,
-    w: np.ndarray,
-    bias: np.ndarray | None,
-    *,
-    input_offset: int,
-    output_offset: int,
-    multiplier: np.ndarray,
-    shift: np.ndarray,
-    act_min: int,
-    act_max: int,
+    x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, *, input_offset: int, **quant: Unpack[OutputQuantization]
 ) -> np.ndarray:
     """Fully connected: x [N] times w [Cout, N]; returns int8 [Cout]."""
     _check_array("fc", "x", x, np.int8, 1)
     _check_array("fc", "w", w, np.int8, 2)
     if w.shape[1] != x.shape[0]:
         raise ValueError(f"fc: weights take {w.shape[1]} input features but the input has {x.shape[0]}")
-    _check_channels("fc", w.shape[0], bias, multiplier, shift, act_min, act_max)
     sums = w.astype(np.float64) @ (x.astype(np.float64) + input_offset)
-    return _finish(
-        sums,
-        bias,
-        output_offset=output_offset,
-        multiplier=multiplier,
-        shift=shift,
-        act_min=act_min,
-        act_max=act_max,
-    )
+    return _finish("fc", sums, bias, **quant)
