@@ -8,6 +8,7 @@ padding is smaller than the kernel.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import NotRequired, TypedDict, Unpack
 
 import numpy as np
 
@@ -58,14 +59,25 @@ def _windows(
             yield oy, ox, window
 
 
+class PoolWindow(TypedDict):
+    """The keyword arguments of both pools; the clamp defaults to the whole int8 range."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    act_min: NotRequired[int]
+    act_max: NotRequired[int]
+
+
 def _pool(
     x: np.ndarray,
     reduce: Callable[[np.ndarray], np.ndarray],
+    *,
     kernel: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
-    act_min: int,
-    act_max: int,
+    act_min: int = -128,
+    act_max: int = 127,
 ) -> np.ndarray:
     x = np.asarray(x)
     _check_pool_args(x, kernel, stride, padding, act_min, act_max)
@@ -83,17 +95,9 @@ def _pool(
     return saturate_int8(out, act_min, act_max)
 
 
-def maxpool_s8(
-    x: np.ndarray,
-    *,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    act_min: int = -128,
-    act_max: int = 127,
-) -> np.ndarray:
+def maxpool_s8(x: np.ndarray, **window: Unpack[PoolWindow]) -> np.ndarray:
     """Per-channel maximum over each window's real cells, then the activation clamp."""
-    return _pool(x, lambda cells: cells.max(axis=0), kernel, stride, padding, act_min, act_max)
+    return _pool(x, lambda cells: cells.max(axis=0), **window)
 
 
 def _rounded_mean(cells: np.ndarray) -> np.ndarray:
@@ -103,14 +107,6 @@ def _rounded_mean(cells: np.ndarray) -> np.ndarray:
     return np.sign(total) * ((np.abs(total) + count // 2) // count)
 
 
-def avgpool_s8(
-    x: np.ndarray,
-    *,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    act_min: int = -128,
-    act_max: int = 127,
-) -> np.ndarray:
+def avgpool_s8(x: np.ndarray, **window: Unpack[PoolWindow]) -> np.ndarray:
     """Per-channel mean over each window's real cells (the output keeps the input's quantization)."""
-    return _pool(x, _rounded_mean, kernel, stride, padding, act_min, act_max)
+    return _pool(x, _rounded_mean, **window)
