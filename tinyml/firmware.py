@@ -130,9 +130,11 @@ def check_fit(
 def check_build_fits(build: Any, board: Board) -> FitEstimate:
     """`check_fit` with the figures of a `tinyml.compiler.Build`."""
     layer_names = [node.name for node in build.graph.nodes]
+    # The caller's input and output buffers live in RAM beside the arena.
+    io_bytes = sum(build.graph.tensors[name].nbytes for name in build.graph.inputs + build.graph.outputs)
     return check_fit(
         board,
-        build.plan.arena_bytes,
+        build.plan.arena_bytes + io_bytes,
         build.layer_weight_bytes(),
         live_arena_bytes=live_bytes_by_layer(build.plan, layer_names),
     )
