@@ -90,41 +90,31 @@ def requant_args(draw, out_c: int, taps: int) -> dict:
 
 
 @st.composite
-def window_args(draw) -> dict:
-    """Input size, kernel, stride and padding; kernels up to the size of the padded input."""
+def conv_inputs(draw, depthwise: bool, max_in_c: int, max_n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Input, weights and window arguments, with kernels up to the size of the padded input; n is the
+    number of output channels, or the depth multiplier if depthwise.
+    """
     h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    kh, kw = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
-    return dict(h=h, w=w, kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=(ph, pw))
+    kernel = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
+    window = dict(stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=(ph, pw))
+    in_c, n = draw(st.integers(1, max_in_c)), draw(st.integers(1, max_n))
+    x = _int8(draw, (h, w, in_c))
+    if depthwise:
+        return x, _int8(draw, (*kernel, in_c * n)), dict(window, depth_multiplier=n)
+    return x, _int8(draw, (n, *kernel, in_c)), window
+
+
+def _out_channels(w: np.ndarray, depthwise: bool) -> int:
+    return w.shape[2] if depthwise else w.shape[0]
 
 
 @st.composite
-def conv2d_cases(draw):
-    g = draw(window_args())
-    in_c, out_c = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    x = _int8(draw, (g["h"], g["w"], in_c))
-    w = _int8(draw, (out_c, *g["kernel"], in_c))
-    return (
-        x,
-        w,
-        draw(_bias(out_c)),
-        dict(stride=g["stride"], padding=g["padding"], **draw(requant_args(out_c, w[0].size))),
-    )
-
-
-@st.composite
-def dwconv2d_cases(draw):
-    g = draw(window_args())
-    in_c, m = draw(st.integers(1, 5)), draw(st.integers(1, 3))
-    x = _int8(draw, (g["h"], g["w"], in_c))
-    w = _int8(draw, (*g["kernel"], in_c * m))
-    kw = dict(
-        stride=g["stride"],
-        padding=g["padding"],
-        depth_multiplier=m,
-        **draw(requant_args(in_c * m, w.shape[0] * w.shape[1])),
-    )
-    return x, w, draw(_bias(in_c * m)), kw
+def conv_cases(draw, depthwise: bool):
+    x, w, window = draw(conv_inputs(depthwise, max_in_c=5, max_n=3 if depthwise else 5))
+    out_c = _out_channels(w, depthwise)
+    taps = w.shape[0] * w.shape[1] if depthwise else w[0].size
+    return x, w, draw(_bias(out_c)), dict(window, **draw(requant_args(out_c, taps)))
 
 
 @st.composite
@@ -178,16 +168,16 @@ def _out_hw(x: np.ndarray, kernel: tuple[int, int], kw: dict) -> tuple[int, int]
     return tuple(conv_output_size(x.shape[i], kernel[i], kw["stride"][i], kw["padding"][i]) for i in (0, 1))
 
 
-def c_conv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
+def _c_conv(lib, fn: str, x, w, bias, kernel: tuple[int, int], out_c: int, **kw) -> tuple[int, np.ndarray]:
+    """Call a convolution kernel (filter shape {kernel, input channels}) into a fresh output."""
     call = _Call(lib, bias, kw["multiplier"], kw["shift"])
-    out_h, out_w = _out_hw(x, w.shape[1:3], kw)
-    out = np.zeros((out_h, out_w, w.shape[0]), np.int8)
-    status = lib.lib.tml_conv2d_s8(
+    out = np.zeros((*_out_hw(x, kernel, kw), out_c), np.int8)
+    status = getattr(lib.lib, fn)(
         _conv_params(call, kw),
         call.quant,
         call.shape(*x.shape),
         call.ptr("int8_t[]", x),
-        call.shape(*w.shape[1:]),
+        call.shape(*kernel, x.shape[2]),
         call.ptr("int8_t[]", w),
         call.bias,
         call.shape(*out.shape),
@@ -195,25 +185,14 @@ def c_conv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
         call.ffi.NULL,
     )
     return status, out
+
+
+def c_conv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
+    return _c_conv(lib, "tml_conv2d_s8", x, w, bias, w.shape[1:3], w.shape[0], **kw)
 
 
 def c_dwconv2d(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
-    call = _Call(lib, bias, kw["multiplier"], kw["shift"])
-    out_h, out_w = _out_hw(x, w.shape[:2], kw)
-    out = np.zeros((out_h, out_w, w.shape[2]), np.int8)
-    status = lib.lib.tml_dwconv2d_s8(
-        _conv_params(call, kw),
-        call.quant,
-        call.shape(*x.shape),
-        call.ptr("int8_t[]", x),
-        call.shape(*w.shape[:2], x.shape[2]),
-        call.ptr("int8_t[]", w),
-        call.bias,
-        call.shape(*out.shape),
-        call.ffi.from_buffer("int8_t[]", out),
-        call.ffi.NULL,
-    )
-    return status, out
+    return _c_conv(lib, "tml_dwconv2d_s8", x, w, bias, w.shape[:2], w.shape[2], **kw)
 
 
 def c_fc(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
@@ -238,13 +217,26 @@ def c_fc(lib, x, w, bias, **kw) -> tuple[int, np.ndarray]:
 # ---------------------------------------------------------------- C against the reference
 
 
-@FUZZ
-@given(conv2d_cases())
-def test_conv2d_matches_reference(lib, case):
-    x, w, bias, kw = case
-    status, out = c_conv2d(lib, x, w, bias, **kw)
+# op: (its cases, the C kernel, the reference)
+KERNELS = {
+    "conv2d": (conv_cases(depthwise=False), c_conv2d, conv2d_s8),
+    "dwconv2d": (conv_cases(depthwise=True), c_dwconv2d, dwconv2d_s8),
+    "fc": (fc_cases(), c_fc, fc_s8),
+}
+
+
+def _assert_matches_reference(lib, op: str, x, w, bias, kw: dict) -> None:
+    _, c_kernel, reference = KERNELS[op]
+    status, out = c_kernel(lib, x, w, bias, **kw)
     assert status == TML_OK
-    np.testing.assert_array_equal(out, conv2d_s8(x, w, bias, **kw))
+    np.testing.assert_array_equal(out, reference(x, w, bias, **kw))
+
+
+@pytest.mark.parametrize("op", KERNELS)
+@FUZZ
+@given(data=st.data())
+def test_kernel_matches_reference(lib, op, data):
+    _assert_matches_reference(lib, op, *data.draw(KERNELS[op][0]))
 
 
 @settings(max_examples=40, deadline=None)
@@ -253,28 +245,7 @@ def test_pointwise_conv2d_matches_reference(lib, h, w_, in_c, out_c, data):
     """1x1 kernel, stride 1, no padding: the kernel's pointwise path."""
     x, w = _int8(data.draw, (h, w_, in_c)), _int8(data.draw, (out_c, 1, 1, in_c))
     kw = dict(stride=(1, 1), padding=(0, 0), **data.draw(requant_args(out_c, in_c)))
-    bias = data.draw(_bias(out_c))
-    status, out = c_conv2d(lib, x, w, bias, **kw)
-    assert status == TML_OK
-    np.testing.assert_array_equal(out, conv2d_s8(x, w, bias, **kw))
-
-
-@FUZZ
-@given(dwconv2d_cases())
-def test_dwconv2d_matches_reference(lib, case):
-    x, w, bias, kw = case
-    status, out = c_dwconv2d(lib, x, w, bias, **kw)
-    assert status == TML_OK
-    np.testing.assert_array_equal(out, dwconv2d_s8(x, w, bias, **kw))
-
-
-@FUZZ
-@given(fc_cases())
-def test_fc_matches_reference(lib, case):
-    x, w, bias, kw = case
-    status, out = c_fc(lib, x, w, bias, **kw)
-    assert status == TML_OK
-    np.testing.assert_array_equal(out, fc_s8(x, w, bias, **kw))
+    _assert_matches_reference(lib, "conv2d", x, w, data.draw(_bias(out_c)), kw)
 
 
 def test_scratch_is_not_needed(lib):
@@ -380,11 +351,8 @@ def _float_conv(x, w_oihw, bias, kw, groups: int) -> np.ndarray:
 @st.composite
 def float_checked_cases(draw, depthwise: bool):
     """Small cases whose accumulators stay far from int32 limits, with one real multiplier."""
-    g = draw(window_args())
-    in_c, n = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    out_c = in_c * n if depthwise else n
-    x = _int8(draw, (g["h"], g["w"], in_c))
-    w = _int8(draw, (*g["kernel"], out_c) if depthwise else (out_c, *g["kernel"], in_c))
+    x, w, window = draw(conv_inputs(depthwise, max_in_c=4, max_n=4))
+    out_c = _out_channels(w, depthwise)
     bias = draw(
         st.one_of(
             st.none(),
@@ -396,8 +364,7 @@ def float_checked_cases(draw, depthwise: bool):
     mult, shift = quantize_multiplier(real)
     act_min, act_max = draw(clamps)
     kw = dict(
-        stride=g["stride"],
-        padding=g["padding"],
+        window,
         input_offset=-draw(zero_points),
         output_offset=draw(zero_points),
         multiplier=np.full(out_c, mult, np.int32),
@@ -405,22 +372,23 @@ def float_checked_cases(draw, depthwise: bool):
         act_min=act_min,
         act_max=act_max,
     )
-    if depthwise:
-        kw["depth_multiplier"] = n
     return x, w, bias, kw, real, exact
+
+
+def _assert_agrees_with_float(got: np.ndarray, expected: np.ndarray, exact: bool) -> None:
+    """Exact for multipliers 0.5, 1, 2 (one rounding, ties up); within 1 otherwise (two roundings)."""
+    if exact:
+        np.testing.assert_array_equal(got.astype(np.float64), expected)
+    else:
+        assert np.max(np.abs(got.astype(np.float64) - expected), initial=0) <= 1
 
 
 @settings(max_examples=60, deadline=None)
 @given(float_checked_cases(depthwise=False))
 def test_reference_conv2d_agrees_with_float_conv(case):
-    """Exact for multipliers 0.5, 1, 2 (one rounding, ties up); within 1 otherwise (two roundings)."""
     x, w, bias, kw, real, exact = case
     expected = _float_expected(_float_conv(x, w.transpose(0, 3, 1, 2), bias, kw, groups=1), bias, real, kw)
-    got = conv2d_s8(x, w, bias, **kw).astype(np.float64)
-    if exact:
-        np.testing.assert_array_equal(got, expected)
-    else:
-        assert np.max(np.abs(got - expected), initial=0) <= 1
+    _assert_agrees_with_float(conv2d_s8(x, w, bias, **kw), expected, exact)
 
 
 @settings(max_examples=60, deadline=None)
@@ -429,11 +397,7 @@ def test_reference_dwconv2d_agrees_with_float_conv(case):
     x, w, bias, kw, real, exact = case
     w_oihw = w.transpose(2, 0, 1)[:, None]  # [C*M, 1, KH, KW]: torch's grouped layout, o reads o // M
     expected = _float_expected(_float_conv(x, w_oihw, bias, kw, groups=x.shape[2]), bias, real, kw)
-    got = dwconv2d_s8(x, w, bias, **kw).astype(np.float64)
-    if exact:
-        np.testing.assert_array_equal(got, expected)
-    else:
-        assert np.max(np.abs(got - expected), initial=0) <= 1
+    _assert_agrees_with_float(dwconv2d_s8(x, w, bias, **kw), expected, exact)
 
 
 def test_reference_fc_agrees_with_float_matmul():

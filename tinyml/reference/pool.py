@@ -13,11 +13,7 @@ from typing import NotRequired, TypedDict, Unpack
 import numpy as np
 
 from tinyml.numbers import saturate_int8
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    """Output length of one axis: (size + 2*pad - kernel) // stride + 1."""
-    return (size + 2 * pad - kernel) // stride + 1
+from tinyml.reference.conv import conv_output_size as pool_output_size
 
 
 def _check_pool_args(
