@@ -80,6 +80,7 @@ def plugins_command(as_json: bool) -> None:
 )
 @click.option("--board", metavar="NAME", help="The target board (see the README's board list).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: build/<model name>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary (layers, bytes, arena) as JSON.")
 def compile_command(
     example: str | None,
     factory: str | None,
@@ -88,6 +89,7 @@ def compile_command(
     recipe: str | None,
     board: str | None,
     out: str | None,
+    as_json: bool,
 ) -> None:
     """Compile a model to C: apply the recipe's techniques, plan memory, generate the C sources."""
     from tinyml.compiler import compile_from_recipe
@@ -98,8 +100,8 @@ def compile_command(
         raise click.UsageError("--weights belongs with --model FILE:FUNC.")
     loaded = load_recipe(_recipe_path(recipe), _overrides(example, factory, weights, calib, board))
     out_dir = Path(out) if out else Path("build") / (loaded.model.example or loaded.model.factory_file.stem)
-    build = compile_from_recipe(loaded, out_dir)
-    click.echo(build.report())
+    build = compile_from_recipe(loaded, out_dir, progress=not as_json)
+    click.echo(json.dumps(build.summary(), indent=2) if as_json else build.report())
 
 
 @main.command("validate")

@@ -66,6 +66,28 @@ class Build:
             for node in self.graph.nodes
         }
 
+    def summary(self) -> dict[str, Any]:
+        """The figures of the build, for scripts (`tinyml compile --json`) and the build's manifest.json."""
+        weights = self.layer_weight_bytes()
+        return {
+            "board": self.board.name if self.board else None,
+            "techniques": [{"name": t.name, "options": t.options.model_dump()} for t in self.techniques],
+            "weight_bytes": self.generated.weight_bytes,
+            "arena_bytes": self.plan.arena_bytes,
+            "arena_lower_bound": self.plan.lower_bound,
+            "arena_greedy_bytes": self.plan.greedy_bytes,
+            "layers": [
+                {
+                    "name": n.name,
+                    "op": n.op,
+                    "kernel": self.generated.kernels[n.name].function,
+                    "source": n.source,
+                    "weight_bytes": weights[n.name],
+                }
+                for n in self.graph.nodes
+            ],
+        }
+
     def report(self) -> str:
         """Layers, kernels, weight and arena bytes, as a readable table."""
         from rich.console import Console
@@ -187,24 +209,7 @@ def write_build(
             np.savez_compressed(
                 tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred
             )
-        manifest = {
-            "board": build.board.name if build.board else None,
-            "techniques": [{"name": t.name, "options": t.options.model_dump()} for t in build.techniques],
-            "arena_bytes": build.plan.arena_bytes,
-            "arena_lower_bound": build.plan.lower_bound,
-            "arena_greedy_bytes": build.plan.greedy_bytes,
-            "weight_bytes": build.generated.weight_bytes,
-            "layers": [
-                {
-                    "name": n.name,
-                    "op": n.op,
-                    "kernel": build.generated.kernels[n.name].function,
-                    "source": n.source,
-                }
-                for n in build.graph.nodes
-            ],
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(build.summary(), indent=2) + "\n")
         (tmp / "report.txt").write_text(build.report())
         if out_dir.exists():
             shutil.rmtree(out_dir)
