@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from tinyml.boards import Board
+    from tinyml.planner import MemoryPlan
     from tinyml.recipe import Recipe
 
 GRAPH_FILE = "graph.pkl"
@@ -54,7 +55,7 @@ class Build:
     techniques: list[Technique]
 
     @property
-    def plan(self):  # noqa: ANN201 - MemoryPlan
+    def plan(self) -> MemoryPlan:
         return self.generated.plan
 
     def layer_weight_bytes(self) -> dict[str, int]:

@@ -117,7 +117,7 @@ def check_fit(
             layer, size = max(live_arena_bytes.items(), key=lambda item: item[1])
             culprit = f"layer {layer!r} sets the peak ({size} bytes of activations alive); "
         problems.append(
-            f"RAM: needs about {estimate.ram_bytes} bytes ({arena_bytes} of arena + {board.stack_reserve} of "
+            f"RAM: needs about {estimate.ram_bytes} bytes ({arena_bytes} of activations + {board.stack_reserve} of "
             f"stack), {estimate.ram_bytes - board.ram_bytes} bytes more than the {board.ram_bytes} it has; "
             f"{culprit}fewer channels or a lower input resolution there (architecture search under a RAM "
             "limit) would help"
