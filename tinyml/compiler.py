@@ -12,8 +12,6 @@ import copy
 import io
 import json
 import pickle
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tinyml.codegen import GeneratedModel, generate
 from tinyml.errors import CalibrationError, RecipeError, TinymlError
 from tinyml.ir import Graph
 from tinyml.progress import progress_bar
+from tinyml.staging import staged_directory
 from tinyml.technique import Context, Technique, silent_progress
 
 if TYPE_CHECKING:
@@ -61,9 +60,7 @@ class Build:
     def layer_weight_bytes(self) -> dict[str, int]:
         """Flash taken by each layer's constants, by node name."""
         return {
-            node.name: sum(
-                self.generated.weights[n].nbytes for n in node.inputs if n in self.generated.weights
-            )
+            node.name: sum(self.generated.weights[n].nbytes for n in node.inputs if n in self.generated.weights)
             for node in self.graph.nodes
         }
 
@@ -122,9 +119,7 @@ def resolve_techniques(specs: Sequence[TechniqueSpec]) -> list[Technique]:
             continue
         name, options = (spec, {}) if isinstance(spec, str) else spec
         if name not in available:
-            raise RecipeError(
-                f"Unknown technique {name!r}. Available techniques: {', '.join(sorted(available))}."
-            )
+            raise RecipeError(f"Unknown technique {name!r}. Available techniques: {', '.join(sorted(available))}.")
         result.append(available[name](options))
     return result
 
@@ -199,34 +194,22 @@ def write_build(
 ) -> None:
     """Write everything into a temporary sibling of `out_dir`, then swap it in."""
     out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as tmp:
         for name, text in build.generated.files.items():
             (tmp / name).write_text(text)
         (tmp / GRAPH_FILE).write_bytes(pickle.dumps(build.graph))
         (tmp / FLOAT_GRAPH_FILE).write_bytes(pickle.dumps(build.float_graph))
         if validation is not None:
-            np.savez_compressed(
-                tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred
-            )
+            np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
         (tmp / MANIFEST_FILE).write_text(json.dumps(build.summary(), indent=2) + "\n")
         (tmp / "report.txt").write_text(build.report())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     build.out_dir = out_dir
 
 
 def load_graph(build_dir: Path) -> Graph:
     path = Path(build_dir) / GRAPH_FILE
     if not path.exists():
-        raise TinymlError(
-            f"{build_dir} is not a tinyml build directory (no {GRAPH_FILE}); run `tinyml compile` first."
-        )
+        raise TinymlError(f"{build_dir} is not a tinyml build directory (no {GRAPH_FILE}); run `tinyml compile` first.")
     return pickle.loads(path.read_bytes())
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from tinyml import platformio
 from tinyml.boards import Board
 from tinyml.errors import BuildError, TinymlError
+from tinyml.staging import staged_directory
 
 if TYPE_CHECKING:
     from tinyml.planner import MemoryPlan
@@ -333,9 +333,7 @@ def build_firmware(
             f"{model_dir} is not a generated model: {', '.join(missing)} missing. Run `tinyml compile` first."
         )
     inputs = _check_inputs(model_dir, test_inputs)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         project = staging / PROJECT_DIR_NAME
         write_project(project, model_dir, board, inputs, defines, pio_platform)
         log = platformio.run_pio(project, "run", "--environment", board.name)
@@ -353,12 +351,6 @@ def build_firmware(
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "build.log").write_text(log)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return FirmwareBuild(out_dir, out_dir / ELF_NAME, board, log)
 
 
