@@ -125,7 +125,7 @@ def test_missing_calibration_data_is_named() -> None:
 
 def test_calibration_of_the_wrong_shape_is_named() -> None:
     factory, shape = MODELS["depthwise"]
-    with pytest.raises(TinymlError):
+    with pytest.raises(TinymlError, match=r"could not trace Sequential with an input of shape \(1, 1, 5, 5\)"):
         compiler.compile(factory().eval(), np.zeros((4, 1, 5, 5), np.float32), progress=False)
 
 

@@ -16,7 +16,7 @@ from tinyml.errors import TinymlError
 from tinyml.ir import Graph
 from tinyml.kernels import CallSite, Kernel
 from tinyml.planner import MemoryPlan, graph_buffers, plan_buffers
-from tinyml.weights import EncodedTensor
+from tinyml.weights import EncodedTensor, c_identifier
 
 if TYPE_CHECKING:
     import pluggy
@@ -36,16 +36,8 @@ class GeneratedModel:
     weights: dict[str, EncodedTensor]
 
     @property
-    def arena_bytes(self) -> int:
-        return self.plan.arena_bytes
-
-    @property
     def weight_bytes(self) -> int:
         return sum(w.nbytes for w in self.weights.values())
-
-
-def c_identifier(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
 def select_kernels(graph: Graph, board: Board | None, pm: pluggy.PluginManager) -> dict[str, Kernel]:
@@ -138,9 +130,7 @@ def _model_h(graph: Graph, plan: MemoryPlan) -> str:
     return "\n".join(lines)
 
 
-def _model_c(
-    graph: Graph, plan: MemoryPlan, kernels: dict[str, Kernel], weights: dict[str, EncodedTensor]
-) -> str:
+def _model_c(graph: Graph, plan: MemoryPlan, kernels: dict[str, Kernel], weights: dict[str, EncodedTensor]) -> str:
     inputs, outputs = set(graph.inputs), set(graph.outputs)
 
     def tensor_expr(name: str) -> str:
@@ -161,9 +151,7 @@ def _model_c(
         scratch = f"(tml_arena + {plan.offsets[scratch_key]})" if scratch_key in plan.offsets else "NULL"
         site = CallSite(graph=graph, node=node, prefix=prefix, tensor=tensor_expr, scratch=scratch)
         call = kernels[node.name].emit(site)
-        statics.append(
-            f"/* layer {i}: {node.name} ({node.op}, {kernels[node.name].function}) from {node.source} */"
-        )
+        statics.append(f"/* layer {i}: {node.name} ({node.op}, {kernels[node.name].function}) from {node.source} */")
         statics.extend(site.statics)
         calls += [
             f"    /* {i}: {node.name} */",

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from tinyml.recipe import Recipe
 
 GRAPH_FILE = "graph.pkl"
-FLOAT_GRAPH_FILE = "float_graph.pkl"
 VALIDATION_FILE = "validation.npz"
 MANIFEST_FILE = "manifest.json"
 
@@ -198,7 +197,6 @@ def write_build(
         for name, text in build.generated.files.items():
             (tmp / name).write_text(text)
         (tmp / GRAPH_FILE).write_bytes(pickle.dumps(build.graph))
-        (tmp / FLOAT_GRAPH_FILE).write_bytes(pickle.dumps(build.float_graph))
         if validation is not None:
             np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
         (tmp / MANIFEST_FILE).write_text(json.dumps(build.summary(), indent=2) + "\n")

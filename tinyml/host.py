@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def build(
         try:
             built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
         except (cffi.VerificationError, OSError) as err:
-            _remove_tree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise BuildError(
                 f"Compiling for the host failed ({', '.join(Path(s).name for s in sources) or 'glue code'}); "
                 f"the compiler's messages are above. {err}"
@@ -104,7 +105,7 @@ def build(
         out_dir.mkdir(parents=True, exist_ok=True)
         so = out_dir / built.name
         os.replace(built, so)  # atomic: a parallel run never sees half a file
-        _remove_tree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     return HostLibrary(*_load(name, so), path=so)
 
 
@@ -118,12 +119,6 @@ def _load(name: str, so: Path) -> tuple[cffi.FFI, object]:
         spec.loader.exec_module(module)
         sys.modules[name] = module
     return module.ffi, module.lib
-
-
-def _remove_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*"), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
-    path.rmdir()
 
 
 def kernel_sources() -> list[Path]:
@@ -178,9 +173,7 @@ class HostModel:
         out = np.zeros((len(x), self.output_size), dtype=np.int8)
         ffi, lib = self.library.ffi, self.library.lib
         for i in range(len(x)):
-            status = lib.tml_model_invoke(
-                ffi.from_buffer("int8_t[]", x[i]), ffi.from_buffer("int8_t[]", out[i])
-            )
+            status = lib.tml_model_invoke(ffi.from_buffer("int8_t[]", x[i]), ffi.from_buffer("int8_t[]", out[i]))
             if status != 0:
                 raise RuntimeError(f"tml_model_invoke returned {status} on sample {i}")
         return out
@@ -203,13 +196,9 @@ def load_model(build_dir: str | Path) -> HostModel:
     build_dir = Path(build_dir).resolve()
     missing = [f for f in ("model.h", *MODEL_SOURCES) if not (build_dir / f).exists()]
     if missing:
-        raise BuildError(
-            f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?"
-        )
+        raise BuildError(f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?")
     kernel_dirs = [Path(d) for dirs in plugins.plugin_manager().hook.tinyml_kernel_sources() for d in dirs]
-    sources = [build_dir / f for f in MODEL_SOURCES] + sorted(
-        p for d in kernel_dirs for p in (d / "src").glob("*.c")
-    )
+    sources = [build_dir / f for f in MODEL_SOURCES] + sorted(p for d in kernel_dirs for p in (d / "src").glob("*.c"))
     library = build(
         cdef=MODEL_CDEF,
         source='#include "model.h"\n',

@@ -8,6 +8,7 @@ statements that run the node and assign its `tml_status` to `status`. The core's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tinyml.hookspecs import hookimpl
+from tinyml.host import HostLibrary, build_kernels
 from tinyml.ir import Graph, Node
+from tinyml.reference.elementwise import ADD_PARAM_FIELDS
 
 if TYPE_CHECKING:
     from tinyml.boards import Board
@@ -145,15 +148,9 @@ def _emit_pool(call: CallSite) -> str:
     )
 
 
-ADD_FIELDS = (
-    "in1_offset", "in1_multiplier", "in1_shift", "in2_offset", "in2_multiplier", "in2_shift",
-    "left_shift", "output_offset", "out_multiplier", "out_shift", "act_min", "act_max",
-)  # fmt: skip
-
-
 def _emit_add(call: CallSite) -> str:
     n = call.node
-    params = call.add_static("tml_add_params", "params", _fields(**{k: n.attrs[k] for k in ADD_FIELDS}))
+    params = call.add_static("tml_add_params", "params", _fields(**{k: n.attrs[k] for k in ADD_PARAM_FIELDS}))
     size = call.graph.tensors[n.outputs[0]].size
     return f"status = tml_add_s8(&{params}, {call.input(0)}, {call.input(1)}, {call.output()}, {size});"
 
@@ -165,9 +162,7 @@ def _emit_softmax(call: CallSite) -> str:
     shape = call.graph.tensors[n.inputs[0]].shape
     row = shape[-1]
     rows = int(np.prod(shape)) // row
-    return (
-        f"status = tml_softmax_s8({call.prefix}_exp_table, {call.input(0)}, {rows}, {row}, {call.output()});"
-    )
+    return f"status = tml_softmax_s8({call.prefix}_exp_table, {call.input(0)}, {rows}, {row}, {call.output()});"
 
 
 def _emit_concat(call: CallSite) -> str:
@@ -202,11 +197,15 @@ EMITTERS: dict[str, Callable[[CallSite], str]] = {
 }
 
 
+@functools.cache
+def _host_kernels() -> HostLibrary:
+    """The kernel library compiled for this machine, loaded once per process."""
+    return build_kernels()
+
+
 def conv_scratch_bytes(graph: Graph, node: Node) -> int:
     """Scratch bytes of the portable conv kernels, asked of the kernel library itself (compiled for the host)."""
-    from tinyml.host import build_kernels
-
-    kernels = build_kernels()
+    kernels = _host_kernels()
     ffi = kernels.ffi
 
     def shape(dims: Sequence[int]) -> object:
@@ -216,11 +215,7 @@ def conv_scratch_bytes(graph: Graph, node: Node) -> int:
     x, w = (graph.tensors[n] for n in node.inputs[:2])
     out = graph.tensors[node.outputs[0]]
     kh, kw = w.shape[1:3]
-    fn = (
-        kernels.lib.tml_dwconv2d_s8_scratch_bytes
-        if node.op == "dwconv2d"
-        else kernels.lib.tml_conv2d_s8_scratch_bytes
-    )
+    fn = kernels.lib.tml_dwconv2d_s8_scratch_bytes if node.op == "dwconv2d" else kernels.lib.tml_conv2d_s8_scratch_bytes
     return int(fn(shape(x.shape[1:]), shape((kh, kw, x.shape[-1])), shape(out.shape[1:])))
 
 

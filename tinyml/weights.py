@@ -46,9 +46,14 @@ def c_array(c_type: str, symbol: str, values: np.ndarray, comment: str) -> str:
     return f"/* {comment} */\nconst {c_type} {symbol}[{len(flat)}] = {{\n    {body}\n}};\n"
 
 
+def c_identifier(name: str) -> str:
+    """`name` with every character that may not appear in a C identifier replaced by `_`."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
 def symbol_for(tensor: Tensor) -> str:
-    """A C identifier for a tensor, readable and stable: `tml_` + its name with non-identifier characters as `_`."""
-    return "tml_" + "".join(ch if ch.isalnum() else "_" for ch in tensor.name)
+    """A C symbol for a constant tensor, readable and stable: `tml_` + its name as an identifier."""
+    return "tml_" + c_identifier(tensor.name)
 
 
 @hookimpl(trylast=True)

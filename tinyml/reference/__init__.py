@@ -13,13 +13,8 @@ import numpy as np
 
 from tinyml.ir import Graph, Node
 from tinyml.reference.conv import conv2d_s8, dwconv2d_s8, fc_s8
-from tinyml.reference.elementwise import add_s8, concat_s8, flatten_s8, softmax_s8
+from tinyml.reference.elementwise import ADD_PARAM_FIELDS, add_s8, concat_s8, flatten_s8, softmax_s8
 from tinyml.reference.pool import avgpool_s8, maxpool_s8
-
-ADD_FIELDS = (
-    "in1_offset", "in1_multiplier", "in1_shift", "in2_offset", "in2_multiplier", "in2_shift",
-    "left_shift", "output_offset", "out_multiplier", "out_shift", "act_min", "act_max",
-)  # fmt: skip
 
 
 def _weighted(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
@@ -57,7 +52,7 @@ def _pool(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
 
 
 def _add(graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return add_s8(a, b, **{k: node.attrs[k] for k in ADD_FIELDS})
+    return add_s8(a, b, **{k: node.attrs[k] for k in ADD_PARAM_FIELDS})
 
 
 def _softmax(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
@@ -67,9 +62,7 @@ def _softmax(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
 def _concat(graph: Graph, node: Node, *xs: np.ndarray) -> np.ndarray:
     parts = [
         (x, -graph.tensors[name].zero_point, m, s)
-        for x, name, m, s in zip(
-            xs, node.inputs, node.attrs["multipliers"], node.attrs["shifts"], strict=True
-        )
+        for x, name, m, s in zip(xs, node.inputs, node.attrs["multipliers"], node.attrs["shifts"], strict=True)
     ]
     return concat_s8(parts, graph.tensors[node.outputs[0]].zero_point)
 

@@ -61,6 +61,13 @@ def add_params(scale1: float, zp1: int, scale2: float, zp2: int, out_scale: floa
     }
 
 
+# The integer parameters of an int8 ADD, in tml_add_params order (the keys add_params returns).
+ADD_PARAM_FIELDS = (
+    "in1_offset", "in1_multiplier", "in1_shift", "in2_offset", "in2_multiplier", "in2_shift",
+    "left_shift", "output_offset", "out_multiplier", "out_shift", "act_min", "act_max",
+)  # fmt: skip
+
+
 def add_s8(
     a: np.ndarray,
     b: np.ndarray,
