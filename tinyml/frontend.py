@@ -83,7 +83,7 @@ def from_torch(model: nn.Module, example_input: torch.Tensor) -> Graph:
     try:
         program = torch.export.export(model.eval(), (example_input,))
     except Exception as exc:  # torch raises many kinds; the user needs the first line, not the stack
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         raise TinymlError(
             f"torch.export could not trace {type(model).__name__} with an input of shape "
             f"{tuple(example_input.shape)}: {first_line}. The model's forward must be traceable "
