@@ -16,10 +16,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tinyml.boards import builtin_boards, resolve_board
+from tinyml.board.boards import builtin_boards, resolve_board
+from tinyml.board.project import build_firmware, default_test_inputs
+from tinyml.board.qemu import run_firmware
+from tinyml.board.size import size_report
 from tinyml.compiler import compile_from_recipe
-from tinyml.firmware import build_firmware, default_test_inputs, size_report
-from tinyml.qemu import run_firmware
 from tinyml.recipe import load_recipe
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinyml import firmware, platformio
-from tinyml.boards import BoardError, builtin_boards, load_board_file, resolve_board
-from tinyml.cli_board import boards_command
-from tinyml.errors import BuildError
+from tinyml import resources
+from tinyml.board import fit, platformio, size
+from tinyml.board import project as firmware_project
+from tinyml.board.boards import BoardError, builtin_boards, load_board_file, resolve_board
+from tinyml.board.cli import boards_command
+from tinyml.errors import BuildError, FitError
 
 FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "tiny_model"
 EXPECTED_BOARDS = ("stm32f405", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "stm32f746", "nucleo-l4r5zi")
@@ -66,7 +68,7 @@ def test_unknown_board_lists_the_known_ones():
 
 def test_malformed_board_file_names_the_file_and_field(tmp_path: Path):
     path = tmp_path / "bad.toml"
-    good = (platformio.PLATFORM_DIR.parent / "stm32f405.toml").read_text()
+    good = (resources.PLATFORM_DIR.parent / "stm32f405.toml").read_text()
     path.write_text(re.sub(r"clock_hz = .*", 'clock_hz = "fast"', good))
     with pytest.raises(BoardError, match=r"bad\.toml.*'clock_hz'"):
         load_board_file(path)
@@ -112,18 +114,18 @@ def test_pio_env_is_offline(core_dir: Path):
 def test_platform_class_is_named_from_platform_json():
     from platformio.platform.factory import PlatformFactory
 
-    name = json.loads((platformio.PLATFORM_DIR / "platform.json").read_text())["name"]
+    name = json.loads((resources.PLATFORM_DIR / "platform.json").read_text())["name"]
     class_name = PlatformFactory.get_clsname(name)
-    assert f"class {class_name}(" in (platformio.PLATFORM_DIR / "platform.py").read_text()
+    assert f"class {class_name}(" in (resources.PLATFORM_DIR / "platform.py").read_text()
 
 
 def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, core_dir: Path):
     board = resolve_board("stm32")
     inputs = np.arange(32, dtype=np.int8).reshape(2, 16)
     project = tmp_path / "project"
-    firmware.write_project(project, FIXTURE_MODEL, board, inputs, defines=["EXTRA=1"])
+    firmware_project.write_project(project, FIXTURE_MODEL, board, inputs, defines=["EXTRA=1"])
     ini = (project / "platformio.ini").read_text()
-    assert f"platform = symlink://{platformio.PLATFORM_DIR}" in ini
+    assert f"platform = symlink://{resources.PLATFORM_DIR}" in ini
     assert f"core_dir = {core_dir}" in ini
     assert "-DTML_PROFILE" in ini and "-DTML_COUNTER_TIM2" in ini and "-DEXTRA=1" in ini
     board_json = json.loads((project / "boards" / "stm32f405.json").read_text())
@@ -141,18 +143,19 @@ def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, core
 
 def test_build_rejects_inputs_of_the_wrong_size(tmp_path: Path):
     with pytest.raises(BuildError, match=r"16 int8 values per input"):
-        firmware.build_firmware(FIXTURE_MODEL, resolve_board("stm32"), tmp_path / "fw", np.zeros((2, 15), np.int8))
+        inputs = np.zeros((2, 15), np.int8)
+        firmware_project.build_firmware(FIXTURE_MODEL, resolve_board("stm32"), tmp_path / "fw", inputs)
     assert not (tmp_path / "fw").exists()
 
 
 def test_build_rejects_a_folder_without_a_model(tmp_path: Path):
     with pytest.raises(BuildError, match="model.c"):
-        firmware.build_firmware(tmp_path, resolve_board("stm32"), tmp_path / "fw", np.zeros((1, 16), np.int8))
+        firmware_project.build_firmware(tmp_path, resolve_board("stm32"), tmp_path / "fw", np.zeros((1, 16), np.int8))
 
 
 def test_fit_check_passes_and_reports_the_estimate():
     board = resolve_board("stm32")
-    estimate = firmware.check_fit(board, 1000, {"a": 300, "b": 200}, code_bytes=5000)
+    estimate = fit.check_fit(board, 1000, {"a": 300, "b": 200}, code_bytes=5000)
     assert estimate.flash_bytes == 5500
     assert estimate.ram_bytes == 1000 + board.stack_reserve
 
@@ -160,8 +163,8 @@ def test_fit_check_passes_and_reports_the_estimate():
 def test_fit_check_names_the_overflow_and_the_heaviest_layer():
     board = resolve_board("stm32")
     weights = {"conv1": 1000, "fc_big": board.flash_bytes, "fc2": 10}
-    with pytest.raises(firmware.FitError) as err:
-        firmware.check_fit(board, 1000, weights, code_bytes=4096)
+    with pytest.raises(FitError) as err:
+        fit.check_fit(board, 1000, weights, code_bytes=4096)
     over = sum(weights.values()) + 4096 - board.flash_bytes
     message = str(err.value)
     assert f"{over} bytes more" in message and "'fc_big'" in message and "Huffman" in message
@@ -170,27 +173,27 @@ def test_fit_check_names_the_overflow_and_the_heaviest_layer():
 def test_fit_check_names_the_layer_that_sets_the_ram_peak():
     board = resolve_board("stm32f746")
     arena = board.ram_bytes
-    with pytest.raises(firmware.FitError) as err:
-        firmware.check_fit(board, arena, {"conv": 10}, live_arena_bytes={"conv": arena, "pool": 100})
+    with pytest.raises(FitError) as err:
+        fit.check_fit(board, arena, {"conv": 10}, live_arena_bytes={"conv": arena, "pool": 100})
     message = str(err.value)
     assert f"{board.stack_reserve} bytes more" in message and "'conv' sets the peak" in message
 
 
 def test_live_bytes_by_layer_sums_the_buffers_alive_at_each_step():
     plan = type("Plan", (), {"sizes": {"x": 10, "y": 20, "z": 5}, "lifetimes": {"x": (0, 1), "y": (1, 2), "z": (2, 2)}})
-    assert firmware.live_bytes_by_layer(plan, ["a", "b", "c"]) == {"a": 10, "b": 30, "c": 25}
+    assert fit.live_bytes_by_layer(plan, ["a", "b", "c"]) == {"a": 10, "b": 30, "c": 25}
 
 
 def test_manifest_board_round_trips():
     board = resolve_board("cortex-m33")
-    manifest = json.loads(json.dumps({"board": firmware.asdict_board(board)}))
-    assert firmware.manifest_board(manifest) == replace(board)
+    manifest = json.loads(json.dumps({"board": firmware_project.asdict_board(board)}))
+    assert firmware_project.manifest_board(manifest) == replace(board)
 
 
 def test_symbols_are_attributed_to_their_layer():
     layers = ["0", "3", "10", "fc1"]
-    assert firmware._layer_of("tml_10_weight", layers) == "10"
-    assert firmware._layer_of("tml_0_bias", layers) == "0"
-    assert firmware._layer_of("l1_3_params", layers) == "3"
-    assert firmware._layer_of("fc1_weights", layers) == "fc1"
-    assert firmware._layer_of("tml_arena_words", layers) is None
+    assert size._layer_of("tml_10_weight", layers) == "10"
+    assert size._layer_of("tml_0_bias", layers) == "0"
+    assert size._layer_of("l1_3_params", layers) == "3"
+    assert size._layer_of("fc1_weights", layers) == "fc1"
+    assert size._layer_of("tml_arena_words", layers) is None

@@ -7,9 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 import tinyml.compiler as compiler
-from tinyml.boards import resolve_board
+from tinyml.board.boards import resolve_board
+from tinyml.board.fit import CODE_BYTES_ESTIMATE, check_build_fits
 from tinyml.cli import main
-from tinyml.firmware import CODE_BYTES_ESTIMATE, FitError, check_build_fits
+from tinyml.errors import FitError
 
 MODELS = """
 from torch import nn

@@ -18,20 +18,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinyml import host, platformio
-from tinyml.boards import builtin_boards, resolve_board
-from tinyml.cli_board import build_command, run_command, size_command
-from tinyml.errors import BuildError
-from tinyml.firmware import (
-    ELF_NAME,
-    PROJECT_DIR_NAME,
-    FitError,
-    build_firmware,
-    check_build_fits,
-    default_test_inputs,
-    size_report,
-)
-from tinyml.qemu import FirmwareFault, FirmwareTimeout, run_firmware
+from tinyml import host
+from tinyml.board import platformio
+from tinyml.board.boards import builtin_boards, resolve_board
+from tinyml.board.cli import build_command, run_command, size_command
+from tinyml.board.fit import check_build_fits
+from tinyml.board.project import ELF_NAME, PROJECT_DIR_NAME, build_firmware, default_test_inputs
+from tinyml.board.qemu import run_firmware
+from tinyml.board.size import size_report
+from tinyml.errors import BuildError, FirmwareFault, FirmwareTimeout, FitError
 
 pytestmark = [
     pytest.mark.qemu,

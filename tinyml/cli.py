@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyml import plugins
-from tinyml.cli_board import register as register_board_commands
+from tinyml.board.cli import register as register_board_commands
 from tinyml.errors import TinymlError
 from tinyml.recipe import load_recipe
 

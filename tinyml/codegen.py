@@ -21,7 +21,7 @@ from tinyml.weights import EncodedTensor, c_identifier
 if TYPE_CHECKING:
     import pluggy
 
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
 
 ARENA_ALIGNMENT = 4
 

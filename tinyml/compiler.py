@@ -30,7 +30,7 @@ from tinyml.technique import Context, Technique, silent_progress
 if TYPE_CHECKING:
     import torch
 
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
     from tinyml.planner import MemoryPlan
     from tinyml.recipe import Recipe
 

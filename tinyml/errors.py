@@ -30,3 +30,31 @@ class RecipeError(TinymlError):
 
 class BuildError(TinymlError):
     """Compiling the generated C failed (on the host or for a board)."""
+
+
+class PluginError(TinymlError):
+    """Plugins disagree (two offer the same name) or one returns something that is not what the hook asks."""
+
+
+class BoardError(TinymlError):
+    """A board name is unknown or a board file is malformed."""
+
+
+class FitError(TinymlError):
+    """The model does not fit the board's flash or RAM."""
+
+
+class FirmwareError(TinymlError):
+    """The firmware did not run to a normal end in QEMU."""
+
+
+class FirmwareFault(FirmwareError):
+    """The firmware took a fault; `registers` holds what the fault handler printed."""
+
+    def __init__(self, message: str, registers: dict[str, int]) -> None:
+        super().__init__(message)
+        self.registers = registers
+
+
+class FirmwareTimeout(FirmwareError):
+    """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""

@@ -20,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
     from tinyml.ir import Graph, Node, Tensor
     from tinyml.kernels import Kernel
     from tinyml.technique import Technique
@@ -45,7 +45,7 @@ def tinyml_techniques() -> list[type[Technique]]:
 
 @hookspec
 def tinyml_boards() -> list[Board]:
-    """Return the boards (`tinyml.boards.Board`) this plugin adds, so ``--board NAME`` can pick them.
+    """Return the boards (`tinyml.board.boards.Board`) this plugin adds, so ``--board NAME`` can pick them.
 
     A board names its core, FPU and DSP features, flash and RAM sizes, clock, linker memory map
     and the QEMU machine that emulates it. Names and aliases must be unique across plugins.

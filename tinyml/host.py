@@ -22,9 +22,8 @@ import cffi
 import numpy as np
 
 from tinyml.errors import BuildError
+from tinyml.resources import FIRMWARE_DIR, KERNEL_HEADER
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
-KERNEL_HEADER = FIRMWARE_DIR / "include" / "tml_nn.h"
 HOST_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration")
 
 

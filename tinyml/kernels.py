@@ -21,7 +21,7 @@ from tinyml.ir import Graph, Node
 from tinyml.reference.elementwise import ADD_PARAM_FIELDS
 
 if TYPE_CHECKING:
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
 
 
 @dataclass
@@ -231,6 +231,6 @@ def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kerne
 
 @hookimpl
 def tinyml_kernel_sources() -> list:
-    from tinyml.host import FIRMWARE_DIR
+    from tinyml.resources import FIRMWARE_DIR
 
     return [FIRMWARE_DIR]

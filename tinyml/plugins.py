@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from tinyml import hookspecs
-from tinyml.errors import TinymlError
+from tinyml.errors import PluginError
 
 if TYPE_CHECKING:
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
     from tinyml.technique import Technique
 
-CORE_PLUGINS = ("tinyml.kernels", "tinyml.weights", "tinyml.boards")
+CORE_PLUGINS = ("tinyml.kernels", "tinyml.weights", "tinyml.board.boards")
 ENTRY_POINT_GROUP = "tinyml"
 DISABLE_AUTOLOAD_ENV = "TINYML_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "TINYML_PLUGINS"
@@ -33,10 +33,6 @@ PLUGINS_ENV = "TINYML_PLUGINS"
 
 class TinymlPluginWarning(UserWarning):
     """A plugin could not be loaded; the toolkit goes on without it."""
-
-
-class PluginError(TinymlError):
-    """Plugins disagree (two offer the same name) or one returns something that is not what the hook asks."""
 
 
 @dataclass(frozen=True)

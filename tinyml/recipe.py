@@ -25,7 +25,7 @@ from tinyml.technique import Technique, describe_validation_error
 if TYPE_CHECKING:
     import torch
 
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
 
 DEFAULT_EXAMPLE = "digits"
 DEFAULT_TECHNIQUES = ({"name": "quantize-int8"},)
@@ -166,7 +166,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def _find_board(name: str | None, where: str) -> Board | None:
     if name is None:
         return None
-    from tinyml.boards import BoardError, resolve_board
+    from tinyml.board.boards import BoardError, resolve_board
 
     try:
         return resolve_board(name)

@@ -20,7 +20,7 @@ from tinyml.errors import RecipeError
 if TYPE_CHECKING:
     import torch
 
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
 
 Advance = Callable[[int], None]
 Progress = Callable[[str, int], AbstractContextManager[Advance]]

@@ -15,7 +15,7 @@ from tinyml.hookspecs import hookimpl
 from tinyml.ir import Tensor
 
 if TYPE_CHECKING:
-    from tinyml.boards import Board
+    from tinyml.board.boards import Board
 
 C_TYPES = {"int8": "int8_t", "int32": "int32_t", "uint8": "uint8_t", "int16": "int16_t", "uint32": "uint32_t"}
 VALUES_PER_LINE = 16

@@ -16,17 +16,13 @@ from typing import Any
 
 import pluggy
 
-from tinyml.errors import TinymlError
+from tinyml.errors import BoardError
+from tinyml.resources import BOARDS_DIR
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 COUNTERS = ("tim2", "systick")
 DEFAULT_STACK_RESERVE = 4096
 
 hookimpl = pluggy.HookimplMarker("tinyml")
-
-
-class BoardError(TinymlError):
-    """A board name is unknown or a board file is malformed."""
 
 
 @dataclass(frozen=True)

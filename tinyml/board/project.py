@@ -1,4 +1,4 @@
-"""Firmware for a board: check that a model fits, write a PlatformIO project, build it, size it.
+"""Firmware for a board: write a PlatformIO project, build it, and the manifest of what was built.
 
 A model directory holds the generated `model.h`, `model.c` and `model_data.c` (the contract:
 `TML_MODEL_INPUT_SIZE`, `TML_MODEL_OUTPUT_SIZE`, `TML_MODEL_ARENA_BYTES`, `TML_MODEL_LAYER_COUNT`,
@@ -23,121 +23,25 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from tinyml import platformio
-from tinyml.boards import Board
+from tinyml.board import platformio
+from tinyml.board.boards import Board
 from tinyml.errors import BuildError, TinymlError
+from tinyml.resources import HARNESS_DIR, PLATFORM_DIR, RUNTIME_DIR
 from tinyml.staging import staged_directory
 
-if TYPE_CHECKING:
-    from tinyml.planner import MemoryPlan
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-RUNTIME_DIR = REPO_DIR / "boards" / "runtime"
-HARNESS_DIR = REPO_DIR / "firmware" / "harness"
 MODEL_FILES = ("model.h", "model.c", "model_data.c")
 ELF_NAME = "firmware.elf"
 MANIFEST_NAME = "firmware.json"
 TEST_INPUTS_NAME = "test_inputs.npy"
 PROJECT_DIR_NAME = "project"
 LOCAL_PLATFORM = "tinyml-arm"
-
-# Flash taken besides the weights (runtime, harness, kernels, libc helpers), used before a build:
-# the bundled example's stm32 build has about 6.5 KB of it (`tinyml size build/stm32`).
-CODE_BYTES_ESTIMATE = 8 * 1024
-
-
-class FitError(TinymlError):
-    """The model does not fit the board's flash or RAM."""
-
-
-@dataclass
-class FitEstimate:
-    """Flash and RAM a model is expected to need on a board, before anything is compiled."""
-
-    board: str
-    flash_bytes: int
-    ram_bytes: int
-    flash_limit: int
-    ram_limit: int
-    parts: dict[str, int] = field(default_factory=dict)
-
-
-def live_bytes_by_layer(plan: MemoryPlan, layer_names: Sequence[str]) -> dict[str, int]:
-    """Arena bytes alive while each layer runs (buffers whose lifetime covers its step)."""
-    live = {}
-    for step, name in enumerate(layer_names):
-        live[name] = sum(
-            plan.sizes[buffer] for buffer, (first, last) in plan.lifetimes.items() if first <= step <= last
-        )
-    return live
-
-
-def check_fit(
-    board: Board,
-    arena_bytes: int,
-    layer_weight_bytes: Mapping[str, int],
-    *,
-    live_arena_bytes: Mapping[str, int] | None = None,
-    code_bytes: int = CODE_BYTES_ESTIMATE,
-) -> FitEstimate:
-    """Raise FitError if weights + code exceed flash or arena + stack exceed RAM; else the estimate.
-
-    `layer_weight_bytes` maps each layer to its constant bytes (they stay in flash);
-    `live_arena_bytes` (optional) maps each layer to the arena bytes alive while it runs, to name
-    the layer that sets the RAM peak.
-    """
-    weights = sum(layer_weight_bytes.values())
-    estimate = FitEstimate(
-        board=board.name,
-        flash_bytes=weights + code_bytes,
-        ram_bytes=arena_bytes + board.stack_reserve,
-        flash_limit=board.flash_bytes,
-        ram_limit=board.ram_bytes,
-        parts={"weights": weights, "code": code_bytes, "arena": arena_bytes, "stack": board.stack_reserve},
-    )
-    problems = []
-    if estimate.flash_bytes > board.flash_bytes:
-        layer, size = max(layer_weight_bytes.items(), key=lambda item: item[1], default=("-", 0))
-        problems.append(
-            f"flash: needs about {estimate.flash_bytes} bytes ({weights} of weights + {code_bytes} of code), "
-            f"{estimate.flash_bytes - board.flash_bytes} bytes more than the {board.flash_bytes} it has; "
-            f"layer {layer!r} holds the most weights ({size} bytes): pruning, Huffman-coded or binarized "
-            "weights for it would help"
-        )
-    if estimate.ram_bytes > board.ram_bytes:
-        culprit = ""
-        if live_arena_bytes:
-            layer, size = max(live_arena_bytes.items(), key=lambda item: item[1])
-            culprit = f"layer {layer!r} sets the peak ({size} bytes of activations alive); "
-        problems.append(
-            f"RAM: needs about {estimate.ram_bytes} bytes ({arena_bytes} of activations + {board.stack_reserve} of "
-            f"stack), {estimate.ram_bytes - board.ram_bytes} bytes more than the {board.ram_bytes} it has; "
-            f"{culprit}fewer channels or a lower input resolution there (architecture search under a RAM "
-            "limit) would help"
-        )
-    if problems:
-        raise FitError(f"The model does not fit board {board.name!r}: " + "; ".join(problems) + ".")
-    return estimate
-
-
-def check_build_fits(build: Any, board: Board) -> FitEstimate:
-    """`check_fit` with the figures of a `tinyml.compiler.Build`."""
-    layer_names = [node.name for node in build.graph.nodes]
-    # The caller's input and output buffers live in RAM beside the arena.
-    io_bytes = sum(build.graph.tensors[name].nbytes for name in build.graph.inputs + build.graph.outputs)
-    return check_fit(
-        board,
-        build.plan.arena_bytes + io_bytes,
-        build.layer_weight_bytes(),
-        live_arena_bytes=live_bytes_by_layer(build.plan, layer_names),
-    )
 
 
 @dataclass
@@ -202,10 +106,10 @@ def build_flags(board: Board, defines: Iterable[str]) -> list[str]:
 
 def platformio_ini(board: Board, defines: Iterable[str], pio_platform: str | None) -> str:
     """platformio.ini of the project: tinyml's core dir, the local platform, the board's flags."""
-    platform = pio_platform or f"symlink://{platformio.PLATFORM_DIR}"
+    platform = pio_platform or f"symlink://{PLATFORM_DIR}"
     lines = [
         f"; Firmware for board {board.name}, written by tinyml. Rebuild with `pio run` here.",
-        "; The core dir holds the offline tool-scons link that tinyml sets up (see tinyml.platformio).",
+        "; The core dir holds the offline tool-scons link that tinyml sets up (see tinyml.board.platformio).",
         "[platformio]",
         f"core_dir = {platformio.core_dir()}",
         f"default_envs = {board.name}",
@@ -378,104 +282,3 @@ def manifest_board(manifest: Mapping[str, Any]) -> Board:
     values["aliases"] = tuple(values.get("aliases", ()))
     return Board(**values)
 
-
-FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
-RAM_SECTIONS = (".data", ".bss")
-
-
-@dataclass
-class SizeReport:
-    """Flash and RAM of a built firmware, by section and by layer, read from its ELF.
-
-    A symbol belongs to a layer when its name is the layer's C name with a `tml_` prefix
-    (weights: `tml_<layer>_weight`) or the code generator's per-layer prefix `l<index>_`.
-    """
-
-    board: str
-    flash_bytes: int
-    ram_bytes: int
-    flash_limit: int
-    ram_limit: int
-    stack_reserve: int
-    sections: dict[str, int]
-    layers: list[dict[str, Any]]
-    arena_bytes: int
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _c_name(layer: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in layer)
-
-
-def _layer_of(symbol: str, layer_names: Sequence[str]) -> str | None:
-    match = re.match(r"l(\d+)_", symbol)
-    if match and int(match.group(1)) < len(layer_names):
-        return layer_names[int(match.group(1))]
-    bare = symbol.removeprefix("tml_")
-    owners = [name for name in layer_names if bare.startswith(_c_name(name) + "_")]
-    return max(owners, key=len, default=None)
-
-
-def _read_elf(elf_path: Path) -> tuple[dict[str, int], list[tuple[str, int, int, str]], list[str]]:
-    """Section sizes, data symbols (name, size, address, section) and the model's layer names."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(elf_path, "rb") as stream:
-        elf = ELFFile(stream)
-        sections = {s.name: s.data_size for s in elf.iter_sections() if s.name in set(FLASH_SECTIONS + RAM_SECTIONS)}
-        symbols = []
-        names_symbol = None
-        for symbol in elf.get_section_by_name(".symtab").iter_symbols():
-            kind = symbol["st_info"]["type"]
-            index = symbol["st_shndx"]
-            if kind != "STT_OBJECT" or not isinstance(index, int) or symbol["st_size"] == 0:
-                continue
-            section = elf.get_section(index).name
-            symbols.append((symbol.name, symbol["st_size"], symbol["st_value"], section))
-            if symbol.name == "tml_model_layer_names":
-                names_symbol = symbol
-
-        def read(address: int, size: int) -> bytes:
-            for s in elf.iter_sections():
-                start = s["sh_addr"]
-                if s["sh_type"] == "SHT_PROGBITS" and start <= address < start + s.data_size:
-                    return s.data()[address - start : address - start + size]
-            return b""
-
-        layer_names = []
-        if names_symbol is not None:
-            table = read(names_symbol["st_value"], names_symbol["st_size"])
-            for (pointer,) in np.frombuffer(table, dtype="<u4").reshape(-1, 1):
-                text = read(int(pointer), 256)
-                layer_names.append(text.split(b"\0", 1)[0].decode(errors="replace"))
-    return sections, symbols, layer_names
-
-
-def size_report(build_dir: str | Path) -> SizeReport:
-    """Flash and RAM of the firmware in `build_dir`, by section and by layer."""
-    build_dir = Path(build_dir)
-    board = manifest_board(read_manifest(build_dir))
-    sections, symbols, layer_names = _read_elf(build_dir / ELF_NAME)
-    layers = {name: {"name": name, "flash_bytes": 0, "ram_bytes": 0, "symbols": []} for name in layer_names}
-    arena = 0
-    for name, size, _address, section in symbols:
-        if "arena" in name and section == ".bss":
-            arena += size
-        owner = _layer_of(name, layer_names)
-        if owner is None:
-            continue
-        layers[owner]["flash_bytes" if section in (".rodata", ".text") else "ram_bytes"] += size
-        layers[owner]["symbols"].append(name)
-    return SizeReport(
-        board=board.name,
-        flash_bytes=sum(sections.get(s, 0) for s in FLASH_SECTIONS),
-        ram_bytes=sum(sections.get(s, 0) for s in RAM_SECTIONS),
-        flash_limit=board.flash_bytes,
-        ram_limit=board.ram_bytes,
-        stack_reserve=board.stack_reserve,
-        sections=sections,
-        layers=list(layers.values()),
-        arena_bytes=arena,
-    )

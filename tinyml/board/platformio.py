@@ -19,7 +19,6 @@ from pathlib import Path
 
 from tinyml.errors import BuildError
 
-PLATFORM_DIR = Path(__file__).resolve().parent.parent / "boards" / "platform"
 OFFLINE_ENV = {
     "PLATFORMIO_SETTING_ENABLE_TELEMETRY": "no",
     "PLATFORMIO_DISABLE_UPGRADE_CHECK": "true",

@@ -80,9 +80,11 @@ def build_command(
     The model must fit the board's flash and RAM (checked before anything is built); the firmware
     runs the model on the first --inputs validation samples when started (`tinyml run`).
     """
-    from tinyml.boards import resolve_board
+    from tinyml.board.boards import resolve_board
+    from tinyml.board.fit import check_build_fits
+    from tinyml.board.project import build_firmware, default_test_inputs
+    from tinyml.board.size import size_report
     from tinyml.compiler import compile_from_recipe
-    from tinyml.firmware import build_firmware, check_build_fits, default_test_inputs, size_report
     from tinyml.recipe import load_recipe
 
     board = resolve_board(board_name)
@@ -125,7 +127,7 @@ def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
     instruction per virtual nanosecond); on the MPS2 machines they are exact to one SysTick
     period (`instruction_resolution`). QEMU models no cycles, so these are not times.
     """
-    from tinyml.qemu import run_firmware
+    from tinyml.board.qemu import run_firmware
 
     result = run_firmware(build_dir, timeout=timeout)
     if as_json:
@@ -153,7 +155,7 @@ def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the sizes as JSON.")
 def size_command(build_dir: str, as_json: bool) -> None:
     """Flash and RAM of a firmware folder, by ELF section and by layer (weights and parameters)."""
-    from tinyml.firmware import size_report
+    from tinyml.board.size import size_report
 
     report = size_report(build_dir)
     if as_json:

@@ -16,30 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from tinyml.errors import TinymlError
-from tinyml.firmware import ELF_NAME, manifest_board, read_manifest
+from tinyml.board.project import ELF_NAME, manifest_board, read_manifest
+from tinyml.errors import FirmwareError, FirmwareFault, FirmwareTimeout
 
 QEMU = "qemu-system-arm"
 EXIT_OK = 0
 EXIT_MODEL_ERROR = 1
 EXIT_FAULT = 3
 EXIT_LOCKUP = 134  # QEMU's own exit when the core locks up (a fault inside the fault handler)
-
-
-class FirmwareError(TinymlError):
-    """The firmware did not run to a normal end in QEMU."""
-
-
-class FirmwareFault(FirmwareError):
-    """The firmware took a fault; `registers` holds what the fault handler printed."""
-
-    def __init__(self, message: str, registers: dict[str, int]) -> None:
-        super().__init__(message)
-        self.registers = registers
-
-
-class FirmwareTimeout(FirmwareError):
-    """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""Flash and RAM of a built firmware, by ELF section and by layer (`tinyml size`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyml.board.project import ELF_NAME, manifest_board, read_manifest
+
+FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
+RAM_SECTIONS = (".data", ".bss")
+
+
+@dataclass
+class SizeReport:
+    """Flash and RAM of a built firmware, by section and by layer, read from its ELF.
+
+    A symbol belongs to a layer when its name is the layer's C name with a `tml_` prefix
+    (weights: `tml_<layer>_weight`) or the code generator's per-layer prefix `l<index>_`.
+    """
+
+    board: str
+    flash_bytes: int
+    ram_bytes: int
+    flash_limit: int
+    ram_limit: int
+    stack_reserve: int
+    sections: dict[str, int]
+    layers: list[dict[str, Any]]
+    arena_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _c_name(layer: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in layer)
+
+
+def _layer_of(symbol: str, layer_names: Sequence[str]) -> str | None:
+    match = re.match(r"l(\d+)_", symbol)
+    if match and int(match.group(1)) < len(layer_names):
+        return layer_names[int(match.group(1))]
+    bare = symbol.removeprefix("tml_")
+    owners = [name for name in layer_names if bare.startswith(_c_name(name) + "_")]
+    return max(owners, key=len, default=None)
+
+
+def _read_elf(elf_path: Path) -> tuple[dict[str, int], list[tuple[str, int, int, str]], list[str]]:
+    """Section sizes, data symbols (name, size, address, section) and the model's layer names."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf_path, "rb") as stream:
+        elf = ELFFile(stream)
+        sections = {s.name: s.data_size for s in elf.iter_sections() if s.name in set(FLASH_SECTIONS + RAM_SECTIONS)}
+        symbols = []
+        names_symbol = None
+        for symbol in elf.get_section_by_name(".symtab").iter_symbols():
+            kind = symbol["st_info"]["type"]
+            index = symbol["st_shndx"]
+            if kind != "STT_OBJECT" or not isinstance(index, int) or symbol["st_size"] == 0:
+                continue
+            section = elf.get_section(index).name
+            symbols.append((symbol.name, symbol["st_size"], symbol["st_value"], section))
+            if symbol.name == "tml_model_layer_names":
+                names_symbol = symbol
+
+        def read(address: int, size: int) -> bytes:
+            for s in elf.iter_sections():
+                start = s["sh_addr"]
+                if s["sh_type"] == "SHT_PROGBITS" and start <= address < start + s.data_size:
+                    return s.data()[address - start : address - start + size]
+            return b""
+
+        layer_names = []
+        if names_symbol is not None:
+            table = read(names_symbol["st_value"], names_symbol["st_size"])
+            for (pointer,) in np.frombuffer(table, dtype="<u4").reshape(-1, 1):
+                text = read(int(pointer), 256)
+                layer_names.append(text.split(b"\0", 1)[0].decode(errors="replace"))
+    return sections, symbols, layer_names
+
+
+def size_report(build_dir: str | Path) -> SizeReport:
+    """Flash and RAM of the firmware in `build_dir`, by section and by layer."""
+    build_dir = Path(build_dir)
+    board = manifest_board(read_manifest(build_dir))
+    sections, symbols, layer_names = _read_elf(build_dir / ELF_NAME)
+    layers = {name: {"name": name, "flash_bytes": 0, "ram_bytes": 0, "symbols": []} for name in layer_names}
+    arena = 0
+    for name, size, _address, section in symbols:
+        if "arena" in name and section == ".bss":
+            arena += size
+        owner = _layer_of(name, layer_names)
+        if owner is None:
+            continue
+        layers[owner]["flash_bytes" if section in (".rodata", ".text") else "ram_bytes"] += size
+        layers[owner]["symbols"].append(name)
+    return SizeReport(
+        board=board.name,
+        flash_bytes=sum(sections.get(s, 0) for s in FLASH_SECTIONS),
+        ram_bytes=sum(sections.get(s, 0) for s in RAM_SECTIONS),
+        flash_limit=board.flash_bytes,
+        ram_limit=board.ram_bytes,
+        stack_reserve=board.stack_reserve,
+        sections=sections,
+        layers=list(layers.values()),
+        arena_bytes=arena,
+    )
