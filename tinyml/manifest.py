@@ -36,6 +36,10 @@ _REMEDY: dict[str, str] = {
     "firmware": "Build the firmware again with `tinyml build --board NAME`.",
 }
 _WHAT: dict[str, str] = {"model": "a compiled model", "firmware": "a firmware folder"}
+_WHERE: dict[str, str] = {
+    "model": "Give a folder that `tinyml compile` wrote (build/<model name> by default).",
+    "firmware": "Give a folder that `tinyml build --board NAME` wrote (build/<board> by default).",
+}
 
 
 def write_manifest(folder: str | Path, kind: Kind, content: Mapping[str, Any], files: Iterable[str]) -> Path:
@@ -92,7 +96,7 @@ def read_manifest(folder: str | Path, kind: Kind) -> dict[str, Any]:
     name = MANIFEST_FILES[kind]
     path = folder / name
     if not folder.is_dir():
-        raise BuildFolderError(f"{folder} is not a folder, so it is not {_WHAT[kind]}. {_REMEDY[kind]}")
+        raise BuildFolderError(f"{folder} is not a folder, so it is not {_WHAT[kind]}. {_WHERE[kind]}")
     if not path.is_file():
         other = build_kind(folder)
         if other == "model":
@@ -105,7 +109,7 @@ def read_manifest(folder: str | Path, kind: Kind) -> dict[str, Any]:
                 f"{folder} is a firmware folder, not a compiled model; the model it was built from is in "
                 f"{folder / 'model'}."
             )
-        raise BuildFolderError(f"{folder} is not {_WHAT[kind]} made by tinyml (it has no {name}). {_REMEDY[kind]}")
+        raise BuildFolderError(f"{folder} is not {_WHAT[kind]} made by tinyml (it has no {name}). {_WHERE[kind]}")
     document = _load(path)
     if not isinstance(document, dict):
         raise BuildFolderError(f"{path} is damaged (truncated or edited): it is not a JSON object. {_REMEDY[kind]}")
