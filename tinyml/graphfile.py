@@ -179,7 +179,7 @@ class _Decoder:
         if not isinstance(value, dict):
             return value
         if len(value) != 1 or next(iter(value)) not in _TAGS:
-            raise ValueError(f"unknown value {value!r}")
+            raise ValueError(f"unknown value {str(value)[:80]}")
         tag, inner = next(iter(value.items()))
         if tag == "tuple":
             return tuple(self.decode(v) for v in inner)
