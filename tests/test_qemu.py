@@ -238,12 +238,18 @@ def test_cli_build_makes_firmware_for_the_bundled_example(tmp_path, monkeypatch)
     assert ran.exit_code == 1 and "reference_outputs.npy (the outputs the board must give) cannot be read" in ran.output
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not an ELF", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "not an ELF", "empty", "host ELF"])
 def test_run_and_size_refuse_a_damaged_elf(built, tmp_path, damage):
     firmware_dir = Path(shutil.copytree(built["cortex-m3"], tmp_path / "fw"))
     elf = firmware_dir / ELF_NAME
     whole = elf.read_bytes()
-    elf.write_bytes({"truncated": whole[: len(whole) // 3], "not an ELF": b"#!/bin/sh\n" * 50, "empty": b""}[damage])
+    replacement = {
+        "truncated": whole[: len(whole) // 3],
+        "not an ELF": b"#!/bin/sh\n" * 50,
+        "empty": b"",
+        "host ELF": Path("/bin/true").resolve().read_bytes(),
+    }
+    elf.write_bytes(replacement[damage])
     for command in ("run", "size"):
         done = CliRunner().invoke(main, [command, str(firmware_dir)])
         assert done.exit_code == 1, done.output
@@ -255,3 +261,11 @@ def test_run_and_size_refuse_a_damaged_elf(built, tmp_path, damage):
 def test_check_elf_accepts_every_built_firmware(built):
     for firmware_dir in built.values():
         check_elf(firmware_dir / ELF_NAME)
+
+
+def test_firmware_folders_are_marked_as_tinyml_builds(built):
+    from tinyml.manifest import build_kind, read_manifest
+
+    for firmware_dir in built.values():
+        assert build_kind(firmware_dir) == "firmware"
+        assert set(read_manifest(firmware_dir, "firmware")["files"]) == {ELF_NAME, "test_inputs.npy"}

@@ -291,6 +291,11 @@ def reference_outputs(model_dir: Path, inputs: np.ndarray) -> np.ndarray | None:
         return None
     graph = load_graph(model_dir)
     shape = graph.tensors[graph.inputs[0]].shape[1:]
+    if int(np.prod(shape)) != inputs.shape[1]:
+        raise BuildError(
+            f"The graph in {model_dir} takes {int(np.prod(shape))} input values but its model.h says "
+            f"{inputs.shape[1]}: the C and the graph are from different compilations. Compile the model again."
+        )
     output = run_int8(graph, inputs.reshape(len(inputs), *shape))[graph.outputs[0]].reshape(len(inputs), -1)
     expected = model_sizes(model_dir)["output_size"]
     if output.shape[1] != expected:
