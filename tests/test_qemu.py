@@ -23,9 +23,16 @@ from tinyml.board import platformio
 from tinyml.board.boards import builtin_boards, resolve_board
 from tinyml.board.cli import build_command, run_command, size_command
 from tinyml.board.fit import check_build_fits
-from tinyml.board.project import ELF_NAME, PROJECT_DIR_NAME, build_firmware, default_test_inputs
+from tinyml.board.project import (
+    ELF_NAME,
+    PROJECT_DIR_NAME,
+    REFERENCE_OUTPUTS_NAME,
+    build_firmware,
+    default_test_inputs,
+)
 from tinyml.board.qemu import run_firmware
-from tinyml.board.size import size_report
+from tinyml.board.size import check_elf, size_report
+from tinyml.cli import main
 from tinyml.errors import BuildError, FirmwareFault, FirmwareTimeout, FitError
 
 pytestmark = [
@@ -69,6 +76,7 @@ def host_outputs() -> np.ndarray:
 def test_board_runs_the_model_with_the_host_outputs(built, host_outputs, board):
     result = run_firmware(built[board], timeout=30)
     np.testing.assert_array_equal(result.outputs, host_outputs)
+    assert result.outputs_match_reference is None  # the fixture is bare C: no graph, so no reference
     assert result.layer_names == ["fc1", "fc2"]
     assert result.exit_status == 0
     assert (result.instructions > 0).all()
@@ -107,8 +115,12 @@ def test_cli_run_and_size_print_json(built):
     runner = CliRunner()
     ran = runner.invoke(run_command, [str(built["cortex-m4"]), "--json"])
     assert ran.exit_code == 0, ran.output
-    summary = json.loads(ran.output)
+    summary = json.loads(ran.stdout)
     assert summary["instruction_resolution"] == 40 and len(summary["outputs"]) == len(INPUTS)
+    assert summary["outputs_match_reference"] is None and summary["mismatched_inputs"] == []
+    assert json.loads((built["cortex-m4"] / "firmware.json").read_text())["reference_outputs"] is None
+    table = runner.invoke(run_command, [str(built["cortex-m4"])])
+    assert table.exit_code == 0 and "no reference outputs" in table.output
     sized = runner.invoke(size_command, [str(built["cortex-m4"]), "--json"])
     assert sized.exit_code == 0, sized.output
     assert json.loads(sized.output)["board"] == "cortex-m4"
@@ -173,9 +185,13 @@ def test_example_model_matches_the_host_build(example_build, tmp_path, board):
     inputs = default_test_inputs(model_dir, 100)
     assert len(inputs) == 100
     out = build_firmware(model_dir, resolve_board(board), tmp_path / "fw", inputs)
-    result = run_firmware(out.out_dir, timeout=60)
-    np.testing.assert_array_equal(result.outputs, host.load_model(model_dir)(inputs))
-    assert result.layer_names == [node.name for node in example_build.graph.nodes]
+    assert out.has_reference
+    ran = CliRunner().invoke(run_command, [str(out.out_dir), "--json", "--timeout", "60"])
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads(ran.stdout)
+    assert summary["outputs_match_reference"] is True and summary["mismatched_inputs"] == []
+    np.testing.assert_array_equal(np.array(summary["outputs"]), host.load_model(model_dir)(inputs))
+    assert [layer["name"] for layer in summary["layers"]] == [node.name for node in example_build.graph.nodes]
 
 
 def test_fit_check_of_a_build_names_a_layer_of_its_graph(example_build):
@@ -199,4 +215,57 @@ def test_cli_build_makes_firmware_for_the_bundled_example(tmp_path, monkeypatch)
     summary = json.loads(done.output)
     assert summary["size"]["board"] == "cortex-m3"
     assert summary["fit_estimate"]["ram_bytes"] >= summary["size"]["sections"][".bss"]
-    assert len(run_firmware(firmware_dir).outputs) == 2
+    result = run_firmware(firmware_dir)
+    assert len(result.outputs) == 2 and result.outputs_match_reference is True
+
+    # a reference that no longer matches (here: edited) makes `run` say so and exit 1
+    reference_file = firmware_dir / REFERENCE_OUTPUTS_NAME
+    reference = np.load(reference_file)
+    reference[1, 3] ^= 1
+    np.save(reference_file, reference)
+    ran = CliRunner().invoke(main, ["run", str(firmware_dir), "--json"])
+    assert ran.exit_code == 1
+    summary = json.loads(ran.stdout)
+    assert summary["outputs_match_reference"] is False
+    assert summary["mismatched_inputs"] == [{"input": 1, "values_differing": 1, "max_difference": 1}]
+    assert "outputs differ from the host reference" in ran.stderr and "on 1 of 2 inputs: input 1" in ran.stderr
+    table = CliRunner().invoke(main, ["run", str(firmware_dir)])
+    assert table.exit_code == 1 and "NO" in table.stdout
+
+    # a reference file that is not what tinyml wrote is one paragraph too
+    reference_file.write_bytes(reference_file.read_bytes()[:40])
+    ran = CliRunner().invoke(main, ["run", str(firmware_dir)])
+    assert ran.exit_code == 1 and "reference_outputs.npy (the outputs the board must give) cannot be read" in ran.output
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an ELF", "empty", "host ELF"])
+def test_run_and_size_refuse_a_damaged_elf(built, tmp_path, damage):
+    firmware_dir = Path(shutil.copytree(built["cortex-m3"], tmp_path / "fw"))
+    elf = firmware_dir / ELF_NAME
+    whole = elf.read_bytes()
+    replacement = {
+        "truncated": whole[: len(whole) // 3],
+        "not an ELF": b"#!/bin/sh\n" * 50,
+        "empty": b"",
+        "host ELF": Path("/bin/true").resolve().read_bytes(),
+    }
+    elf.write_bytes(replacement[damage])
+    for command in ("run", "size"):
+        done = CliRunner().invoke(main, [command, str(firmware_dir)])
+        assert done.exit_code == 1, done.output
+        message = done.output.strip()
+        assert message.startswith(f"Error: {elf} is not a valid ELF") and "\n" not in message, message
+        assert "status -6" not in message and "Traceback" not in message
+
+
+def test_check_elf_accepts_every_built_firmware(built):
+    for firmware_dir in built.values():
+        check_elf(firmware_dir / ELF_NAME)
+
+
+def test_firmware_folders_are_marked_as_tinyml_builds(built):
+    from tinyml.manifest import build_kind, read_manifest
+
+    for firmware_dir in built.values():
+        assert build_kind(firmware_dir) == "firmware"
+        assert set(read_manifest(firmware_dir, "firmware")["files"]) == {ELF_NAME, "test_inputs.npy"}

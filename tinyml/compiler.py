@@ -2,16 +2,15 @@
 
 `compile` is the notebook entry point; `compile_from_recipe` is what `tinyml compile` and
 `tinyml build` call. A build directory holds the generated C and what validation needs (the int8
-graph, held-out data and the float model's predictions on it). It is written to a temporary
-folder and moved into place only when complete.
+graph as data, `graph.json` + `graph.npz` (see `tinyml.graphfile`), held-out data and the float
+model's predictions on it), and `manifest.json` (see `tinyml.manifest`). It is written to a
+temporary folder and moved into place only when complete.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import json
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyml import plugins
+from tinyml import graphfile, plugins
 from tinyml.codegen import GeneratedModel, generate
-from tinyml.errors import CalibrationError, RecipeError, TinymlError
+from tinyml.errors import CalibrationError, RecipeError
 from tinyml.ir import Graph
+from tinyml.manifest import read_manifest, write_manifest
 from tinyml.progress import progress_bar
 from tinyml.staging import staged_directory
 from tinyml.technique import Context, Technique, silent_progress
@@ -34,9 +34,7 @@ if TYPE_CHECKING:
     from tinyml.planner import MemoryPlan
     from tinyml.recipe import Recipe
 
-GRAPH_FILE = "graph.pkl"
 VALIDATION_FILE = "validation.npz"
-MANIFEST_FILE = "manifest.json"
 
 TechniqueSpec = Technique | str | tuple[str, dict[str, Any]]
 
@@ -191,24 +189,23 @@ def write_build(
     validation: tuple[np.ndarray, np.ndarray] | None,
     float_pred: np.ndarray | None,
 ) -> None:
-    """Write everything into a temporary sibling of `out_dir`, then swap it in."""
+    """Write everything into a temporary sibling of `out_dir`, then swap it in; the manifest goes last."""
     out_dir = out_dir.resolve()
     with staged_directory(out_dir) as tmp:
         for name, text in build.generated.files.items():
             (tmp / name).write_text(text)
-        (tmp / GRAPH_FILE).write_bytes(pickle.dumps(build.graph))
+        graphfile.save_graph(build.graph, tmp)
         if validation is not None:
             np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(build.summary(), indent=2) + "\n")
         (tmp / "report.txt").write_text(build.report())
+        write_manifest(tmp, "model", build.summary(), files=[p.name for p in tmp.iterdir()])
     build.out_dir = out_dir
 
 
-def load_graph(build_dir: Path) -> Graph:
-    path = Path(build_dir) / GRAPH_FILE
-    if not path.exists():
-        raise TinymlError(f"{build_dir} is not a tinyml build directory (no {GRAPH_FILE}); run `tinyml compile` first.")
-    return pickle.loads(path.read_bytes())
+def load_graph(build_dir: str | Path) -> Graph:
+    """The int8 graph of a compiled model folder, once its manifest says it is one this version reads."""
+    read_manifest(build_dir, "model")
+    return graphfile.load_graph(build_dir)
 
 
 def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bool = True) -> Build:

@@ -58,3 +58,15 @@ class FirmwareFault(FirmwareError):
 
 class FirmwareTimeout(FirmwareError):
     """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""
+
+
+class BuildFolderError(TinymlError):
+    """A folder is not a tinyml build, or was made by another version, or one of its files is damaged."""
+
+
+class GraphFileError(BuildFolderError):
+    """A build's graph file (graph.json with graph.npz) is missing, damaged, or of another format version."""
+
+
+class InvalidElfError(BuildFolderError):
+    """A firmware's ELF file is truncated or is not an ELF for an Arm core."""

@@ -6,15 +6,19 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from tinyml.board.qemu import RunResult
 
 DEFAULT_RECIPE = Path("tinyml.toml")
 DEFAULT_EXAMPLE = "digits"
@@ -126,18 +130,52 @@ def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
     Instructions are counted by the emulated board's timer under `-icount shift=0` (one
     instruction per virtual nanosecond); on the MPS2 machines they are exact to one SysTick
     period (`instruction_resolution`). QEMU models no cycles, so these are not times.
+
+    The outputs are compared with the reference the numpy oracle computed when the firmware was
+    built (`outputs_match_reference`); exits with 1 when they differ.
     """
     from tinyml.board.qemu import run_firmware
 
     result = run_firmware(build_dir, timeout=timeout)
+    matches = result.outputs_match_reference
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
-        return
+    else:
+        _print_run_tables(result)
+    if matches is None and not as_json:
+        click.echo(
+            "no reference outputs: the firmware was built from a model folder without a graph, so the board's "
+            "outputs were not compared with the host's"
+        )
+    elif matches and not as_json:
+        click.echo(f"outputs equal the host reference (numpy oracle) on all {len(result.outputs)} inputs")
+    elif matches is False:
+        differing = result.mismatches()
+        shown = ", ".join(
+            f"input {m['input']} ({m['values_differing']} of {result.outputs.shape[1]} values, "
+            f"by up to {m['max_difference']})"
+            for m in differing[:5]
+        )
+        click.echo(
+            f"Error: the board's outputs differ from the host reference (numpy oracle, computed when the firmware "
+            f"was built) on {len(differing)} of {len(result.outputs)} inputs: {shown}"
+            f"{', ...' if len(differing) > 5 else ''}. The firmware in {build_dir} does not compute what its "
+            "compiled graph defines, or the folder was changed after it was built: build it again, and report it "
+            "if it persists.",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _print_run_tables(result: RunResult) -> None:
+    """Per-inference and per-layer tables of a QEMU run."""
     table = Table(title=f"{result.board} on qemu {result.machine}: per inference")
-    for column in ("input", "output (argmax)", "instructions"):
+    for column in ("input", "output (argmax)", "= host", "instructions"):
         table.add_column(column, justify="right")
+    wrong = {m["input"] for m in result.mismatches()}
     for k, (row, count) in enumerate(zip(result.outputs, result.instructions, strict=True)):
-        table.add_row(str(k), str(int(np.argmax(row))), f"{int(count):,}")
+        same = "-" if result.reference_outputs is None else ("NO" if k in wrong else "yes")
+        table.add_row(str(k), str(int(np.argmax(row))), same, f"{int(count):,}")
     _print_table(table)
     layers = Table(title="per layer (mean over inputs)")
     for column in ("#", "layer", "instructions", "share"):

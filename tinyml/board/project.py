@@ -6,8 +6,12 @@ A model directory holds the generated `model.h`, `model.c` and `model_data.c` (t
 each layer). `build_firmware` turns it into a firmware directory::
 
     <out_dir>/firmware.elf     the image QEMU or a board runs
-    <out_dir>/firmware.json    what `tinyml run` and `tinyml size` need (board, machine, sizes)
+    <out_dir>/firmware.json    what `tinyml run` and `tinyml size` need (board, machine, sizes); its
+                               manifest (`tinyml.manifest`)
     <out_dir>/test_inputs.npy  the int8 inputs compiled in, one row per inference the harness runs
+    <out_dir>/reference_outputs.npy  what the numpy oracle (`tinyml.reference.run_int8`) computes
+                               for those inputs from the model's graph; `tinyml run` compares the
+                               board's outputs with it (absent when the model folder has no graph)
     <out_dir>/model/           the model files it was built from
     <out_dir>/project/         a complete PlatformIO project: `pio run` inside it rebuilds the ELF
 
@@ -23,6 +27,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,14 +38,16 @@ import numpy as np
 
 from tinyml.board import platformio
 from tinyml.board.boards import Board
-from tinyml.errors import BuildError, TinymlError
+from tinyml.errors import BuildError, BuildFolderError
+from tinyml.graphfile import has_graph
+from tinyml.manifest import MANIFEST_FILES, write_manifest
 from tinyml.resources import HARNESS_DIR, PLATFORM_DIR, RUNTIME_DIR
 from tinyml.staging import staged_directory
 
 MODEL_FILES = ("model.h", "model.c", "model_data.c")
 ELF_NAME = "firmware.elf"
-MANIFEST_NAME = "firmware.json"
 TEST_INPUTS_NAME = "test_inputs.npy"
+REFERENCE_OUTPUTS_NAME = "reference_outputs.npy"
 PROJECT_DIR_NAME = "project"
 LOCAL_PLATFORM = "tinyml-arm"
 
@@ -52,6 +60,7 @@ class FirmwareBuild:
     elf: Path
     board: Board
     log: str
+    has_reference: bool = False  # reference outputs were computed (the model folder had a graph)
 
 
 def kernel_source_dirs() -> list[Path]:
@@ -159,8 +168,13 @@ def default_test_inputs(model_dir: str | Path, count: int = 4) -> np.ndarray:
     input_size = model_sizes(model_dir)["input_size"]
     validation = model_dir / "validation.npz"
     if validation.is_file():
-        with np.load(validation) as data:
-            x = nchw_to_graph(data["x"][:count]).reshape(-1, input_size)
+        try:
+            with np.load(validation, allow_pickle=False) as data:
+                x = nchw_to_graph(data["x"][:count]).reshape(-1, input_size)
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            raise BuildFolderError(
+                f"{validation} is damaged or not what tinyml wrote ({err}); compile the model again."
+            ) from err
         macros = model_macros(model_dir / "model.h")
         return quantize_tensor(x, macros["TML_MODEL_INPUT_SCALE"], int(macros["TML_MODEL_INPUT_ZERO_POINT"]))
     return np.random.default_rng(0).integers(-128, 128, size=(count, input_size), dtype=np.int8)
@@ -237,6 +251,7 @@ def build_firmware(
             f"{model_dir} is not a generated model: {', '.join(missing)} missing. Run `tinyml compile` first."
         )
     inputs = _check_inputs(model_dir, test_inputs)
+    reference = reference_outputs(model_dir, inputs)
     with staged_directory(out_dir) as staging:
         project = staging / PROJECT_DIR_NAME
         write_project(project, model_dir, board, inputs, defines, pio_platform)
@@ -246,16 +261,49 @@ def build_firmware(
             raise BuildError(f"`pio run` in {project} succeeded but made no {ELF_NAME}.")
         shutil.copy2(built, staging / ELF_NAME)
         np.save(staging / TEST_INPUTS_NAME, inputs)
+        files = [ELF_NAME, TEST_INPUTS_NAME]
+        if reference is not None:
+            np.save(staging / REFERENCE_OUTPUTS_NAME, reference)
+            files.append(REFERENCE_OUTPUTS_NAME)
         shutil.copytree(model_dir, staging / "model", ignore=shutil.ignore_patterns("__pycache__"))
+        (staging / "build.log").write_text(log)
         manifest = {
             "board": asdict_board(board),
             "test_inputs": len(inputs),
+            "reference_outputs": REFERENCE_OUTPUTS_NAME if reference is not None else None,
             "defines": defines,
             "model_sizes": model_sizes(model_dir),
         }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        (staging / "build.log").write_text(log)
-    return FirmwareBuild(out_dir, out_dir / ELF_NAME, board, log)
+        write_manifest(staging, "firmware", manifest, files=files)
+    return FirmwareBuild(out_dir, out_dir / ELF_NAME, board, log, has_reference=reference is not None)
+
+
+def reference_outputs(model_dir: Path, inputs: np.ndarray) -> np.ndarray | None:
+    """What the numpy oracle computes for `inputs` from the model folder's graph, int8 (N, output size).
+
+    None for a model folder that is not a tinyml build (hand-written or copied C, no graph): there
+    is then nothing to compare the board with. A tinyml build whose graph cannot be read is an error.
+    """
+    from tinyml.compiler import load_graph
+    from tinyml.reference import run_int8
+
+    if not (model_dir / MANIFEST_FILES["model"]).exists() and not has_graph(model_dir):
+        return None
+    graph = load_graph(model_dir)
+    shape = graph.tensors[graph.inputs[0]].shape[1:]
+    if int(np.prod(shape)) != inputs.shape[1]:
+        raise BuildError(
+            f"The graph in {model_dir} takes {int(np.prod(shape))} input values but its model.h says "
+            f"{inputs.shape[1]}: the C and the graph are from different compilations. Compile the model again."
+        )
+    output = run_int8(graph, inputs.reshape(len(inputs), *shape))[graph.outputs[0]].reshape(len(inputs), -1)
+    expected = model_sizes(model_dir)["output_size"]
+    if output.shape[1] != expected:
+        raise BuildError(
+            f"The graph in {model_dir} gives {output.shape[1]} outputs but its model.h says {expected}: the C and "
+            "the graph are from different compilations. Compile the model again."
+        )
+    return output.astype(np.int8)
 
 
 def asdict_board(board: Board) -> dict[str, Any]:
@@ -265,20 +313,8 @@ def asdict_board(board: Board) -> dict[str, Any]:
     return values
 
 
-def read_manifest(build_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a firmware directory, with a clear error when it is not one."""
-    path = Path(build_dir) / MANIFEST_NAME
-    if not path.is_file() or not (Path(build_dir) / ELF_NAME).is_file():
-        raise TinymlError(
-            f"{build_dir} is not a firmware directory (no {MANIFEST_NAME} and {ELF_NAME}); "
-            "build one with `tinyml build --board NAME`."
-        )
-    return json.loads(path.read_text())
-
-
 def manifest_board(manifest: Mapping[str, Any]) -> Board:
     """The board a firmware was built for, rebuilt from its manifest."""
     values = dict(manifest["board"])
     values["aliases"] = tuple(values.get("aliases", ()))
     return Board(**values)
-

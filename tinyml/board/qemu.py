@@ -4,6 +4,9 @@
 board's timer (TIM2 at 1 GHz on `netduinoplus2`: exact; SysTick at 25 MHz on the MPS2 machines:
 to 40 instructions) counts instructions, and two runs of the same firmware give the same counts.
 Semihosting carries the harness's "TML ..." lines to stdout and its exit status to QEMU's.
+
+When the firmware folder holds reference outputs (computed at build time by the numpy oracle from
+the model's graph), the board's outputs are compared with them byte for byte.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tinyml.board.project import ELF_NAME, manifest_board, read_manifest
-from tinyml.errors import FirmwareError, FirmwareFault, FirmwareTimeout
+from tinyml.board.project import ELF_NAME, manifest_board
+from tinyml.board.size import check_elf
+from tinyml.errors import BuildFolderError, FirmwareError, FirmwareFault, FirmwareTimeout
+from tinyml.manifest import read_manifest
 
 QEMU = "qemu-system-arm"
 EXIT_OK = 0
@@ -34,7 +39,8 @@ class RunResult:
     of each `tml_model_invoke` (including its per-layer profiling calls, a few dozen instructions
     per layer); `layer_instructions` [N, layers] the same per layer (the cost of the profiling
     calls taken out); `instruction_resolution` how many instructions one timer tick stands for;
-    `stack_bytes` the stack high-water mark of the whole run.
+    `stack_bytes` the stack high-water mark of the whole run; `reference_outputs` what the numpy
+    oracle computes for the same inputs (None when the firmware was built without a graph).
     """
 
     board: str
@@ -47,6 +53,28 @@ class RunResult:
     exit_status: int
     instruction_resolution: int
     log: str
+    reference_outputs: np.ndarray | None = None
+
+    @property
+    def outputs_match_reference(self) -> bool | None:
+        """True when every output equals the reference byte for byte; None without a reference."""
+        if self.reference_outputs is None:
+            return None
+        return not self.mismatches()
+
+    def mismatches(self) -> list[dict[str, int]]:
+        """One entry per input whose output differs from the reference: how many values, by how much."""
+        if self.reference_outputs is None:
+            return []
+        found = []
+        for k, (board, reference) in enumerate(zip(self.outputs, self.reference_outputs, strict=True)):
+            differ = board != reference
+            if differ.any():
+                gap = np.abs(board.astype(np.int16) - reference.astype(np.int16))
+                found.append(
+                    {"input": k, "values_differing": int(differ.sum()), "max_difference": int(gap.max())}
+                )
+        return found
 
     def summary(self) -> dict[str, Any]:
         """Plain values for JSON and tables."""
@@ -63,6 +91,8 @@ class RunResult:
             ],
             "stack_bytes": self.stack_bytes,
             "exit_status": self.exit_status,
+            "outputs_match_reference": self.outputs_match_reference,
+            "mismatched_inputs": self.mismatches(),
         }
 
 
@@ -88,8 +118,10 @@ def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
     the registers) if the firmware faulted, FirmwareError for any other abnormal end.
     """
     build_dir = Path(build_dir)
-    manifest = read_manifest(build_dir)
+    manifest = read_manifest(build_dir, "firmware")
     board = manifest_board(manifest)
+    check_elf(build_dir / ELF_NAME)
+    reference = _reference(build_dir, manifest)
     if shutil.which(QEMU) is None:
         raise FirmwareError(
             f"{QEMU} is not installed: install Debian's `qemu-system-arm` "
@@ -128,12 +160,39 @@ def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
             f"stderr: {completed.stderr.strip()[-500:] or 'empty'}"
         )
     result = parse_output(log, board.name, board.qemu_machine, status, board.instructions_per_tick)
+    if reference is not None and reference.shape != result.outputs.shape:
+        raise BuildFolderError(
+            f"The reference outputs in {build_dir} are shaped {reference.shape} but the board gave "
+            f"{result.outputs.shape}: the folder was changed after it was built. Build the firmware again."
+        )
+    result.reference_outputs = reference
     if status == EXIT_MODEL_ERROR:
         raise FirmwareError(
             f"tml_model_invoke returned an error on board {board.name} (status line: "
             f"{_status_line(log)}); the model's arguments do not match its kernels."
         )
     return result
+
+
+def _reference(build_dir: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+    """The reference outputs the manifest names, or None when the firmware was built without them."""
+    name = manifest.get("reference_outputs")
+    if name is None:
+        return None
+    path = build_dir / str(name)
+    try:
+        reference = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise BuildFolderError(
+            f"{path} (the outputs the board must give) cannot be read ({err}). Build the firmware again with "
+            "`tinyml build --board NAME`."
+        ) from err
+    if reference.dtype != np.int8 or reference.ndim != 2:
+        raise BuildFolderError(
+            f"{path} holds {reference.dtype} values shaped {reference.shape}, not the int8 rows tinyml wrote. "
+            "Build the firmware again with `tinyml build --board NAME`."
+        )
+    return reference
 
 
 def _text(value: bytes | str | None) -> str:

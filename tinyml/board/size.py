@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from tinyml.board.project import ELF_NAME, manifest_board, read_manifest
+from tinyml.board.project import ELF_NAME, manifest_board
+from tinyml.errors import InvalidElfError
+from tinyml.manifest import read_manifest
 
 FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
 RAM_SECTIONS = (".data", ".bss")
@@ -51,6 +53,44 @@ def _layer_of(symbol: str, layer_names: Sequence[str]) -> str | None:
     return max(owners, key=len, default=None)
 
 
+def check_elf(elf_path: Path) -> None:
+    """Raise InvalidElfError unless `elf_path` is a whole 32-bit Arm ELF.
+
+    A truncated or corrupted file would otherwise fail deep inside pyelftools, or make QEMU abort
+    with register dumps; checking the header and that every segment and section lies inside the
+    file turns both into one sentence.
+    """
+    from elftools.common.exceptions import ELFError
+    from elftools.construct.core import ConstructError
+    from elftools.elf.elffile import ELFFile
+
+    problem = None
+    try:
+        size = elf_path.stat().st_size
+        with open(elf_path, "rb") as stream:
+            elf = ELFFile(stream)
+            if elf["e_machine"] != "EM_ARM" or elf.elfclass != 32:
+                problem = f"it is a {elf.elfclass}-bit ELF for {elf['e_machine']}, not for a 32-bit Arm core"
+            else:
+                ends = [
+                    elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"],
+                    elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"],
+                ]
+                if max(ends) <= size:
+                    ends += [seg["p_offset"] + seg["p_filesz"] for seg in elf.iter_segments()]
+                    ends += [s["sh_offset"] + s["sh_size"] for s in elf.iter_sections() if s["sh_type"] != "SHT_NOBITS"]
+                if max(ends) > size:
+                    problem = f"it is truncated ({size} bytes; its headers describe {max(ends)})"
+    except FileNotFoundError:
+        problem = "the file does not exist"
+    except (ELFError, ConstructError, OSError, ValueError, EOFError) as err:
+        problem = f"its header cannot be read ({err})"
+    if problem:
+        raise InvalidElfError(
+            f"{elf_path} is not a valid ELF: {problem}. Build the firmware again with `tinyml build --board NAME`."
+        )
+
+
 def _read_elf(elf_path: Path) -> tuple[dict[str, int], list[tuple[str, int, int, str]], list[str]]:
     """Section sizes, data symbols (name, size, address, section) and the model's layer names."""
     from elftools.elf.elffile import ELFFile
@@ -89,7 +129,8 @@ def _read_elf(elf_path: Path) -> tuple[dict[str, int], list[tuple[str, int, int,
 def size_report(build_dir: str | Path) -> SizeReport:
     """Flash and RAM of the firmware in `build_dir`, by section and by layer."""
     build_dir = Path(build_dir)
-    board = manifest_board(read_manifest(build_dir))
+    board = manifest_board(read_manifest(build_dir, "firmware"))
+    check_elf(build_dir / ELF_NAME)
     sections, symbols, layer_names = _read_elf(build_dir / ELF_NAME)
     layers = {name: {"name": name, "flash_bytes": 0, "ram_bytes": 0, "symbols": []} for name in layer_names}
     arena = 0
