@@ -201,6 +201,9 @@ def write_build(
             np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
         (tmp / MANIFEST_FILE).write_text(json.dumps(build.summary(), indent=2) + "\n")
         (tmp / "report.txt").write_text(build.report())
+        from tinyml.report import write_compile_report  # report.json and report.html, beside report.txt
+
+        write_compile_report(build, tmp, out_dir)
     build.out_dir = out_dir
 
 

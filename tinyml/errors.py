@@ -58,3 +58,7 @@ class FirmwareFault(FirmwareError):
 
 class FirmwareTimeout(FirmwareError):
     """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""
+
+
+class ReportError(TinymlError):
+    """A folder holds no build to report on, or its report data cannot be read."""
