@@ -7,8 +7,10 @@ example goes through the real code generator and kernel library on a few boards.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -26,6 +28,7 @@ from tinyml.board.fit import check_build_fits
 from tinyml.board.project import ELF_NAME, PROJECT_DIR_NAME, build_firmware, default_test_inputs
 from tinyml.board.qemu import run_firmware
 from tinyml.board.size import size_report
+from tinyml.cli import main
 from tinyml.errors import BuildError, FirmwareFault, FirmwareTimeout, FitError
 
 pytestmark = [
@@ -200,3 +203,27 @@ def test_cli_build_makes_firmware_for_the_bundled_example(tmp_path, monkeypatch)
     assert summary["size"]["board"] == "cortex-m3"
     assert summary["fit_estimate"]["ram_bytes"] >= summary["size"]["sections"][".bss"]
     assert len(run_firmware(firmware_dir).outputs) == 2
+
+    # report.html: flash per layer from the ELF after the build; `tinyml run` saves run.json and adds
+    # instructions per layer; `tinyml report` redraws the same page from the folder.
+    page = firmware_dir / "report.html"
+    text = page.read_text()
+    layers = size_report(firmware_dir).layers
+    assert "Not run yet" in text and not re.search(r"https?://|<script", text)
+    for layer in layers:
+        assert re.search(rf"<code>{re.escape(layer['name'])}</code></td>(<td[^>]*>[^<]*</td>){{2}}"
+                         rf"<td class=num>{layer['flash_bytes']:,}</td>", text)  # fmt: skip
+    assert sum(layer["flash_bytes"] for layer in layers) > 0
+    ran = CliRunner().invoke(run_command, [str(firmware_dir), "--json"])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads((firmware_dir / "run.json").read_text()) == json.loads(ran.output)
+    text = page.read_text()
+    assert "Not run yet" not in text and text.count('src="data:image/png;base64,') == 2
+    for layer in json.loads(ran.output)["layers"]:
+        mean = np.mean(layer["instructions"])
+        assert mean > 0
+        assert f"<code>{html.escape(layer['name'])}</code></td><td class=num>{mean:,.0f}</td>" in text
+    page.unlink()
+    redrawn = CliRunner().invoke(main, ["report", str(firmware_dir), "--no-open"])
+    assert redrawn.exit_code == 0, redrawn.output
+    assert page.read_text() == text

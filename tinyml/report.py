@@ -87,7 +87,7 @@ def model_data(build: Build) -> dict[str, Any]:
                 "name": node.name,
                 "source": node.source,
                 "op": node.op,
-                "activation": node.attrs.get("activation", "none"),
+                "activation": node.attrs.get("activation") or "none",
                 "kernel": kernel.function,
                 "output_shape": list(graph.tensors[node.outputs[0]].shape),
                 "weight_bytes": weights[node.name],
