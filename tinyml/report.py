@@ -62,8 +62,7 @@ class BuildFolder:
     firmware: dict[str, Any] | None = None
     size: SizeReport | None = None
     run: dict[str, Any] | None = None
-
-    name: str = ""
+    name: str = ""  # the page's title; the folder's name when empty
 
     @property
     def title(self) -> str:
@@ -404,7 +403,7 @@ def memory_section(folder: BuildFolder) -> Section | None:
         + f". Plan found by: {_e(plan.strategy)}.</p>"
     )
     rows = []
-    for name, first, last, offset, size in plan.timeline():
+    for name, first, last, offset, size in sorted(plan.timeline(), key=lambda r: (r[1], r[3])):
         steps = f"{first}&ndash;{last}" if last != first else str(first)
         when = _e(names[first] if first < len(names) else "?")
         if last != first:
