@@ -124,6 +124,11 @@ def test_cli_run_and_size_print_json(built):
     sized = runner.invoke(size_command, [str(built["cortex-m4"]), "--json"])
     assert sized.exit_code == 0, sized.output
     assert json.loads(sized.output)["board"] == "cortex-m4"
+    # a firmware of a hand-written model (no report data in model/) still gets a page of what it holds
+    page = (built["cortex-m4"] / "report.html").read_text()
+    assert json.loads((built["cortex-m4"] / "run.json").read_text()) == summary
+    assert "<h2>On the board</h2>" in page and "<h2>Layers</h2>" not in page
+    assert "<code>fc1</code></td><td class=num>" in page and "<code>fc2</code></td><td class=num>" in page
 
 
 @pytest.mark.parametrize("board", ["stm32f405", "cortex-m33"])

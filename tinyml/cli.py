@@ -120,6 +120,23 @@ def validate_command(build_dir: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command("report")
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--no-open", is_flag=True, help="Only write report.html; do not open it in a browser.")
+def report_command(build_dir: str, no_open: bool) -> None:
+    """Redraw BUILD_DIR/report.html (a compile folder, or a firmware folder from `tinyml build`) and open it.
+
+    The page shows the layers, the memory plan as a timeline, and for firmware the flash per layer
+    and, once `tinyml run` ran it, the instructions per layer. It needs no network to view.
+    """
+    from tinyml.report import open_report, write_report
+
+    page = write_report(Path(build_dir))
+    click.echo(str(page.resolve()))
+    if not no_open:
+        open_report(page)
+
+
 def _recipe_path(recipe: str | None) -> Path | None:
     if recipe is not None:
         return Path(recipe)

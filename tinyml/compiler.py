@@ -24,6 +24,7 @@ from tinyml.errors import CalibrationError, RecipeError
 from tinyml.ir import Graph
 from tinyml.manifest import read_manifest, write_manifest
 from tinyml.progress import progress_bar
+from tinyml.report import write_compile_report
 from tinyml.staging import staged_directory
 from tinyml.technique import Context, Technique, silent_progress
 
@@ -198,7 +199,9 @@ def write_build(
         if validation is not None:
             np.savez_compressed(tmp / VALIDATION_FILE, x=validation[0], y=validation[1], float_pred=float_pred)
         (tmp / "report.txt").write_text(build.report())
-        write_manifest(tmp, "model", build.summary(), files=[p.name for p in tmp.iterdir()])
+        required = [p.name for p in tmp.iterdir()]  # report.html is redrawn by `tinyml report` when missing
+        write_compile_report(build, tmp, out_dir)
+        write_manifest(tmp, "model", build.summary(), files=required)
     build.out_dir = out_dir
 
 

@@ -70,3 +70,7 @@ class GraphFileError(BuildFolderError):
 
 class InvalidElfError(BuildFolderError):
     """A firmware's ELF file is truncated or is not an ELF for an Arm core."""
+
+
+class ReportError(TinymlError):
+    """A folder holds no build to report on, or its report data cannot be read."""

@@ -11,13 +11,17 @@ baseline every plan is measured against; it is one of the candidates, so a plan 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCRATCH_PREFIX = "scratch:"
 EXACT_SEARCH_MAX_BUFFERS = 10
@@ -101,14 +105,23 @@ class MemoryPlan:
             lines.append(f"{name:<32}{size:>10,}{offset:>10,}  {first}-{last}")
         return "\n".join(lines)
 
-    def plot(self, path: str | Path) -> Path:
-        """Draw the memory timeline (x: step, y: offset) to a PNG, one rectangle per buffer."""
+    def figure(self, step_labels: Sequence[str] | None = None) -> Figure:
+        """The memory timeline as a matplotlib figure (x: step, y: arena offset), one rectangle per
+        buffer, with the arena, the lower bound and TFLM's greedy baseline marked.
+
+        `step_labels` names the steps (the layers) on the x axis. The figure renders through Agg,
+        so it needs no display.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import StrMethodFormatter
 
         rows = self.timeline()
         last_step = max((r[2] for r in rows), default=0)
-        fig = Figure(figsize=(min(max(6.0, 0.35 * (last_step + 1)), 24.0), 5.0))
+        steps = max(last_step + 1, len(step_labels or ()))
+        fig = Figure(figsize=(min(max(10.0, 0.45 * steps), 24.0), 4.8))
+        FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         for i, (name, first, last, offset, size) in enumerate(rows):
             color = f"C{i % 10}"
@@ -124,7 +137,10 @@ class MemoryPlan:
                 )
             )
             if size >= 0.03 * max(self.arena_bytes, 1):
-                ax.text((first + last) / 2, offset + size / 2, name, ha="center", va="center", fontsize=6)
+                label = f"{name}\n{size:,} B" if size >= 0.1 * self.arena_bytes else name
+                ax.text(
+                    (first + last) / 2, offset + size / 2, label, ha="center", va="center", fontsize=7, clip_on=True
+                )
         ax.axhline(self.arena_bytes, color="black", linewidth=1.0, label=f"arena {self.arena_bytes:,} B")
         ax.axhline(
             self.lower_bound,
@@ -140,14 +156,26 @@ class MemoryPlan:
             linewidth=1.0,
             label=f"TFLM greedy {self.greedy_bytes:,} B",
         )
-        ax.set_xlim(-0.5, last_step + 0.5)
+        ax.set_xlim(-0.5, steps - 0.5)
         ax.set_ylim(0, max(self.arena_bytes, self.greedy_bytes, 1) * 1.2)
-        ax.set_xlabel("step (node index)")
+        if step_labels:
+            ax.set_xticks(range(len(step_labels)), [f"{i}: {label}" for i, label in enumerate(step_labels)])
+            ax.tick_params(axis="x", labelrotation=35, labelsize=7)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+            ax.set_xlabel("step (layer)")
+        else:
+            ax.set_xlabel("step (node index)")
         ax.set_ylabel("arena offset (bytes)")
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.legend(loc="upper right", fontsize=7)
         fig.tight_layout()
+        return fig
+
+    def plot(self, path: str | Path, step_labels: Sequence[str] | None = None) -> Path:
+        """Draw the memory timeline (`figure`) to a PNG file."""
         path = Path(path)
-        fig.savefig(path, format="png", dpi=120)
+        self.figure(step_labels).savefig(path, format="png", dpi=120)
         return path
 
 

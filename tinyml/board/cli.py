@@ -90,6 +90,7 @@ def build_command(
     from tinyml.board.size import size_report
     from tinyml.compiler import compile_from_recipe
     from tinyml.recipe import load_recipe
+    from tinyml.report import refresh_report
 
     board = resolve_board(board_name)
     recipe_path = Path(recipe) if recipe else (DEFAULT_RECIPE if DEFAULT_RECIPE.is_file() else None)
@@ -110,6 +111,7 @@ def build_command(
         inputs = default_test_inputs(model_dir, input_count)
         built = build_firmware(model_dir, board, out_dir, inputs, pio_platform=pio_platform)
     report = size_report(built.out_dir)
+    refresh_report(built.out_dir)  # report.html with flash per layer from the ELF
     if as_json:
         summary = {"elf": str(built.elf), "fit_estimate": asdict(estimate), "size": report.summary()}
         click.echo(json.dumps(summary, indent=2))
@@ -135,8 +137,10 @@ def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
     built (`outputs_match_reference`); exits with 1 when they differ.
     """
     from tinyml.board.qemu import run_firmware
+    from tinyml.report import record_run
 
     result = run_firmware(build_dir, timeout=timeout)
+    record_run(build_dir, result.summary())  # run.json, and report.html with instructions per layer
     matches = result.outputs_match_reference
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
