@@ -58,3 +58,18 @@ class FirmwareFault(FirmwareError):
 
 class FirmwareTimeout(FirmwareError):
     """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""
+
+
+class ModelInputError(TinymlError):
+    """Data given to a compiled model does not fit its input (size or type)."""
+
+
+class KernelError(TinymlError):
+    """A kernel of a compiled model returned an error status; the message names the layer and the sample."""
+
+    def __init__(self, message: str, layer: str | None, layer_index: int, sample: int, status: int) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.layer_index = layer_index
+        self.sample = sample
+        self.status = status
