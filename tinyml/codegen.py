@@ -23,7 +23,7 @@ from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
 from tinyml.kernels import CallSite, Kernel
 from tinyml.planner import SCRATCH_PREFIX, MemoryPlan, graph_buffers, plan_buffers
-from tinyml.weights import LINE_WIDTH, SYMBOL_PREFIX, EncodedTensor, c_identifier, layer_c_names
+from tinyml.weights import LINE_WIDTH, SYMBOL_PREFIX, EncodedTensor, c_comment, c_identifier, layer_c_names
 
 if TYPE_CHECKING:
     import pluggy
@@ -261,16 +261,11 @@ def _plan_comment(graph: Graph, plan: MemoryPlan) -> list[str]:
     return comment_block(lines, "")
 
 
-def _comment_text(text: str) -> str:
-    """Text that cannot end the comment it sits in, nor break a line."""
-    return re.sub(r"[\x00-\x1f\x7f]", " ", text).replace("*/", "* /")
-
-
 def comment_block(lines: list[str], indent: str) -> list[str]:
     """`/* ... */` around `lines`, each wrapped to LINE_WIDTH (continuations two spaces deeper)."""
     out = [f"{indent}/*"]
     for line in lines:
-        line = _comment_text(line)
+        line = c_comment(line)
         if not line:
             out.append(f"{indent} *")
             continue
@@ -295,6 +290,21 @@ def c_string(text: str) -> str:
     return '"' + "".join(chars) + '"'
 
 
+def c_string_lines(text: str, width: int = LINE_WIDTH - 2 * len(INDENT)) -> str:
+    """`c_string(text)`, cut into adjacent literals on lines of their own when it is longer than `width`."""
+    literal = c_string(text)
+    if len(literal) <= width:
+        return literal
+    pieces, current = [], ""
+    for token in re.findall(r"\\[0-7]{3}|\\.|[^\\]", literal[1:-1]):  # never split an escape sequence
+        if len(current) + len(token) + 2 > width:
+            pieces.append(f'"{current}"')
+            current = ""
+        current += token
+    pieces.append(f'"{current}"')
+    return f"\n{INDENT}".join(pieces)
+
+
 # --- wrapping ----------------------------------------------------------------------------------
 
 
@@ -312,7 +322,7 @@ def _wrap_line(line: str, width: int) -> list[str]:
     if stripped.startswith("#"):
         return [line]  # a preprocessor line may not be broken
     if stripped.startswith("/*") and stripped.endswith("*/"):
-        body = _comment_text(stripped[2:-2].strip())
+        body = c_comment(stripped[2:-2].strip())
         wrapped = textwrap.wrap(body, width - 3, initial_indent=indent + "/* ", subsequent_indent=indent + " *   ")
         return [*wrapped[:-1], wrapped[-1] + " */"]
     if stripped.startswith("*"):
@@ -331,7 +341,7 @@ def _wrap_line(line: str, width: int) -> list[str]:
 
 
 def _split_after_commas(code: str) -> list[str]:
-    """`code` cut after each `, ` that lies outside a string or character literal (commas kept)."""
+    """`code` cut after each `, ` and `= ` that lies outside a string or character literal (commas kept)."""
     pieces, start, quote, i = [], 0, "", 0
     while i < len(code):
         ch = code[i]
@@ -342,7 +352,7 @@ def _split_after_commas(code: str) -> list[str]:
                 quote = ""
         elif ch in "\"'":
             quote = ch
-        elif code.startswith(", ", i):
+        elif code.startswith(", ", i) or (i > 0 and code.startswith(" = ", i - 1)):
             pieces.append(code[start : i + 1])
             start = i + 2
             i += 1
@@ -433,7 +443,7 @@ def _model_c(
         site = CallSite(graph=graph, node=node, prefix=prefix, tensor=tensor_expr, scratch=scratch)
         call = kernel.emit(site)
         source = f", from {node.source}" if node.source and node.source != node.name else ""
-        statics += [f"/* {_comment_text(f'{i} {node.name}: {node.op}{source}; symbols {prefix}_*')} */"]
+        statics += [f"/* {c_comment(f'{i} {node.name}: {node.op}{source}; symbols {prefix}_*')} */"]
         statics += [*site.statics, ""]
         calls += [
             "",
@@ -443,7 +453,7 @@ def _model_c(
             f"    TML_LAYER_END({i});",
             f"    if (status != 0) return tml_model_fail({i}, status);",
         ]
-    names = [f"    {c_string(node.name)}," for node in graph.nodes]
+    names = [f"{INDENT}{literal}," for node in graph.nodes for literal in [c_string_lines(node.name)]]
     lines = [
         *comment_block(
             [

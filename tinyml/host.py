@@ -81,11 +81,11 @@ def build(
     name = f"_tml_{_digest(parts)}"
     out_dir = cache_dir() / name
     so = next(out_dir.glob(f"{name}*.so"), None) if out_dir.exists() else None
-    if so is not None:
+    if so is not None and (name in sys.modules or _intact(so)):
         try:
             return HostLibrary(*_load(name, so), path=so)
         except _LOAD_ERRORS:
-            so.unlink(missing_ok=True)  # a damaged cache entry (truncated, overwritten): build it again
+            pass  # damaged in a way its checksum did not show: build it again
     so = _compile(name, out_dir, cdef, source, sources, include_dirs, define_macros)
     try:
         return HostLibrary(*_load(name, so), path=so)
@@ -95,6 +95,22 @@ def build(
 
 # What loading a damaged extension raises: the dynamic loader's message, or a module without cffi's names.
 _LOAD_ERRORS = (ImportError, OSError, AttributeError)
+
+
+def _checksum_file(so: Path) -> Path:
+    return so.with_name(so.name + ".sha256")
+
+
+def _intact(so: Path) -> bool:
+    """Whether a cached extension is byte for byte what was built (its checksum, written beside it, agrees).
+
+    A truncated or overwritten extension must not reach the dynamic loader: mapping a truncated
+    file kills the process with SIGBUS, which no exception handler sees.
+    """
+    try:
+        return _checksum_file(so).read_text().strip() == hashlib.sha256(so.read_bytes()).hexdigest()
+    except OSError:
+        return False
 
 
 def _compile(
@@ -129,6 +145,9 @@ def _compile(
         built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
         out_dir.mkdir(parents=True, exist_ok=True)
         so = out_dir / built.name
+        digest = tmp / "checksum"
+        digest.write_text(hashlib.sha256(built.read_bytes()).hexdigest() + "\n")
+        os.replace(digest, _checksum_file(so))  # first, so that a half-replaced pair reads as damaged
         os.replace(built, so)  # atomic: a parallel run never sees half a file
     except (cffi.VerificationError, OSError) as err:
         raise BuildError(

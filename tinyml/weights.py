@@ -7,6 +7,7 @@ plugin claims a tensor, is a plain `const` array of the tensor's type, shape in 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,15 +81,19 @@ def c_identifier(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-@functools.cache
-def library_identifiers() -> frozenset[str]:
-    """Every `tml_` name the core C declares (kernel library, harness, board runtime) or model.c defines."""
-    from tinyml.resources import FIRMWARE_DIR, HARNESS_DIR, RUNTIME_DIR
+MAX_C_NAME = 40  # longer layer names are shortened (with a hash), so symbols and lines stay readable
 
-    found = set(MODEL_IDENTIFIERS)
-    for folder in (FIRMWARE_DIR / "include", HARNESS_DIR, RUNTIME_DIR):
-        for header in sorted(folder.glob("*.h")):
-            found.update(re.findall(r"\btml_\w+", header.read_text()))
+
+@functools.cache
+def library_types() -> frozenset[str]:
+    """The `tml_` type names the core C headers declare (`tml_fc_params`, `tml_shape`...)."""
+    from tinyml.resources import FIRMWARE_DIR
+
+    found = set()
+    for header in sorted((FIRMWARE_DIR / "include").glob("*.h")):
+        text = header.read_text()
+        found.update(re.findall(r"}\s*(tml_\w+)\s*;", text))  # typedef struct {...} tml_x;
+        found.update(re.findall(r"typedef\s+\w+\s+(tml_\w+)\s*;", text))  # typedef int32_t tml_x;
     return frozenset(found)
 
 
@@ -96,10 +101,11 @@ def layer_c_names(names: Sequence[str]) -> list[str]:
     """The C name of each layer, in order: its name in identifier characters, unique among the layers.
 
     Every C symbol of a layer is `tml_<C name>_<what>`, so a map file or ELF reads by layer. A name
-    that would reach into the C library's names (a layer `fc` next to the type `tml_fc_params`) gets
-    `_layer`; two layers whose names differ only in punctuation (`a.b`, `a_b`) get `_2`, `_3`...
+    whose symbols could be a C library type or a model.c name (a layer `fc` and `tml_fc_params`)
+    gets `_layer`; one longer than MAX_C_NAME is cut and ends in a hash of the whole name; two
+    layers whose names differ only in punctuation (`a.b`, `a_b`) get `_2`, `_3`... on the later ones.
     """
-    reserved = library_identifiers()
+    reserved = library_types() | MODEL_IDENTIFIERS
 
     def clashes(c_name: str) -> bool:
         symbol = SYMBOL_PREFIX + c_name
@@ -109,6 +115,8 @@ def layer_c_names(names: Sequence[str]) -> list[str]:
     result = []
     for i, name in enumerate(names):
         base = c_identifier(name) or f"layer{i}"
+        if len(base) > MAX_C_NAME:
+            base = f"{base[: MAX_C_NAME - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
         base = f"{base}_layer" if clashes(base) else base
         c_name, k = base, 1
         while c_name in taken:
@@ -117,6 +125,12 @@ def layer_c_names(names: Sequence[str]) -> list[str]:
         taken.add(c_name)
         result.append(c_name)
     return result
+
+
+def c_comment(text: str) -> str:
+    """`text` safe inside a C comment: it cannot end the comment, break the line or form a trigraph."""
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", text)
+    return text.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?")
 
 
 def symbol_for(tensor: Tensor) -> str:
@@ -133,7 +147,7 @@ def tinyml_encode_weights(tensor: Tensor, board: Board | None) -> EncodedTensor:
     """Raw storage: the array exactly as the kernels read it."""
     c_type = C_TYPES[tensor.dtype]
     symbol = symbol_for(tensor)
-    comment = f"{tensor.name}: {tensor.dtype} {list(tensor.data.shape)}"
+    comment = c_comment(f"{tensor.name}: {tensor.dtype} {list(tensor.data.shape)}")
     return EncodedTensor(
         symbol=symbol,
         declaration=f"extern const {c_type} {symbol}[{tensor.data.size}];",
