@@ -72,3 +72,11 @@ def test_a_header_without_declarations_is_a_build_error(tmp_path):
 def test_a_folder_that_is_not_a_build_is_named(tmp_path):
     with pytest.raises(BuildError, match="model.h, model.c, model_data.c"):
         host.load_model(tmp_path)
+
+
+def test_a_model_h_without_the_model_macros_is_named(tmp_path):
+    for name in ("model.c", "model_data.c"):
+        (tmp_path / name).write_text("/* empty */\n")
+    (tmp_path / "model.h").write_text("#define TML_MODEL_INPUT_SIZE 16\n")
+    with pytest.raises(BuildError, match="does not define TML_MODEL_OUTPUT_SIZE"):
+        host.load_model(tmp_path)

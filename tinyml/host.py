@@ -199,8 +199,23 @@ def model_macros(model_h: Path) -> dict[str, float]:
     """The numeric `#define TML_MODEL_*` values of a generated model.h."""
     macros = {}
     for name, value in re.findall(r"#define (TML_MODEL_\w+) (-?[\d.e+-]+)f?\n", model_h.read_text()):
-        macros[name] = float(value) if any(c in value for c in ".e") else int(value)
+        try:
+            macros[name] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            continue  # not a number after all: reported as missing where it is needed
     return macros
+
+
+MODEL_MACROS = (
+    "TML_MODEL_INPUT_SIZE",
+    "TML_MODEL_OUTPUT_SIZE",
+    "TML_MODEL_INPUT_SCALE",
+    "TML_MODEL_INPUT_ZERO_POINT",
+    "TML_MODEL_OUTPUT_SCALE",
+    "TML_MODEL_OUTPUT_ZERO_POINT",
+    "TML_MODEL_ARENA_BYTES",
+    "TML_MODEL_LAYER_COUNT",
+)
 
 
 class HostModel:
@@ -222,7 +237,7 @@ class HostModel:
         self.output_scale = float(macros["TML_MODEL_OUTPUT_SCALE"])
         self.output_zero_point = int(macros["TML_MODEL_OUTPUT_ZERO_POINT"])
         self.arena_bytes = int(macros["TML_MODEL_ARENA_BYTES"])
-        count = int(macros.get("TML_MODEL_LAYER_COUNT", 0))
+        count = int(macros["TML_MODEL_LAYER_COUNT"])
         ffi, lib = library.ffi, library.lib
         self.layer_names = [ffi.string(lib.tml_model_layer_names[i]).decode(errors="replace") for i in range(count)]
 
@@ -238,7 +253,10 @@ class HostModel:
 
     def _int8_batch(self, x: np.ndarray) -> np.ndarray:
         """`x` as a contiguous int8 (N, input size) array, or ModelInputError saying what is wrong with it."""
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise ModelInputError(f"The model in {self.build_dir} takes an int8 array; got {err}.") from None
         if x.dtype != np.int8:
             if not np.issubdtype(x.dtype, np.integer):
                 raise ModelInputError(
@@ -291,6 +309,13 @@ def load_model(build_dir: str | Path) -> HostModel:
     missing = [f for f in ("model.h", *MODEL_SOURCES) if not (build_dir / f).exists()]
     if missing:
         raise BuildError(f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?")
+    macros = model_macros(build_dir / "model.h")
+    absent = [name for name in MODEL_MACROS if name not in macros]
+    if absent:
+        raise BuildError(
+            f"{build_dir / 'model.h'} does not define {', '.join(absent)} as numbers: it is not a model.h that "
+            "`tinyml compile` wrote (or it was edited)."
+        )
     kernel_dirs = [Path(d) for dirs in plugins.plugin_manager().hook.tinyml_kernel_sources() for d in dirs]
     sources = [build_dir / f for f in MODEL_SOURCES] + sorted(p for d in kernel_dirs for p in (d / "src").glob("*.c"))
     library = build(
@@ -299,4 +324,4 @@ def load_model(build_dir: str | Path) -> HostModel:
         sources=sources,
         include_dirs=[build_dir, *[d / "include" for d in kernel_dirs]],
     )
-    return HostModel(build_dir, library, model_macros(build_dir / "model.h"))
+    return HostModel(build_dir, library, macros)
