@@ -177,15 +177,23 @@ def _emit_softmax(call: CallSite) -> str:
 def _emit_concat(call: CallSite) -> str:
     g, n = call.graph, call.node
     entries = [
-        f"{{{call.tensor(name)}, {g.tensors[name].shape[-1]}, {-g.tensors[name].zero_point}, {int(m)}, {int(s)}}}"
+        f"        {{{call.tensor(name)}, {t.shape[-1]}, {-t.zero_point}, {int(m)}, {int(s)}}},"
         for name, m, s in zip(n.inputs, n.attrs["multipliers"], n.attrs["shifts"], strict=True)
+        for t in [g.tensors[name]]
     ]
     # Input pointers point into the arena, which is not a constant expression: build the table at run time.
     out = g.tensors[n.outputs[0]]
     outer = out.size // out.shape[-1]
-    return (
-        "{ const tml_concat_input inputs[] = {" + ", ".join(entries) + "}; "
-        f"status = tml_concat_s8(inputs, {len(entries)}, {outer}, {out.zero_point}, {call.output()}); }}"
+    return "\n".join(
+        [
+            "{",
+            "    /* data, channels, input_offset, multiplier, shift */",
+            f"    const tml_concat_input inputs[{len(entries)}] = {{",
+            *entries,
+            "    };",
+            f"    status = tml_concat_s8(inputs, {len(entries)}, {outer}, {out.zero_point}, {call.output()});",
+            "}",
+        ]
     )
 
 

@@ -67,10 +67,10 @@ def c_values(values: Sequence[int] | np.ndarray, suffix: str = "", indent: str =
     return f",\n{indent}".join(lines)
 
 
-def c_array(c_type: str, symbol: str, values: np.ndarray, comment: str, qualifiers: str = "const") -> str:
+def c_array(c_type: str, symbol: str, values: np.ndarray, comment: str) -> str:
     """`const <c_type> symbol[n] = {...};` with `comment` above it, values wrapped to LINE_WIDTH."""
     n = int(np.size(values))
-    return f"/* {comment} */\n{qualifiers} {c_type} {symbol}[{n}] = {{\n    {c_values(values)}\n}};\n"
+    return f"/* {comment} */\nconst {c_type} {symbol}[{n}] = {{\n    {c_values(values)}\n}};\n"
 
 
 def c_identifier(name: str) -> str:
