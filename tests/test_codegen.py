@@ -8,16 +8,18 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pluggy
 import pytest
 import torch
 from torch import nn
 
 import tinyml.compiler as compiler
-from tinyml import plugins
+from tinyml import hookspecs, kernels, plugins, weights
 from tinyml.board.size import _layer_of
 from tinyml.codegen import c_string, fit_lines, generate
-from tinyml.errors import KernelError, ModelInputError
+from tinyml.errors import KernelError, ModelInputError, TinymlError
 from tinyml.frontend import nchw_to_graph
+from tinyml.hookspecs import hookimpl
 from tinyml.host import load_model
 from tinyml.reference import run_int8
 from tinyml.weights import LINE_WIDTH, MAX_C_NAME, layer_c_names
@@ -217,3 +219,56 @@ def test_inputs_that_do_not_fit_the_model_are_named(conv_build):
     with pytest.raises(ModelInputError, match=r"values in \[-5, 300\]"):
         host(np.linspace(-5, 300, 36).astype(np.int32).reshape(1, 36))
     assert host(np.zeros((2, 6, 6, 1), np.int64)).shape == (2, 3)
+
+
+def plugin_manager_with(plugin: object) -> pluggy.PluginManager:
+    """The core's kernels and weight storage, with `plugin` asked first."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.register(kernels)
+    pm.register(weights)
+    pm.register(plugin)
+    return pm
+
+
+class FailingHead:
+    """A plugin whose kernel for the layer `head` returns an error status."""
+
+    @hookimpl
+    def tinyml_select_kernel(self, node, graph, board):
+        if node.name == "head":
+            return kernels.Kernel(function="tml_failing_fc", emit=lambda call: "status = -3;")
+        return None
+
+
+class ClashingStatic:
+    """A plugin whose kernel declares a static named like the layer's weights."""
+
+    @hookimpl
+    def tinyml_select_kernel(self, node, graph, board):
+        if node.name == "head":
+
+            def emit(call: kernels.CallSite) -> str:
+                call.add_static("int32_t", "weight", "0")
+                return "status = 0;"
+
+            return kernels.Kernel(function="tml_clashing_fc", emit=emit)
+        return None
+
+
+def test_a_plugin_kernel_that_fails_is_named_on_the_host(conv_build, tmp_path):
+    build, calib = conv_build
+    generated = generate(build.graph, None, plugin_manager_with(FailingHead()))
+    out = tmp_path / "failing"
+    out.mkdir()
+    for name, text in generated.files.items():
+        (out / name).write_text(text)
+    host = load_model(out)
+    with pytest.raises(KernelError, match=r"returned -3 in layer 2 `head` on sample 0") as err:
+        host(host.quantize(nchw_to_graph(calib[:2])))
+    assert (err.value.layer, err.value.layer_index, err.value.status) == ("head", 2, -3)
+
+
+def test_two_definitions_of_one_symbol_are_refused_before_any_c_is_compiled(conv_build):
+    with pytest.raises(TinymlError, match=r"`head` \(tml_clashing_fc\) and constant `head.weight` both define"):
+        generate(conv_build[0].graph, None, plugin_manager_with(ClashingStatic()))

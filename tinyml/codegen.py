@@ -433,6 +433,7 @@ def _model_c(
         return f"(tml_arena + {plan.offsets[name]})"
 
     headers = sorted({h for k in kernels.values() for h in k.headers})
+    owners = {w.symbol: f"constant `{name}`" for name, w in weights.items()}
     statics: list[str] = []
     calls: list[str] = []
     for i, node in enumerate(graph.nodes):
@@ -442,6 +443,13 @@ def _model_c(
         prefix = SYMBOL_PREFIX + c_names[node.name]
         site = CallSite(graph=graph, node=node, prefix=prefix, tensor=tensor_expr, scratch=scratch)
         call = kernel.emit(site)
+        for symbol in site.symbols:
+            if symbol in owners:
+                raise TinymlError(
+                    f"Layer `{node.name}` ({kernel.function}) and {owners[symbol]} both define the C symbol "
+                    f"`{symbol}`; rename one of their modules, or the kernel's static."
+                )
+            owners[symbol] = f"layer `{node.name}`"
         source = f", from {node.source}" if node.source and node.source != node.name else ""
         statics += [f"/* {c_comment(f'{i} {node.name}: {node.op}{source}; symbols {prefix}_*')} */"]
         statics += [*site.statics, ""]

@@ -42,11 +42,13 @@ class CallSite:
     tensor: Callable[[str], str]
     scratch: str = "NULL"
     statics: list[str] = field(default_factory=list)
+    symbols: list[str] = field(default_factory=list)  # what add_static and add_array declared
 
     def add_static(self, c_type: str, name: str, value: str) -> str:
         """Declare `static const <c_type> <prefix>_<name> = <value>;` and return its name."""
         symbol = f"{self.prefix}_{name}"
         self.statics.append(f"static const {c_type} {symbol} = {value};")
+        self.symbols.append(symbol)
         return symbol
 
     def add_array(self, c_type: str, name: str, values: Sequence[int] | np.ndarray, suffix: str = "") -> str:
@@ -54,6 +56,7 @@ class CallSite:
         symbol = f"{self.prefix}_{name}"
         n = int(np.size(values))
         self.statics.append(f"static const {c_type} {symbol}[{n}] = {{\n    {c_values(values, suffix)}\n}};")
+        self.symbols.append(symbol)
         return symbol
 
     def add_int32_array(self, name: str, values: Sequence[int] | np.ndarray) -> str:
