@@ -126,7 +126,9 @@ def platformio_ini(board: Board, defines: Iterable[str], pio_platform: str | Non
 
 def test_inputs_c(inputs: np.ndarray) -> str:
     """`tml_test_inputs[N][TML_MODEL_INPUT_SIZE]` and `tml_test_input_count` as C."""
-    rows = ",\n".join("    {" + ", ".join(str(int(v)) for v in row) + "}" for row in inputs)
+    from tinyml.weights import c_values
+
+    rows = ",\n".join("    {\n        " + c_values(row, indent=" " * 8) + "\n    }" for row in inputs)
     return (
         "/* Test inputs the harness runs, written by tinyml. */\n"
         '#include "model.h"\n\n'
