@@ -247,11 +247,12 @@ def _plan_comment(graph: Graph, plan: MemoryPlan) -> list[str]:
         name_width = min(max(len(layer(s)) for s in range(len(names))), LINE_WIDTH - TIMELINE_COLUMNS - 10)
         for step in range(len(names)):
             cells = []
-            for column in range(TIMELINE_COLUMNS):
-                byte = column * plan.arena_bytes // TIMELINE_COLUMNS
+            for column in range(TIMELINE_COLUMNS):  # a column shows a buffer that overlaps its bytes
+                low = column * plan.arena_bytes // TIMELINE_COLUMNS
+                high = max((column + 1) * plan.arena_bytes // TIMELINE_COLUMNS, low + 1)
                 mark = "."
                 for i, (_, first, last, offset, size) in enumerate(timeline):
-                    if first <= step <= last and offset <= byte < offset + size:
+                    if first <= step <= last and offset < high and low < offset + size:
                         mark = _BUFFER_MARKS[i] if i < len(_BUFFER_MARKS) else "*"
                         break
                 cells.append(mark)
