@@ -191,9 +191,14 @@ def test_manifest_board_round_trips():
 
 
 def test_symbols_are_attributed_to_their_layer():
-    layers = ["0", "3", "10", "fc1"]
-    assert size._layer_of("tml_10_weight", layers) == "10"
+    layers = ["0", "features.conv1", "features.conv1.x", "fc", "a.b", "a_b"]
     assert size._layer_of("tml_0_bias", layers) == "0"
-    assert size._layer_of("l1_3_params", layers) == "3"
-    assert size._layer_of("fc1_weights", layers) == "fc1"
+    assert size._layer_of("tml_features_conv1_weight", layers) == "features.conv1"
+    assert size._layer_of("tml_features_conv1_params", layers) == "features.conv1"
+    assert size._layer_of("tml_features_conv1_x_multiplier", layers) == "features.conv1.x"  # the longest C name
+    assert size._layer_of("tml_fc_layer_params", layers) == "fc"  # `fc` would reach into the type tml_fc_params
+    assert size._layer_of("tml_a_b_weight", layers) == "a.b"
+    assert size._layer_of("tml_a_b_2_weight", layers) == "a_b"  # the same C name made unique
     assert size._layer_of("tml_arena_words", layers) is None
+    assert size._layer_of("tml_model_layer_names", layers) is None
+    assert size._layer_of("fc_weight", layers) is None

@@ -127,6 +127,23 @@ def test_plain_cnn_with_batch_norm_and_relu() -> None:
     assert graph.tensors["0.weight"].shape == (4, 3, 3, 1)
 
 
+def test_fused_modules_are_recorded_on_the_node_they_fold_into() -> None:
+    graph = convert_and_compare(Residual(4), (4, 6, 6))
+    conv1, conv2, add = graph.nodes
+    assert conv1.attrs["fused"] == [
+        {"module": "bn1", "type": "torch.nn.BatchNorm2d"},
+        {"module": "relu", "type": "torch.nn.ReLU"},
+    ]
+    assert conv2.attrs["fused"] == [{"module": "bn2", "type": "torch.nn.BatchNorm2d"}]
+    assert add.attrs["fused"] == [{"module": "relu", "type": "torch.nn.ReLU"}]  # one ReLU module, used twice
+    block = convert_and_compare(DownsamplingBlock(), (3, 8, 8))
+    assert block.nodes[0].attrs["fused"] == [
+        {"module": "bn1", "type": "torch.nn.BatchNorm2d"},
+        {"module": "", "type": "aten.relu"},  # F.relu in the top-level forward
+    ]
+    assert "fused" not in block.nodes[-1].attrs
+
+
 def test_flatten_keeps_pytorch_channel_major_order() -> None:
     """A spatially varying map flattened into a linear layer: a wrong order would scramble the weights."""
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 5, 4))

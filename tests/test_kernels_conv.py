@@ -254,6 +254,39 @@ def test_scratch_is_not_needed(lib):
     assert lib.lib.tml_dwconv2d_s8_scratch_bytes(shape, shape, shape) == 0
 
 
+_dims = st.tuples(st.integers(1, 64), st.integers(1, 64), st.integers(1, 256))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_dims, st.integers(1, 7), st.integers(1, 7), _dims)
+def test_python_scratch_sizes_equal_the_c_library(lib, in_dims, kh, kw, out_dims):
+    """Code generation sizes scratch in Python (it never compiles C): the C library must agree on every board."""
+    from tinyml.board.boards import builtin_boards
+    from tinyml.kernels import conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes
+
+    def shape(dims):
+        return lib.ffi.new("tml_shape *", dict(zip("hwc", dims, strict=True)))
+
+    filter_dims = (kh, kw, in_dims[2])
+    args = (shape(in_dims), shape(filter_dims), shape(out_dims))
+    in_c = (lib.lib.tml_conv2d_s8_scratch_bytes(*args), lib.lib.tml_dwconv2d_s8_scratch_bytes(*args))
+    for board in [None, *builtin_boards()]:  # every board runs the portable C today
+        sizes = (
+            fn(in_dims, filter_dims, out_dims, board) for fn in (conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes)
+        )
+        assert tuple(sizes) == in_c, board
+
+
+def test_kernel_selection_does_not_import_the_host_compiler():
+    """Generating C must not compile or load C: tinyml.kernels and tinyml.codegen stay clear of tinyml.host."""
+    import subprocess
+    import sys
+
+    code = "import sys, tinyml.codegen, tinyml.kernels; print('tinyml.host' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 # ---------------------------------------------------------------- bad arguments
 
 

@@ -33,7 +33,8 @@ from tinyml.board.project import (
 from tinyml.board.qemu import run_firmware
 from tinyml.board.size import check_elf, size_report
 from tinyml.cli import main
-from tinyml.errors import BuildError, FirmwareFault, FirmwareTimeout, FitError
+from tinyml.errors import BuildError, FirmwareError, FirmwareFault, FirmwareTimeout, FitError
+from tinyml.weights import layer_c_names
 
 pytestmark = [
     pytest.mark.qemu,
@@ -197,6 +198,50 @@ def test_example_model_matches_the_host_build(example_build, tmp_path, board):
     assert summary["outputs_match_reference"] is True and summary["mismatched_inputs"] == []
     np.testing.assert_array_equal(np.array(summary["outputs"]), host.load_model(model_dir)(inputs))
     assert [layer["name"] for layer in summary["layers"]] == [node.name for node in example_build.graph.nodes]
+
+
+@pytest.fixture(scope="module")
+def example_firmware(example_build, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled example's firmware for stm32, with two test inputs."""
+    model_dir = example_build.out_dir
+    out = tmp_path_factory.mktemp("example-firmware") / "stm32"
+    return build_firmware(model_dir, resolve_board("stm32"), out, default_test_inputs(model_dir, 2)).out_dir
+
+
+def test_size_report_of_the_example_reads_by_layer(example_build, example_firmware):
+    report = size_report(example_firmware)
+    layers = {layer["name"]: layer for layer in report.layers}
+    names = [node.name for node in example_build.graph.nodes]
+    assert list(layers) == names
+    weights = example_build.layer_weight_bytes()
+    for name, c_name in zip(names, layer_c_names(names), strict=True):
+        assert all(symbol.startswith(f"tml_{c_name}_") for symbol in layers[name]["symbols"]), layers[name]
+        assert layers[name]["flash_bytes"] >= weights[name]
+    conv2 = layers["features.conv2"]
+    for what in ("weight", "bias", "params", "multiplier", "shift", "quant", "filter_shape", "output_shape"):
+        assert f"tml_features_conv2_{what}" in conv2["symbols"]
+    # int8 weights 32x3x3x16 and int32 bias; 9-int32 params, 32 multipliers and shifts, two pointers, three shapes
+    assert conv2["flash_bytes"] == 32 * 3 * 3 * 16 + 4 * 32 + 4 * 9 + 2 * 4 * 32 + 2 * 4 + 3 * 12
+    assert layers["flatten"]["symbols"] == ["tml_flatten_input_shape"]
+    table = CliRunner().invoke(size_command, [str(example_firmware)])
+    assert table.exit_code == 0, table.output
+    assert all(name in table.output for name in names)
+
+
+def test_a_failing_layer_is_named_by_the_board(example_build, tmp_path):
+    """A kernel that rejects its arguments on the board: the error names the layer and the test input."""
+    broken = tmp_path / "model"
+    shutil.copytree(example_build.out_dir, broken)
+    model_c = (broken / "model.c").read_text()
+    params = "tml_features_conv2_params = {.stride_h = 1,"
+    assert params in model_c
+    (broken / "model.c").write_text(model_c.replace(params, params.replace("= 1,", "= 0,")))
+    board = resolve_board("stm32")
+    out = build_firmware(broken, board, tmp_path / "fw", default_test_inputs(broken, 2))
+    with pytest.raises(
+        FirmwareError, match=rf"returned -1 in layer 2 `features.conv2` on test input 0 on board {board.name}"
+    ):
+        run_firmware(out.out_dir, timeout=60)
 
 
 def test_fit_check_of_a_build_names_a_layer_of_its_graph(example_build):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyml import graphfile, plugins
-from tinyml.codegen import GeneratedModel, generate
+from tinyml.codegen import GeneratedModel, describe_fused, generate
 from tinyml.errors import CalibrationError, RecipeError
 from tinyml.ir import Graph
 from tinyml.manifest import read_manifest, write_manifest
@@ -78,6 +78,7 @@ class Build:
                     "op": n.op,
                     "kernel": self.generated.kernels[n.name].function,
                     "source": n.source,
+                    "fused": describe_fused(n),
                     "weight_bytes": weights[n.name],
                 }
                 for n in self.graph.nodes
@@ -90,16 +91,17 @@ class Build:
         from rich.table import Table
 
         table = Table(title=f"tinyml build{f' -> {self.out_dir}' if self.out_dir else ''}")
-        for col in ("#", "layer", "op", "kernel", "output", "weights (B)"):
+        for col in ("#", "layer", "op", "kernel", "fused", "output", "weights (B)"):
             table.add_column(col, justify="right" if col in ("#", "weights (B)") else "left")
         weights = self.layer_weight_bytes()
         for i, node in enumerate(self.graph.nodes):
             out = self.graph.tensors[node.outputs[0]]
             kernel = self.generated.kernels[node.name].function
+            fused = ", ".join(describe_fused(node))
             table.add_row(
-                str(i), node.name, node.op, kernel, "x".join(map(str, out.shape[1:])), str(weights[node.name])
+                str(i), node.name, node.op, kernel, fused, "x".join(map(str, out.shape[1:])), str(weights[node.name])
             )
-        console = Console(width=110, record=True, file=io.StringIO())
+        console = Console(width=120, record=True, file=io.StringIO())
         console.print(table)
         console.print(f"techniques: {', '.join(t.name for t in self.techniques) or 'none'}")
         console.print(f"weights (flash): {self.generated.weight_bytes} bytes")

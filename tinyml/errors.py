@@ -74,3 +74,18 @@ class InvalidElfError(BuildFolderError):
 
 class ReportError(TinymlError):
     """A folder holds no build to report on, or its report data cannot be read."""
+
+
+class ModelInputError(TinymlError):
+    """Data given to a compiled model does not fit its input (size or type)."""
+
+
+class KernelError(TinymlError):
+    """A kernel of a compiled model returned an error status; the message names the layer and the sample."""
+
+    def __init__(self, message: str, layer: str | None, layer_index: int, sample: int, status: int) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.layer_index = layer_index
+        self.sample = sample
+        self.status = status

@@ -4,6 +4,10 @@ The exported program holds high-level ATen ops. Each one maps to an IR op, is fo
 before it (batch-norm into conv/linear weights, ReLU/ReLU6 into `activation`), or is dropped because it
 does not change the value (dropout, a reshape that keeps the shape). Anything else is reported with
 the op and the module it came from, so a user knows which layer to change.
+
+A node is named after the module it came from (`features.conv1`); what was folded into it is listed
+in `node.attrs["fused"]` as `{"module": path, "type": type}` records (`torch.nn.BatchNorm2d`, or
+`aten.relu` for a functional call inside that module's forward), for reports and model.c.
 """
 
 from __future__ import annotations
@@ -441,6 +445,7 @@ class _Converter:
         shape[axis] = -1
         weight_t.data = (weight_t.data.astype(np.float64) * scale.reshape(shape)).astype(np.float32)
         bias_t.data = ((bias_t.data.astype(np.float64) - mean) * scale + beta).astype(np.float32)
+        self._record_fused(producer, node)
         self._alias(node, x)
         if node.target is torch.ops.aten._native_batch_norm_legit_no_training.default:
             self.values[node.name] = (x, None, None)
@@ -462,13 +467,26 @@ class _Converter:
                 node, f"Clamping to {bounds} is not an activation the kernels fuse (only [0, inf) or [0, 6])."
             )
         x = self._activation_input(node, a["self"], "input")
-        current = self._producer(x).attrs.get("activation", "none") if self._producer(x) else "none"
-        if current != "none" and _compose_activation(current, kind) == current:
+        producer = self._producer(x)
+        current = producer.attrs.get("activation", "none") if producer else "none"
+        if producer is not None and current != "none" and _compose_activation(current, kind) == current:
+            self._record_fused(producer, node)
             self._alias(node, x)  # already clamped at least as tightly: the op changes nothing
             return
         producer = self._folding_target(node, x, _FUSES_ACTIVATION, "ReLU/ReLU6")
         producer.attrs["activation"] = _compose_activation(producer.attrs["activation"], kind)
+        self._record_fused(producer, node)
         self._alias(node, x)
+
+    def _record_fused(self, producer: Node, node: torch.fx.Node) -> None:
+        """List `node`'s module among those folded into `producer` (once: an in-place ReLU is one module)."""
+        path, type_name = _module_of(node)
+        if not type_name.startswith("torch.nn."):
+            type_name = _op_name(node.target).rstrip("_")  # a functional call inside the module at `path`
+        record = {"module": path, "type": type_name}
+        fused = producer.attrs.setdefault("fused", [])
+        if record not in fused:
+            fused.append(record)
 
     def _identity(self, node: torch.fx.Node, a: dict[str, Any]) -> None:
         self._alias(node, self._activation_input(node, next(iter(a.values())), "input"))

@@ -2,7 +2,8 @@
 
 The same kernel sources that go onto a board are compiled here with the host's gcc, so tests and
 `tinyml validate` run the real C. A second run with the same inputs loads the cached extension
-instead of recompiling.
+instead of recompiling; a cached extension that no longer loads (truncated, overwritten) is
+compiled again. Every error a user can meet here is a `TinymlError`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from types import ModuleType
 import cffi
 import numpy as np
 
-from tinyml.errors import BuildError
+from tinyml.errors import BuildError, KernelError, ModelInputError
 from tinyml.resources import FIRMWARE_DIR, KERNEL_HEADER
 
 HOST_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration")
@@ -38,7 +39,7 @@ def header_cdef(header: Path) -> str:
     text = header.read_text()
     match = re.search(r"/\* cdef-begin \*/(.*?)/\* cdef-end \*/", text, re.S)
     if not match:
-        raise ValueError(f"{header} has no /* cdef-begin */ ... /* cdef-end */ block")
+        raise BuildError(f"{header} has no /* cdef-begin */ ... /* cdef-end */ block to declare its functions.")
     return match.group(1)
 
 
@@ -80,32 +81,82 @@ def build(
     name = f"_tml_{_digest(parts)}"
     out_dir = cache_dir() / name
     so = next(out_dir.glob(f"{name}*.so"), None) if out_dir.exists() else None
-    if so is None:
-        ffi = cffi.FFI()
-        ffi.cdef(cdef)
-        ffi.set_source(
-            name,
-            source,
-            sources=[str(s) for s in sources],
-            include_dirs=[str(d) for d in include_dirs],
-            define_macros=define_macros,
-            extra_compile_args=list(HOST_CFLAGS),
-        )
-        tmp = out_dir.with_name(f"{name}.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
+    if so is not None and (name in sys.modules or _intact(so)):
         try:
-            built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
-        except (cffi.VerificationError, OSError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise BuildError(
-                f"Compiling for the host failed ({', '.join(Path(s).name for s in sources) or 'glue code'}); "
-                f"the compiler's messages are above. {err}"
-            ) from None
+            return HostLibrary(*_load(name, so), path=so)
+        except _LOAD_ERRORS:
+            pass  # damaged in a way its checksum did not show: build it again
+    so = _compile(name, out_dir, cdef, source, sources, include_dirs, define_macros)
+    try:
+        return HostLibrary(*_load(name, so), path=so)
+    except _LOAD_ERRORS as err:
+        raise BuildError(f"The host build {so} was compiled but cannot be loaded: {err}") from None
+
+
+# What loading a damaged extension raises: the dynamic loader's message, or a module without cffi's names.
+_LOAD_ERRORS = (ImportError, OSError, AttributeError)
+
+
+def _checksum_file(so: Path) -> Path:
+    return so.with_name(so.name + ".sha256")
+
+
+def _intact(so: Path) -> bool:
+    """Whether a cached extension is byte for byte what was built (its checksum, written beside it, agrees).
+
+    A truncated or overwritten extension must not reach the dynamic loader: mapping a truncated
+    file kills the process with SIGBUS, which no exception handler sees.
+    """
+    try:
+        return _checksum_file(so).read_text().strip() == hashlib.sha256(so.read_bytes()).hexdigest()
+    except OSError:
+        return False
+
+
+def _compile(
+    name: str,
+    out_dir: Path,
+    cdef: str,
+    source: str,
+    sources: list[Path],
+    include_dirs: list[Path],
+    define_macros: list[tuple[str, str]],
+) -> Path:
+    """Compile the extension in a private folder, then move it into `out_dir` in one step."""
+    ffi = cffi.FFI()
+    ffi.cdef(cdef)
+    ffi.set_source(
+        name,
+        source,
+        sources=[str(s) for s in sources],
+        include_dirs=[str(d) for d in include_dirs],
+        define_macros=define_macros,
+        extra_compile_args=list(HOST_CFLAGS),
+    )
+    tmp = out_dir.with_name(f"{name}.tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BuildError(
+            f"Cannot write the host build cache {out_dir.parent} ({err.strerror}); set TINYML_CACHE_DIR to a "
+            "writable folder."
+        ) from None
+    try:
+        built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
         out_dir.mkdir(parents=True, exist_ok=True)
         so = out_dir / built.name
+        digest = tmp / "checksum"
+        digest.write_text(hashlib.sha256(built.read_bytes()).hexdigest() + "\n")
+        os.replace(digest, _checksum_file(so))  # first, so that a half-replaced pair reads as damaged
         os.replace(built, so)  # atomic: a parallel run never sees half a file
+    except (cffi.VerificationError, OSError) as err:
+        raise BuildError(
+            f"Compiling for the host failed ({', '.join(Path(s).name for s in sources) or 'glue code'}); "
+            f"the compiler's messages are above. {err}"
+        ) from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return HostLibrary(*_load(name, so), path=so)
+    return so
 
 
 def _load(name: str, so: Path) -> tuple[cffi.FFI, object]:
@@ -136,7 +187,11 @@ def build_kernels(define_macros: list[tuple[str, str]] | None = None) -> HostLib
     )
 
 
-MODEL_CDEF = "int tml_model_invoke(const int8_t *in, int8_t *out);"
+MODEL_CDEF = """
+int tml_model_invoke(const int8_t *in, int8_t *out);
+extern int tml_model_failed_layer;
+extern const char *const tml_model_layer_names[];
+"""
 MODEL_SOURCES = ("model.c", "model_data.c")
 
 
@@ -144,8 +199,23 @@ def model_macros(model_h: Path) -> dict[str, float]:
     """The numeric `#define TML_MODEL_*` values of a generated model.h."""
     macros = {}
     for name, value in re.findall(r"#define (TML_MODEL_\w+) (-?[\d.e+-]+)f?\n", model_h.read_text()):
-        macros[name] = float(value) if any(c in value for c in ".e") else int(value)
+        try:
+            macros[name] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            continue  # not a number after all: reported as missing where it is needed
     return macros
+
+
+MODEL_MACROS = (
+    "TML_MODEL_INPUT_SIZE",
+    "TML_MODEL_OUTPUT_SIZE",
+    "TML_MODEL_INPUT_SCALE",
+    "TML_MODEL_INPUT_ZERO_POINT",
+    "TML_MODEL_OUTPUT_SCALE",
+    "TML_MODEL_OUTPUT_ZERO_POINT",
+    "TML_MODEL_ARENA_BYTES",
+    "TML_MODEL_LAYER_COUNT",
+)
 
 
 class HostModel:
@@ -153,7 +223,8 @@ class HostModel:
 
     `model(x)` takes int8 inputs shaped (N, TML_MODEL_INPUT_SIZE) or (N, H, W, C) and returns int8
     outputs shaped (N, TML_MODEL_OUTPUT_SIZE). `quantize` and `dequantize` convert float data
-    with the model's input and output scales.
+    with the model's input and output scales. A kernel that returns an error raises KernelError
+    naming the layer and the sample.
     """
 
     def __init__(self, build_dir: Path, library: HostLibrary, macros: dict[str, float]) -> None:
@@ -166,16 +237,58 @@ class HostModel:
         self.output_scale = float(macros["TML_MODEL_OUTPUT_SCALE"])
         self.output_zero_point = int(macros["TML_MODEL_OUTPUT_ZERO_POINT"])
         self.arena_bytes = int(macros["TML_MODEL_ARENA_BYTES"])
+        count = int(macros["TML_MODEL_LAYER_COUNT"])
+        ffi, lib = library.ffi, library.lib
+        self.layer_names = [ffi.string(lib.tml_model_layer_names[i]).decode(errors="replace") for i in range(count)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(x, dtype=np.int8).reshape(-1, self.input_size))
+        x = self._int8_batch(x)
         out = np.zeros((len(x), self.output_size), dtype=np.int8)
         ffi, lib = self.library.ffi, self.library.lib
         for i in range(len(x)):
             status = lib.tml_model_invoke(ffi.from_buffer("int8_t[]", x[i]), ffi.from_buffer("int8_t[]", out[i]))
             if status != 0:
-                raise RuntimeError(f"tml_model_invoke returned {status} on sample {i}")
+                raise self._kernel_error(int(status), int(lib.tml_model_failed_layer), i)
         return out
+
+    def _int8_batch(self, x: np.ndarray) -> np.ndarray:
+        """`x` as a contiguous int8 (N, input size) array, or ModelInputError saying what is wrong with it."""
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise ModelInputError(f"The model in {self.build_dir} takes an int8 array; got {err}.") from None
+        if x.dtype != np.int8:
+            if not np.issubdtype(x.dtype, np.integer):
+                raise ModelInputError(
+                    f"The model in {self.build_dir} takes int8 inputs, got {x.dtype} data; quantize float "
+                    "data first with model.quantize(x)."
+                )
+            if x.size and (x.min() < -128 or x.max() > 127):
+                raise ModelInputError(
+                    f"The model in {self.build_dir} takes int8 inputs, got values in [{x.min()}, {x.max()}]."
+                )
+        if x.ndim == 0 or x.size % self.input_size or (x.ndim > 1 and x[0].size != self.input_size):
+            raise ModelInputError(
+                f"The model in {self.build_dir} takes samples of {self.input_size} int8 values, shaped "
+                f"(N, {self.input_size}) or (N, H, W, C); got an array of shape {x.shape}."
+            )
+        return np.ascontiguousarray(x.astype(np.int8, copy=False).reshape(-1, self.input_size))
+
+    def _kernel_error(self, status: int, layer_index: int, sample: int) -> KernelError:
+        if 0 <= layer_index < len(self.layer_names):
+            layer = self.layer_names[layer_index]
+            where = f"in layer {layer_index} `{layer}`"
+        else:
+            layer, where = None, "in an unknown layer"
+        return KernelError(
+            f"tml_model_invoke returned {status} {where} on sample {sample} (model in {self.build_dir}): that "
+            "layer's kernel rejected its parameters or shapes. The comment above its call in model.c shows what "
+            "it was given.",
+            layer,
+            layer_index,
+            sample,
+            status,
+        )
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         from tinyml.numbers import quantize_tensor
@@ -196,6 +309,13 @@ def load_model(build_dir: str | Path) -> HostModel:
     missing = [f for f in ("model.h", *MODEL_SOURCES) if not (build_dir / f).exists()]
     if missing:
         raise BuildError(f"{build_dir} has no {', '.join(missing)}: is it a `tinyml compile` output directory?")
+    macros = model_macros(build_dir / "model.h")
+    absent = [name for name in MODEL_MACROS if name not in macros]
+    if absent:
+        raise BuildError(
+            f"{build_dir / 'model.h'} does not define {', '.join(absent)} as numbers: it is not a model.h that "
+            "`tinyml compile` wrote (or it was edited)."
+        )
     kernel_dirs = [Path(d) for dirs in plugins.plugin_manager().hook.tinyml_kernel_sources() for d in dirs]
     sources = [build_dir / f for f in MODEL_SOURCES] + sorted(p for d in kernel_dirs for p in (d / "src").glob("*.c"))
     library = build(
@@ -204,4 +324,4 @@ def load_model(build_dir: str | Path) -> HostModel:
         sources=sources,
         include_dirs=[build_dir, *[d / "include" for d in kernel_dirs]],
     )
-    return HostModel(build_dir, library, model_macros(build_dir / "model.h"))
+    return HostModel(build_dir, library, macros)

@@ -4,11 +4,13 @@ A `Kernel` is what the `tinyml_select_kernel` hook returns. Its `emit` gets a `C
 expressions for the node's buffers, a place for static parameter tables) and returns the C
 statements that run the node and assign its `tml_status` to `status`. The core's direct kernels
 (the `tml_*_s8` library in firmware/) answer last, so a plugin can claim the nodes it does better.
+
+A kernel's scratch bytes are computed here in Python, per board, mirroring the C library's
+`tml_*_scratch_bytes` (code generation never compiles C; a test holds the two equal).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -16,9 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tinyml.hookspecs import hookimpl
-from tinyml.host import HostLibrary, build_kernels
 from tinyml.ir import Graph, Node
 from tinyml.reference.elementwise import ADD_PARAM_FIELDS
+from tinyml.weights import c_values
 
 if TYPE_CHECKING:
     from tinyml.board.boards import Board
@@ -29,8 +31,9 @@ class CallSite:
     """Everything the C call for one node may refer to; filled in by the code generator.
 
     `tensor(name)` is a C pointer expression for an activation or constant; `scratch` the
-    node's scratch buffer (or "NULL"); statics added with `add_static` are emitted at file scope
-    in model.c, named with `prefix` so layers never clash.
+    node's scratch buffer (or "NULL"); statics added with `add_static` or `add_array` are emitted
+    at file scope in model.c as `<prefix>_<name>`, where `prefix` is `tml_<layer C name>`: every
+    symbol of a layer starts with it, so the map file reads by layer and layers never clash.
     """
 
     graph: Graph
@@ -39,18 +42,25 @@ class CallSite:
     tensor: Callable[[str], str]
     scratch: str = "NULL"
     statics: list[str] = field(default_factory=list)
+    symbols: list[str] = field(default_factory=list)  # what add_static and add_array declared
 
     def add_static(self, c_type: str, name: str, value: str) -> str:
         """Declare `static const <c_type> <prefix>_<name> = <value>;` and return its name."""
         symbol = f"{self.prefix}_{name}"
         self.statics.append(f"static const {c_type} {symbol} = {value};")
+        self.symbols.append(symbol)
+        return symbol
+
+    def add_array(self, c_type: str, name: str, values: Sequence[int] | np.ndarray, suffix: str = "") -> str:
+        """Declare `static const <c_type> <prefix>_<name>[n] = {...};`, wrapped as weights are; return its name."""
+        symbol = f"{self.prefix}_{name}"
+        n = int(np.size(values))
+        self.statics.append(f"static const {c_type} {symbol}[{n}] = {{\n    {c_values(values, suffix)}\n}};")
+        self.symbols.append(symbol)
         return symbol
 
     def add_int32_array(self, name: str, values: Sequence[int] | np.ndarray) -> str:
-        body = ", ".join(str(int(v)) for v in np.ravel(values))
-        symbol = f"{self.prefix}_{name}"
-        self.statics.append(f"static const int32_t {symbol}[{len(np.ravel(values))}] = {{{body}}};")
-        return symbol
+        return self.add_array("int32_t", name, values)
 
     def input(self, i: int = 0) -> str:
         return self.tensor(self.node.inputs[i])
@@ -62,11 +72,14 @@ class CallSite:
         """A static `tml_shape` for an NHWC tensor (vectors as 1 x 1 x N)."""
         dims = self.graph.tensors[name].shape[1:]
         h, w, c = (1, 1, dims[0]) if len(dims) == 1 else dims
-        return self.add_static("tml_shape", f"shape_{self._index(name)}", f"{{{h}, {w}, {c}}}")
+        return self.add_static("tml_shape", f"{self._role(name)}_shape", f"{{{h}, {w}, {c}}}")
 
-    def _index(self, name: str) -> str:
-        node = self.node
-        return f"in{node.inputs.index(name)}" if name in node.inputs else "out"
+    def _role(self, name: str) -> str:
+        """`input`, `input1`, ... or `output`: what the tensor is to this node, for symbol names."""
+        if name in self.node.outputs:
+            return "output"
+        index = self.node.inputs.index(name)
+        return "input" if index == 0 else f"input{index}"
 
 
 @dataclass
@@ -99,7 +112,7 @@ def _emit_conv(call: CallSite) -> str:
     quant = _quant_channels(call)
     kh, kw = g.tensors[w].shape[1:3]
     in_c = g.tensors[x].shape[-1]
-    filt = call.add_static("tml_shape", "filter", f"{{{kh}, {kw}, {in_c}}}")
+    filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {in_c}}}")
     fn = "tml_dwconv2d_s8" if n.op == "dwconv2d" else "tml_conv2d_s8"
     return (
         f"status = {fn}(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, {call.tensor(w)}, "
@@ -157,26 +170,33 @@ def _emit_add(call: CallSite) -> str:
 
 def _emit_softmax(call: CallSite) -> str:
     n = call.node
-    table = ", ".join(f"{int(v)}u" for v in n.attrs["exp_table"])
-    call.statics.append(f"static const uint32_t {call.prefix}_exp_table[256] = {{{table}}};")
+    table = call.add_array("uint32_t", "exp_table", n.attrs["exp_table"], suffix="u")
     shape = call.graph.tensors[n.inputs[0]].shape
     row = shape[-1]
     rows = int(np.prod(shape)) // row
-    return f"status = tml_softmax_s8({call.prefix}_exp_table, {call.input(0)}, {rows}, {row}, {call.output()});"
+    return f"status = tml_softmax_s8({table}, {call.input(0)}, {rows}, {row}, {call.output()});"
 
 
 def _emit_concat(call: CallSite) -> str:
     g, n = call.graph, call.node
     entries = [
-        f"{{{call.tensor(name)}, {g.tensors[name].shape[-1]}, {-g.tensors[name].zero_point}, {int(m)}, {int(s)}}}"
+        f"        {{{call.tensor(name)}, {t.shape[-1]}, {-t.zero_point}, {int(m)}, {int(s)}}},"
         for name, m, s in zip(n.inputs, n.attrs["multipliers"], n.attrs["shifts"], strict=True)
+        for t in [g.tensors[name]]
     ]
     # Input pointers point into the arena, which is not a constant expression: build the table at run time.
     out = g.tensors[n.outputs[0]]
     outer = out.size // out.shape[-1]
-    return (
-        "{ const tml_concat_input inputs[] = {" + ", ".join(entries) + "}; "
-        f"status = tml_concat_s8(inputs, {len(entries)}, {outer}, {out.zero_point}, {call.output()}); }}"
+    return "\n".join(
+        [
+            "{",
+            "    /* data, channels, input_offset, multiplier, shift */",
+            f"    const tml_concat_input inputs[{len(entries)}] = {{",
+            *entries,
+            "    };",
+            f"    status = tml_concat_s8(inputs, {len(entries)}, {outer}, {out.zero_point}, {call.output()});",
+            "}",
+        ]
     )
 
 
@@ -197,26 +217,30 @@ EMITTERS: dict[str, Callable[[CallSite], str]] = {
 }
 
 
-@functools.cache
-def _host_kernels() -> HostLibrary:
-    """The kernel library compiled for this machine, loaded once per process."""
-    return build_kernels()
+Dims = tuple[int, int, int]  # (h, w, c), as a `tml_shape`
 
 
-def conv_scratch_bytes(graph: Graph, node: Node) -> int:
-    """Scratch bytes of the portable conv kernels, asked of the kernel library itself (compiled for the host)."""
-    kernels = _host_kernels()
-    ffi = kernels.ffi
+def conv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
+    """Scratch bytes of `tml_conv2d_s8` on `board`; mirrors `tml_conv2d_s8_scratch_bytes` in firmware/src.
 
-    def shape(dims: Sequence[int]) -> object:
-        h, w, c = dims
-        return ffi.new("tml_shape *", {"h": h, "w": w, "c": c})
+    Every board runs the portable direct loop today, which needs none; a DSP path (im2col into
+    scratch) would answer more for boards that have it.
+    """
+    return 0
 
+
+def dwconv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
+    """Scratch bytes of `tml_dwconv2d_s8` on `board`; mirrors `tml_dwconv2d_s8_scratch_bytes` in firmware/src."""
+    return 0
+
+
+def conv_scratch_bytes(graph: Graph, node: Node, board: Board | None = None) -> int:
+    """Scratch bytes of the core's kernel for a conv2d or dwconv2d `node` on `board`."""
     x, w = (graph.tensors[n] for n in node.inputs[:2])
     out = graph.tensors[node.outputs[0]]
     kh, kw = w.shape[1:3]
-    fn = kernels.lib.tml_dwconv2d_s8_scratch_bytes if node.op == "dwconv2d" else kernels.lib.tml_conv2d_s8_scratch_bytes
-    return int(fn(shape(x.shape[1:]), shape((kh, kw, x.shape[-1])), shape(out.shape[1:])))
+    fn = dwconv2d_s8_scratch_bytes if node.op == "dwconv2d" else conv2d_s8_scratch_bytes
+    return fn(tuple(x.shape[1:]), (kh, kw, x.shape[-1]), tuple(out.shape[1:]), board)
 
 
 @hookimpl(trylast=True)
@@ -225,7 +249,7 @@ def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kerne
     emit = EMITTERS.get(node.op)
     if emit is None:
         return None
-    scratch = conv_scratch_bytes(graph, node) if node.op in ("conv2d", "dwconv2d") else 0
+    scratch = conv_scratch_bytes(graph, node, board) if node.op in ("conv2d", "dwconv2d") else 0
     return Kernel(function=f"tml_{node.op}_s8", emit=emit, scratch_bytes=scratch)
 
 

@@ -9,7 +9,7 @@
  *   TML instructions <k> <instructions of tml_model_invoke>
  *   TML layer_instructions <k> <layer 0> <layer 1> ...
  *   TML stack <high-water bytes>
- *   TML status <tml_model_invoke's result>
+ *   TML status <tml_model_invoke's result> [layer=<tml_model_failed_layer> sample=<k>, when it failed]
  *
  * The stack is painted with a pattern up to the current stack pointer before anything runs;
  * the high-water mark is the deepest word that no longer holds the pattern.
@@ -116,6 +116,7 @@ int main(void)
     tml_print("\n");
 
     int status = 0;
+    int32_t failed_sample = -1;
     for (int32_t k = 0; k < tml_test_input_count && status == 0; k++) {
         for (int32_t i = 0; i < TML_MODEL_LAYER_COUNT; i++) {
             layer_instructions[i] = 0;
@@ -123,6 +124,9 @@ int main(void)
         const uint64_t start = tml_counter_instructions();
         status = tml_model_invoke(tml_test_inputs[k], output);
         const uint64_t total = tml_counter_instructions() - start;
+        if (status != 0) {
+            failed_sample = k;
+        }
 
         tml_print("TML output ");
         tml_print_int(k);
@@ -138,6 +142,12 @@ int main(void)
     tml_print_int(stack_high_water());
     tml_print("\nTML status ");
     tml_print_int(status);
+    if (status != 0) {
+        tml_print(" layer=");
+        tml_print_int(tml_model_failed_layer);
+        tml_print(" sample=");
+        tml_print_int(failed_sample);
+    }
     tml_print("\n");
     return status == 0 ? TML_EXIT_OK : TML_EXIT_MODEL_ERROR;
 }

@@ -135,7 +135,13 @@ def platformio_ini(board: Board, defines: Iterable[str], pio_platform: str | Non
 
 def test_inputs_c(inputs: np.ndarray) -> str:
     """`tml_test_inputs[N][TML_MODEL_INPUT_SIZE]` and `tml_test_input_count` as C."""
-    rows = ",\n".join("    {" + ", ".join(str(int(v)) for v in row) + "}" for row in inputs)
+    from tinyml.weights import LINE_WIDTH, c_values
+
+    def row_c(row: np.ndarray) -> str:  # one line when it fits, else wrapped as the model's constants are
+        line = "    {" + ", ".join(str(int(v)) for v in row) + "}"
+        return line if len(line) < LINE_WIDTH else "    {\n        " + c_values(row, indent=" " * 8) + "\n    }"
+
+    rows = ",\n".join(row_c(row) for row in inputs)
     return (
         "/* Test inputs the harness runs, written by tinyml. */\n"
         '#include "model.h"\n\n'

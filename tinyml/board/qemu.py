@@ -160,17 +160,14 @@ def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
             f"stderr: {completed.stderr.strip()[-500:] or 'empty'}"
         )
     result = parse_output(log, board.name, board.qemu_machine, status, board.instructions_per_tick)
+    if status == EXIT_MODEL_ERROR:
+        raise FirmwareError(_model_error_message(_status_line(log), result.layer_names, board.name))
     if reference is not None and reference.shape != result.outputs.shape:
         raise BuildFolderError(
             f"The reference outputs in {build_dir} are shaped {reference.shape} but the board gave "
             f"{result.outputs.shape}: the folder was changed after it was built. Build the firmware again."
         )
     result.reference_outputs = reference
-    if status == EXIT_MODEL_ERROR:
-        raise FirmwareError(
-            f"tml_model_invoke returned an error on board {board.name} (status line: "
-            f"{_status_line(log)}); the model's arguments do not match its kernels."
-        )
     return result
 
 
@@ -203,6 +200,23 @@ def _text(value: bytes | str | None) -> str:
 
 def _status_line(log: str) -> str:
     return next((line for line in log.splitlines() if line.startswith("TML status")), "none")
+
+
+def _model_error_message(status_line: str, layer_names: list[str], board: str) -> str:
+    """Which layer failed on which input, from "TML status <s> layer=<i> sample=<k>" and the layer names."""
+    words = status_line.split()
+    fields = dict(item.split("=", 1) for item in words[3:] if "=" in item)
+    status = words[2] if len(words) > 2 else "?"
+    layer = int(fields.get("layer", -1)) if fields.get("layer", "").lstrip("-").isdigit() else -1
+    if 0 <= layer < len(layer_names):
+        where = f"in layer {layer} `{layer_names[layer]}`"
+    else:
+        where = "in an unknown layer"
+    sample = f" on test input {fields['sample']}" if "sample" in fields else ""
+    return (
+        f"tml_model_invoke returned {status} {where}{sample} on board {board}: that layer's kernel rejected its "
+        "parameters or shapes. The comment above its call in model.c shows what it was given."
+    )
 
 
 def parse_fault(log: str) -> dict[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from tinyml.board.project import ELF_NAME, manifest_board
 from tinyml.errors import InvalidElfError
 from tinyml.manifest import read_manifest
+from tinyml.weights import MODEL_IDENTIFIERS, SYMBOL_PREFIX, layer_c_names
 
 FLASH_SECTIONS = (".isr_vector", ".text", ".rodata", ".ARM.exidx", ".data")
 RAM_SECTIONS = (".data", ".bss")
@@ -22,8 +22,8 @@ RAM_SECTIONS = (".data", ".bss")
 class SizeReport:
     """Flash and RAM of a built firmware, by section and by layer, read from its ELF.
 
-    A symbol belongs to a layer when its name is the layer's C name with a `tml_` prefix
-    (weights: `tml_<layer>_weight`) or the code generator's per-layer prefix `l<index>_`.
+    A symbol belongs to a layer when it follows the layer's symbol scheme `tml_<layer C name>_<what>`
+    (weights, biases, parameters, multipliers, shapes; see `tinyml.weights.layer_c_names`).
     """
 
     board: str
@@ -40,17 +40,17 @@ class SizeReport:
         return asdict(self)
 
 
-def _c_name(layer: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in layer)
-
-
 def _layer_of(symbol: str, layer_names: Sequence[str]) -> str | None:
-    match = re.match(r"l(\d+)_", symbol)
-    if match and int(match.group(1)) < len(layer_names):
-        return layer_names[int(match.group(1))]
-    bare = symbol.removeprefix("tml_")
-    owners = [name for name in layer_names if bare.startswith(_c_name(name) + "_")]
-    return max(owners, key=len, default=None)
+    """The layer whose symbol scheme `tml_<layer C name>_<what>` `symbol` follows (the longest C name wins)."""
+    if symbol in MODEL_IDENTIFIERS or not symbol.startswith(SYMBOL_PREFIX):
+        return None
+    bare = symbol.removeprefix(SYMBOL_PREFIX)
+    owners = [
+        (len(c_name), name)
+        for name, c_name in zip(layer_names, layer_c_names(layer_names), strict=True)
+        if bare.startswith(c_name + "_")
+    ]
+    return max(owners, default=(0, None))[1]
 
 
 def check_elf(elf_path: Path) -> None:

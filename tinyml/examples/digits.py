@@ -7,6 +7,7 @@ and the trained weights are cached (keyed by this file's content), so a second r
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +22,38 @@ EPOCHS = 40
 BATCH = 64
 
 
+class DigitsNet(nn.Module):
+    """conv-bn-relu, max pool, conv-bn-relu, conv-relu, flatten, linear: 8x8x1 -> 10 logits.
+
+    Submodules are named, so the compiled layers read `features.conv1`, `features.pool1`, ...,
+    `classifier` (with `features.bn1` and `features.relu1` fused into `features.conv1`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(1, 16, 3, padding=1, bias=False),
+                bn1=nn.BatchNorm2d(16),
+                relu1=nn.ReLU(),
+                pool1=nn.MaxPool2d(2),
+                conv2=nn.Conv2d(16, 32, 3, padding=1, bias=False),
+                bn2=nn.BatchNorm2d(32),
+                relu2=nn.ReLU(),
+                conv3=nn.Conv2d(32, 32, 3, padding=1, stride=2),
+                relu3=nn.ReLU(),
+            )
+        )
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(32 * 2 * 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.features(x)))
+
+
 def make_model() -> nn.Module:
-    """conv-bn-relu, max pool, conv-bn-relu, conv-relu, flatten, linear: 8x8x1 -> 10 logits."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 10),
-    )
+    """The untrained digits CNN."""
+    return DigitsNet()
 
 
 def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
