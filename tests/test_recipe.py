@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinyml import plugins
-from tinyml.errors import RecipeError
+from tinyml.errors import DataError, RecipeError
 from tinyml.recipe import load_factory_model, load_recipe, load_samples
 from tinyml.technique import Technique
 
@@ -189,7 +189,7 @@ def test_factory_weights_that_do_not_fit(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text("import torch\n\ndef make():\n    return torch.nn.Linear(4, 3)\n")
     torch.save(torch.nn.Linear(5, 3).state_dict(), tmp_path / "net.pt")
     recipe = load_recipe(write(tmp_path, '[model]\nfactory = "net.py:make"\nweights = "net.pt"\n'))
-    with pytest.raises(RecipeError, match=r"model.weights: .*net.pt does not fit the model .*size mismatch"):
+    with pytest.raises(RecipeError, match=r"model.weights \(--weights\): .*net.pt does not fit the model .*size mismatch"):
         load_factory_model(recipe.model)
 
 
@@ -208,8 +208,8 @@ def test_samples(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got_y, np.arange(5))
 
     np.savez(tmp_path / "no_x.npz", images=x)
-    with pytest.raises(RecipeError, match=r"data.calibration: .* has no array `x` \(found: images\)"):
+    with pytest.raises(DataError, match=r"data.calibration: .* has no array `x` \(found: images\)"):
         load_samples(tmp_path / "no_x.npz", "data.calibration")
     np.savez(tmp_path / "short_y.npz", x=x, y=np.arange(4))
-    with pytest.raises(RecipeError, match="one integer label per sample"):
+    with pytest.raises(DataError, match="one integer label per sample"):
         load_samples(tmp_path / "short_y.npz", "data.validation")

@@ -20,7 +20,11 @@ class UnsupportedOpError(TinymlError):
         super().__init__(message)
 
 
-class CalibrationError(TinymlError):
+class DataError(TinymlError):
+    """Data (calibration, validation, training; a file or arrays) is unreadable or does not fit the model."""
+
+
+class CalibrationError(DataError):
     """Calibration data is missing or does not match the model."""
 
 
@@ -58,3 +62,7 @@ class FirmwareFault(FirmwareError):
 
 class FirmwareTimeout(FirmwareError):
     """The firmware did not exit within the time limit (a hang, or a timeout set too short)."""
+
+
+class OutputDirError(TinymlError):
+    """An output folder cannot be written, or holds something a build must not replace (the user's files)."""

@@ -1,28 +1,156 @@
-"""Output folders that appear complete or not at all."""
+"""Output folders: written complete or not at all, and never a folder of the user's replaced.
+
+A build writes into a hidden staging folder beside its output (``.<name>.tinyml-<pid>-<random>``)
+and swaps it in only when complete. The output folder may be replaced only when it does not exist,
+is empty, or is a folder an earlier tinyml build wrote (its manifest says ``"generator": "tinyml"``);
+anything else (a project folder, a folder holding the build's own inputs, a file) is an
+`OutputDirError` that names the folder and what to do.
+
+A symbolic link given as the output is followed: the folder it points to obeys the same rule, is
+replaced in place, and the link itself is left alone (so a link to a user's folder is refused, a
+link to an earlier build keeps pointing at the new one). Staging folders of a process that no
+longer runs (a build killed with SIGKILL or a power cut) are removed by the next build into the
+same parent folder.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tinyml.errors import OutputDirError
+
+GENERATOR = "tinyml"
+# what a tinyml build writes into its manifest so a later build knows the folder is its own
+MANIFEST_MARK = {"generator": GENERATOR}
+# the manifests of a compiled model folder and of a firmware folder
+MANIFEST_NAMES = ("manifest.json", "firmware.json")
+_STAGING_NAME = re.compile(r"^\..+\.tinyml-(\d+)-[A-Za-z0-9_]+$")
+_ADVICE = "choose another --out, or empty or remove the folder yourself if you mean to replace it"
+
+
+def is_tinyml_output(folder: Path) -> bool:
+    """Whether `folder` was written by a tinyml build: a manifest in it parses and names tinyml as its generator."""
+    for name in MANIFEST_NAMES:
+        try:
+            manifest = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR:
+            return True
+    return False
+
+
+def check_output_dir(out_dir: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """The resolved output folder, after checking that a build may write it; else `OutputDirError`.
+
+    `inputs` are the files the build reads (recipe, model file, weights, data): the output folder
+    must not contain any of them, nor the current directory. Called before a build starts (so a
+    mistake costs no compile time) and again just before the finished build is swapped in.
+    """
+    given = Path(out_dir)
+    resolved = given.resolve()
+    shown = str(given) if str(given) == str(resolved) else f"{given} ({resolved})"
+    for ancestor in reversed(resolved.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            raise OutputDirError(f"The output folder {shown} cannot be created: {ancestor} is a file; {_ADVICE}.")
+    if resolved.exists() and not resolved.is_dir():
+        raise OutputDirError(f"The output folder {shown} is a file, not a folder; {_ADVICE}.")
+    protected = [Path(p) for p in inputs if p is not None]
+    for path in [*protected, Path.cwd()]:
+        if path.resolve().is_relative_to(resolved):
+            what = "the current folder" if path == Path.cwd() else f"{path}, an input of this build"
+            raise OutputDirError(f"The output folder {shown} contains {what}, which a build would delete; {_ADVICE}.")
+    if resolved.is_dir():
+        entries = sorted(p.name for p in resolved.iterdir())
+        if entries and not is_tinyml_output(resolved):
+            listed = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise OutputDirError(
+                f"The output folder {shown} holds files that no tinyml build wrote ({listed}); tinyml replaces only "
+                f"an empty folder or an earlier build of its own (one with a manifest), so {_ADVICE}."
+            )
+    existing = next(p for p in [resolved, *resolved.parents] if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise OutputDirError(f"The output folder {shown} is not writable ({existing} is read-only); {_ADVICE}.")
+    return resolved
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Remove the staging folders in `parent` whose process no longer runs; the removed paths."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING_NAME.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else
+    return True
+
+
+def _new_staging(out_dir: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tinyml-{os.getpid()}-", dir=out_dir.parent))
+
 
 @contextmanager
-def staged_directory(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder of `out_dir` to fill; on success it replaces `out_dir`.
+def staged_directory(out_dir: Path, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """Yield an empty hidden sibling of `out_dir` to fill; on success it replaces `out_dir`.
 
-    On any error the staging folder is removed and `out_dir` (an earlier good build) is left as it
-    was, so a failed run never leaves a half-written folder that looks good.
+    `out_dir` is checked with `check_output_dir` before and after. On any error, Ctrl-C or
+    SIGTERM (which the `tinyml` command turns into an exception) the staging folder is removed and
+    `out_dir` (an earlier good build) is left as it was, so a failed run never leaves a
+    half-written folder that looks good.
     """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    inputs = list(inputs)
+    out_dir = check_output_dir(out_dir, inputs)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out_dir.parent)
+        staging = _new_staging(out_dir)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OutputDirError(f"The output folder {out_dir} cannot be written ({reason}); {_ADVICE}.") from err
     try:
         yield staging
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        check_output_dir(out_dir, inputs)
+        _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put `staging` at `out_dir`: the old folder is moved aside first and deleted only once the new one is in place."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    trash = _new_staging(out_dir)  # named like a staging folder, so a kill here leaves nothing a later build keeps
+    old = trash / "old"
+    out_dir.rename(old)
+    try:
+        staging.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -14,8 +14,9 @@ each layer). `build_firmware` turns it into a firmware directory::
 The project compiles the model, the kernel library (from the `tinyml_kernel_sources` hook), the
 test harness (`firmware/harness`) with the test inputs, and the board runtime (`boards/runtime`:
 reset, vector table, fault report, semihosting, instruction counter) with release flags (-O2,
-function and data sections, --gc-sections). It is built in a temporary folder and moved into
-place only when the build succeeds.
+function and data sections, --gc-sections). It is built in a temporary folder with a plain path
+(PlatformIO cannot build where the path has `$`, spaces or quotes) and moved into place only
+when the build succeeds; `tinyml.staging` decides which output folders may be replaced.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from tinyml.board import platformio
 from tinyml.board.boards import Board
 from tinyml.errors import BuildError, TinymlError
 from tinyml.resources import HARNESS_DIR, PLATFORM_DIR, RUNTIME_DIR
-from tinyml.staging import staged_directory
+from tinyml.staging import MANIFEST_MARK, staged_directory
 
 MODEL_FILES = ("model.h", "model.c", "model_data.c")
 ELF_NAME = "firmware.elf"
@@ -237,17 +240,19 @@ def build_firmware(
             f"{model_dir} is not a generated model: {', '.join(missing)} missing. Run `tinyml compile` first."
         )
     inputs = _check_inputs(model_dir, test_inputs)
-    with staged_directory(out_dir) as staging:
-        project = staging / PROJECT_DIR_NAME
+    with staged_directory(out_dir) as staging, _plain_work_dir() as work:
+        project = work / PROJECT_DIR_NAME
         write_project(project, model_dir, board, inputs, defines, pio_platform)
         log = platformio.run_pio(project, "run", "--environment", board.name)
         built = project / ".pio" / "build" / board.name / ELF_NAME
         if not built.is_file():
             raise BuildError(f"`pio run` in {project} succeeded but made no {ELF_NAME}.")
+        shutil.copytree(project, staging / PROJECT_DIR_NAME, symlinks=True)
         shutil.copy2(built, staging / ELF_NAME)
         np.save(staging / TEST_INPUTS_NAME, inputs)
         shutil.copytree(model_dir, staging / "model", ignore=shutil.ignore_patterns("__pycache__"))
         manifest = {
+            **MANIFEST_MARK,
             "board": asdict_board(board),
             "test_inputs": len(inputs),
             "defines": defines,
@@ -256,6 +261,22 @@ def build_firmware(
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "build.log").write_text(log)
     return FirmwareBuild(out_dir, out_dir / ELF_NAME, board, log)
+
+
+@contextmanager
+def _plain_work_dir() -> Iterator[Path]:
+    """A temporary folder whose path PlatformIO can build in.
+
+    SCons expands `$` in paths and the compiler flags break on spaces and quotes, so the project is
+    built here rather than in the output folder (whose path the user chose) and copied over after.
+    """
+    with tempfile.TemporaryDirectory(prefix="tinyml-pio-") as work:
+        if not re.fullmatch(r"[\w./+-]+", work):
+            raise BuildError(
+                f"The temporary folder {work} has characters PlatformIO cannot build in ($, spaces, quotes); "
+                "set TMPDIR to a plain path."
+            )
+        yield Path(work)
 
 
 def asdict_board(board: Board) -> dict[str, Any]:
@@ -281,4 +302,3 @@ def manifest_board(manifest: Mapping[str, Any]) -> Board:
     values = dict(manifest["board"])
     values["aliases"] = tuple(values.get("aliases", ()))
     return Board(**values)
-
