@@ -62,11 +62,6 @@ def check_output_dir(out_dir: str | Path, inputs: Iterable[str | Path | None] = 
             raise OutputDirError(f"The output folder {shown} cannot be created: {ancestor} is a file; {_ADVICE}.")
     if resolved.exists() and not resolved.is_dir():
         raise OutputDirError(f"The output folder {shown} is a file, not a folder; {_ADVICE}.")
-    protected = [Path(p) for p in inputs if p is not None]
-    for path in [*protected, Path.cwd()]:
-        if path.resolve().is_relative_to(resolved):
-            what = "the current folder" if path == Path.cwd() else f"{path}, an input of this build"
-            raise OutputDirError(f"The output folder {shown} contains {what}, which a build would delete; {_ADVICE}.")
     if resolved.is_dir():
         entries = sorted(p.name for p in resolved.iterdir())
         if entries and not is_tinyml_output(resolved):
@@ -74,6 +69,14 @@ def check_output_dir(out_dir: str | Path, inputs: Iterable[str | Path | None] = 
             raise OutputDirError(
                 f"The output folder {shown} holds files that no tinyml build wrote ({listed}); tinyml replaces only "
                 f"an empty folder or an earlier build of its own (one with a manifest), so {_ADVICE}."
+            )
+    protected = [Path(p) for p in inputs if p is not None]
+    for path in [*protected, Path.cwd()]:
+        if path.resolve().is_relative_to(resolved):
+            what = "the current folder" if path == Path.cwd() else f"{path}, an input of this build"
+            raise OutputDirError(
+                f"The output folder {shown} contains {what}, which replacing the folder would delete; "
+                "choose another --out (or move that out of the folder)."
             )
     existing = next(p for p in [resolved, *resolved.parents] if p.exists())
     if not os.access(existing, os.W_OK):
@@ -109,7 +112,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def _new_staging(out_dir: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tinyml-{os.getpid()}-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tinyml-{os.getpid()}-", dir=out_dir.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the build folder gets the usual permissions
+    return staging
 
 
 @contextmanager
