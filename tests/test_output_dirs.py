@@ -169,6 +169,18 @@ def test_a_manifest_that_tinyml_did_not_write_is_not_enough(tmp_path: Path) -> N
         check_output_dir(other)
     (other / "manifest.json").write_text('{"generator": "tinyml"}\n')
     assert check_output_dir(other) == other.resolve()
+    (other / "manifest.json").write_text('{"generator": "webpack", "layers": [], "techniques": []}\n')
+    with pytest.raises(OutputDirError):
+        check_output_dir(other)
+
+
+def test_a_build_from_before_the_generator_field_is_recognised(earlier_build: Path, tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    shutil.copytree(earlier_build, build)
+    manifest = json.loads((build / "manifest.json").read_text())
+    del manifest["generator"]
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    assert check_output_dir(build) == build.resolve()
 
 
 def test_out_under_a_file(project: Path, tmp_path: Path) -> None:

@@ -29,20 +29,29 @@ from tinyml.errors import OutputDirError
 GENERATOR = "tinyml"
 # what a tinyml build writes into its manifest so a later build knows the folder is its own
 MANIFEST_MARK = {"generator": GENERATOR}
-# the manifests of a compiled model folder and of a firmware folder
-MANIFEST_NAMES = ("manifest.json", "firmware.json")
+# the manifests of a compiled model folder and of a firmware folder, with the fields every version wrote
+_MANIFESTS = {
+    "manifest.json": {"techniques", "weight_bytes", "arena_bytes", "layers"},
+    "firmware.json": {"board", "test_inputs", "defines", "model_sizes"},
+}
 _STAGING_NAME = re.compile(r"^\..+\.tinyml-(\d+)-[A-Za-z0-9_]+$")
 _ADVICE = "choose another --out, or empty or remove the folder yourself if you mean to replace it"
 
 
 def is_tinyml_output(folder: Path) -> bool:
-    """Whether `folder` was written by a tinyml build: a manifest in it parses and names tinyml as its generator."""
-    for name in MANIFEST_NAMES:
+    """Whether `folder` was written by a tinyml build: a manifest in it parses and names tinyml as its generator.
+
+    Builds from before the `generator` field are recognised by their manifest's own fields, so
+    rebuilding into them (`make demo` twice across an upgrade) keeps working.
+    """
+    for name, legacy_fields in _MANIFESTS.items():
         try:
             manifest = json.loads((folder / name).read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR:
+        if isinstance(manifest, dict) and (
+            manifest.get("generator") == GENERATOR or ("generator" not in manifest and legacy_fields <= manifest.keys())
+        ):
             return True
     return False
 
