@@ -250,7 +250,6 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
             f"model.input_shape is {list(recipe.model.input_shape)} but the calibration samples are shaped "
             f"{list(calibration.shape[1:])} (without the batch axis); make them agree or drop input_shape."
         )
-    outputs = _output_count(model, calibration, recipe)
     for field in ("data.validation", "data.train"):
         path = getattr(recipe.data, field.split(".")[1])
         if path is None:
@@ -258,7 +257,7 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
         label = field_label(field)
         x, y = load_samples(path, label, labels_required=True)
         check_sample_shape(x, calibration.shape[1:], f"{label} file {path}", "calibration samples")
-        check_labels(y, len(x), outputs, f"{label} file {path}")
+        check_labels(y, len(x), _output_count(model, calibration, recipe), f"{label} file {path}")
         if field == "data.validation":
             validation = (x, y)
         else:
@@ -275,8 +274,11 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
     )
 
 
-def _output_count(model: torch.nn.Module, calibration: np.ndarray, recipe: Recipe) -> int:
-    """How many values the float model outputs per sample (what a class label indexes), from one calibration sample."""
+def _output_count(model: torch.nn.Module, calibration: np.ndarray, recipe: Recipe) -> int | None:
+    """How many values the float model's (first) output has per sample, which a class label indexes.
+
+    Found by running one calibration sample, so labels are checked before any work starts.
+    """
     import torch
 
     source = recipe.model.example or recipe.model.factory
@@ -288,8 +290,6 @@ def _output_count(model: torch.nn.Module, calibration: np.ndarray, recipe: Recip
             f"The model {source} fails on a calibration sample shaped {list(calibration.shape[1:])}: "
             f"{type(err).__name__}: {' '.join(str(err).split())}. Give calibration data shaped like the model's input."
         ) from err
-    if not isinstance(out, torch.Tensor):
-        raise CalibrationError(
-            f"The model {source} returns {type(out).__name__}; tinyml compiles models with one tensor output."
-        )
-    return int(np.prod(out.shape[1:]))
+    if isinstance(out, list | tuple) and out:
+        out = out[0]  # validation compares the first output, as `tinyml validate` does
+    return int(np.prod(out.shape[1:])) if isinstance(out, torch.Tensor) else None
