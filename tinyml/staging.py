@@ -72,17 +72,24 @@ def check_output_dir(out_dir: str | Path, inputs: Iterable[str | Path | None] = 
     if resolved.exists() and not resolved.is_dir():
         raise OutputDirError(f"The output folder {shown} is a file, not a folder; {_ADVICE}.")
     if resolved.is_dir():
-        entries = sorted(p.name for p in resolved.iterdir())
+        try:
+            entries = sorted(p.name for p in resolved.iterdir())
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise OutputDirError(f"The output folder {shown} cannot be read ({reason}); {_ADVICE}.") from err
         if entries and not is_tinyml_output(resolved):
             listed = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
             raise OutputDirError(
                 f"The output folder {shown} holds files that no tinyml build wrote ({listed}); tinyml replaces only "
                 f"an empty folder or an earlier build of its own (one with a manifest), so {_ADVICE}."
             )
-    protected = [Path(p) for p in inputs if p is not None]
-    for path in [*protected, Path.cwd()]:
+    protected = [(Path(p), f"{p}, an input of this build") for p in inputs if p is not None]
+    try:
+        protected.append((Path.cwd(), "the current folder"))
+    except OSError:
+        pass  # the current folder no longer exists: nothing of it to protect
+    for path, what in protected:
         if path.resolve().is_relative_to(resolved):
-            what = "the current folder" if path == Path.cwd() else f"{path}, an input of this build"
             raise OutputDirError(
                 f"The output folder {shown} contains {what}, which replacing the folder would delete; "
                 "choose another --out (or move that out of the folder)."
