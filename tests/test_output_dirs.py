@@ -240,7 +240,14 @@ def test_stale_staging_of_a_dead_process_is_removed_by_the_next_build(project: P
 
 
 @needs_toolchain
-def test_sigterm_during_a_firmware_build_exits_cleanly_without_staging(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "exit_code", "said"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM, "Terminated"), (signal.SIGINT, 1, "Aborted")],
+    ids=["SIGTERM", "Ctrl-C"],
+)
+def test_signal_during_a_firmware_build_exits_cleanly_without_staging(
+    tmp_path: Path, signum: int, exit_code: int, said: str
+) -> None:
     out = tmp_path / "fw"
     process = subprocess.Popen(
         [TINYML, "build", "--board", "stm32", "--example", "digits", "--out", str(out)],
@@ -253,10 +260,10 @@ def test_sigterm_during_a_firmware_build_exits_cleanly_without_staging(tmp_path:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the build never started staging"
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "Terminated" in stderr and "Traceback" not in stderr
+    assert process.returncode == exit_code, stderr
+    assert said in stderr and "Traceback" not in stderr
     assert staging_left(tmp_path) == []
     assert not out.exists()
 
