@@ -138,8 +138,11 @@ def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
     """Compile a PyTorch model to C.
 
     `calibration_data` is a batch of representative inputs in PyTorch layout (N, C, H, W) or
-    (N, F), float32. `validation` (inputs, labels) is kept in the build for `tinyml validate`.
-    With `out_dir`, the C and the validation data are written there.
+    (N, F), float32, finite. `validation` (inputs, labels) is kept in the build for `tinyml
+    validate`; its inputs are shaped like the calibration samples and its labels index the model's
+    outputs. `train_data` (inputs, labels) is what fine-tuning techniques get as `Context.train_data`.
+    With `out_dir`, the C and the validation data are written there; it must be new, empty or an
+    earlier tinyml build (`tinyml.staging`), so a folder of the user's is never replaced.
     """
     import torch
 
