@@ -131,19 +131,29 @@ def test_symlink_to_a_user_folder_is_refused_and_the_link_kept(project: Path, tm
     assert link.is_symlink() and link.resolve() == project.resolve()
 
 
-def test_symlink_to_an_earlier_build_replaces_the_build_and_keeps_the_link(earlier_build: Path, tmp_path: Path) -> None:
-    build = tmp_path / "real-build"
+def test_symlink_to_an_earlier_build_is_replaced_and_the_build_it_pointed_to_kept(
+    earlier_build: Path, tmp_path: Path
+) -> None:
+    build = tmp_path / "v1"
     shutil.copytree(earlier_build, build)
-    (build / "model.c").write_text("/* stale */\n")
+    (build / "model.c").write_text("/* v1 */\n")
+    before = snapshot(build)
     link = tmp_path / "latest"
     link.symlink_to(build, target_is_directory=True)
     project = earlier_build.parent / "project"
     result = run("compile", "--recipe", str(project / "tinyml.toml"), "--out", str(link))
     assert result.exit_code == 0, result.stderr
-    assert link.is_symlink() and link.resolve() == build.resolve()
-    assert "stale" not in (build / "model.c").read_text()
-    assert is_tinyml_output(build)
+    assert not link.is_symlink() and is_tinyml_output(link)
+    assert "v1" not in (link / "model.c").read_text()
+    assert snapshot(build) == before
     assert staging_left(tmp_path) == []
+
+
+def test_dangling_symlink_is_refused(project: Path, tmp_path: Path) -> None:
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone", target_is_directory=True)
+    assert_refused(run("compile", "--recipe", str(project / "tinyml.toml"), "--out", str(link)), "not a folder")
+    assert link.is_symlink()
 
 
 def test_an_earlier_build_is_replaced(earlier_build: Path, tmp_path: Path) -> None:

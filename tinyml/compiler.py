@@ -25,7 +25,7 @@ from tinyml.errors import CalibrationError, DataError, RecipeError, TinymlError
 from tinyml.ir import Graph
 from tinyml.progress import progress_bar
 from tinyml.samples import check_labels, check_sample_shape, check_samples
-from tinyml.staging import MANIFEST_MARK, check_output_dir, staged_directory
+from tinyml.staging import MANIFEST_MARK, check_output_dir, output_path, staged_directory
 from tinyml.technique import Context, Technique, silent_progress
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def write_build(
     float_pred: np.ndarray | None,
 ) -> None:
     """Write everything into a temporary sibling of `out_dir`, then swap it in."""
-    out_dir = out_dir.resolve()
+    out_dir = output_path(out_dir)
     with staged_directory(out_dir) as tmp:
         for name, text in build.generated.files.items():
             (tmp / name).write_text(text)

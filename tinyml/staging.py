@@ -6,11 +6,11 @@ is empty, or is a folder an earlier tinyml build wrote (its manifest says ``"gen
 anything else (a project folder, a folder holding the build's own inputs, a file) is an
 `OutputDirError` that names the folder and what to do.
 
-A symbolic link given as the output is followed: the folder it points to obeys the same rule, is
-replaced in place, and the link itself is left alone (so a link to a user's folder is refused, a
-link to an earlier build keeps pointing at the new one). Staging folders of a process that no
-longer runs (a build killed with SIGKILL or a power cut) are removed by the next build into the
-same parent folder.
+A symbolic link given as the output is never followed to delete: when it points at an empty folder
+or an earlier tinyml build, the link itself is replaced by the new build and what it pointed to
+is left as it was; a link to anything else (a user's folder, a file, nothing) is refused.
+Staging folders of a process that no longer runs (a build killed with SIGKILL or a power cut)
+are removed by the next build into the same parent folder.
 """
 
 from __future__ import annotations
@@ -64,14 +64,16 @@ def check_output_dir(out_dir: str | Path, inputs: Iterable[str | Path | None] = 
     mistake costs no compile time) and again just before the finished build is swapped in.
     """
     given = Path(out_dir)
-    resolved = given.resolve()
+    resolved = output_path(given)
     shown = str(given) if str(given) == str(resolved) else f"{given} ({resolved})"
     for ancestor in reversed(resolved.parents):
         if ancestor.exists() and not ancestor.is_dir():
             raise OutputDirError(f"The output folder {shown} cannot be created: {ancestor} is a file; {_ADVICE}.")
-    if resolved.exists() and not resolved.is_dir():
+    if resolved.is_symlink():
+        _check_link(resolved, shown)
+    elif resolved.exists() and not resolved.is_dir():
         raise OutputDirError(f"The output folder {shown} is a file, not a folder; {_ADVICE}.")
-    if resolved.is_dir():
+    if resolved.is_dir() and not resolved.is_symlink():
         try:
             entries = sorted(p.name for p in resolved.iterdir())
         except OSError as err:
@@ -94,10 +96,34 @@ def check_output_dir(out_dir: str | Path, inputs: Iterable[str | Path | None] = 
                 f"The output folder {shown} contains {what}, which replacing the folder would delete; "
                 "choose another --out (or move that out of the folder)."
             )
-    existing = next(p for p in [resolved, *resolved.parents] if p.exists())
+    existing = next(p for p in resolved.parents if p.exists())  # the build is swapped in there
     if not os.access(existing, os.W_OK):
         raise OutputDirError(f"The output folder {shown} is not writable ({existing} is read-only); {_ADVICE}.")
     return resolved
+
+
+def output_path(out_dir: str | Path) -> Path:
+    """`out_dir` made absolute, links resolved in its parents but not in its last part (replaced, not followed)."""
+    given = Path(out_dir)
+    if given.name in ("", ".", ".."):
+        return given.resolve()
+    return given.parent.resolve() / given.name
+
+
+def _check_link(link: Path, shown: str) -> None:
+    """A link as output is replaced by the new build only when it points at an empty folder or an earlier build."""
+    target = link.resolve()
+    if not target.is_dir():
+        raise OutputDirError(
+            f"The output folder {shown} is a symbolic link to {target}, which is not a folder; remove the link "
+            "yourself or choose another --out."
+        )
+    if any(target.iterdir()) and not is_tinyml_output(target):
+        raise OutputDirError(
+            f"The output folder {shown} is a symbolic link to {target}, a folder that no tinyml build wrote; tinyml "
+            "replaces a link (never what it points to) only when it points at an empty folder or an earlier tinyml "
+            f"build, so {_ADVICE}."
+        )
 
 
 def remove_stale_staging(parent: Path) -> list[Path]:
@@ -163,8 +189,8 @@ def staged_directory(out_dir: Path, inputs: Iterable[str | Path | None] = ()) ->
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Put `staging` at `out_dir`: the old folder is moved aside first and deleted only once the new one is in place."""
-    if not out_dir.exists():
+    """Put `staging` at `out_dir`: the old folder (or link) is moved aside first and deleted once the new one is in."""
+    if not out_dir.exists() and not out_dir.is_symlink():
         staging.rename(out_dir)
         return
     trash = _new_staging(out_dir)  # named like a staging folder, so a kill here leaves nothing a later build keeps

@@ -37,7 +37,7 @@ from tinyml.board import platformio
 from tinyml.board.boards import Board
 from tinyml.errors import BuildError, TinymlError
 from tinyml.resources import HARNESS_DIR, PLATFORM_DIR, RUNTIME_DIR
-from tinyml.staging import MANIFEST_MARK, staged_directory
+from tinyml.staging import MANIFEST_MARK, output_path, staged_directory
 
 MODEL_FILES = ("model.h", "model.c", "model_data.c")
 ELF_NAME = "firmware.elf"
@@ -232,7 +232,7 @@ def build_firmware(
     another PlatformIO platform spec (e.g. `ststm32`, which needs network access to install).
     """
     model_dir = Path(model_dir).resolve()
-    out_dir = Path(out_dir).resolve()
+    out_dir = output_path(out_dir)
     defines = list(defines)
     missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
     if missing:
