@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import click
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
+from user_project import write_user_project
 
 from tinyml.cli import main
 from tinyml.errors import RecipeError, TinymlError
 from tinyml.frontend import nchw_to_graph
-
-MODEL_FILE = """
-import torch
-from torch import nn
-
-
-def make_model():
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
-    )
-"""
 
 
 def run(*args: str) -> click.testing.Result:
@@ -35,32 +23,7 @@ def run(*args: str) -> click.testing.Result:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A user's folder: a model factory, its weights, calibration and validation data, a tinyml.toml."""
-    folder = tmp_path_factory.mktemp("project")
-    (folder / "net.py").write_text(MODEL_FILE)
-    namespace: dict = {}
-    exec(MODEL_FILE, namespace)
-    torch.manual_seed(0)
-    torch.save(namespace["make_model"]().state_dict(), folder / "net.pt")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "calib.npz", x=rng.normal(size=(64, 1, 8, 8)).astype(np.float32))
-    np.savez(folder / "val.npz", x=rng.normal(size=(20, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 20))
-    (folder / "tinyml.toml").write_text(
-        textwrap.dedent(
-            """
-            [model]
-            factory = "net.py:make_model"
-            weights = "net.pt"
-
-            [data]
-            calibration = "calib.npz"
-            validation = "val.npz"
-
-            [[techniques]]
-            name = "quantize-int8"
-            """
-        )
-    )
-    return folder
+    return write_user_project(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +96,135 @@ def test_conflicting_model_options_are_a_usage_error() -> None:
     result = run("compile", "--example", "digits", "--model", "net.py:make")
     assert result.exit_code == 2
     assert "either --example or --model" in result.stderr
+
+
+def test_compile_with_flags_only_then_validate(project: Path, tmp_path: Path) -> None:
+    """The README's own-model line, with --val, gives a build that `tinyml validate` measures."""
+    out = tmp_path / "net"
+    result = run(
+        "compile",
+        *("--model", f"{project / 'net.py'}:make_model", "--weights", str(project / "net.pt")),
+        *("--calib", str(project / "calib.npz"), "--val", str(project / "val.npz"), "--out", str(out)),
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(run("validate", str(out), "--json").stdout)
+    assert report["samples"] == 20 and report["c_matches_reference"] is True
+
+
+def _npz(**arrays: np.ndarray):
+    return lambda path: _savez(path, arrays)
+
+
+def _savez(path: Path, arrays: dict) -> None:
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def _with(x: np.ndarray, index: tuple, value: float) -> np.ndarray:
+    x = x.copy()
+    x[index] = value
+    return x
+
+
+def _truncated(path: Path) -> None:
+    _savez(path, {"x": RNG.normal(size=(64, 1, 8, 8)).astype(np.float32)})
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _npy(path: Path) -> None:
+    with path.open("wb") as f:
+        np.save(f, X)
+
+
+RNG = np.random.default_rng(1)
+X = RNG.normal(size=(12, 1, 8, 8)).astype(np.float32)
+Y = RNG.integers(0, 3, 12)
+
+# (flag, file content, words the one-paragraph error must contain)
+DATA_ERRORS = {
+    "calib-nan": ("--calib", _npz(x=_with(X, (2, 0, 1, 1), np.nan)), ["data.calibration (--calib)", "NaN or infinite"]),
+    "calib-inf": ("--calib", _npz(x=_with(X, (0, 0, 0, 0), np.inf)), ["data.calibration (--calib)", "sample 0"]),
+    "calib-npy": ("--calib", _npy, ["data.calibration (--calib)", "single array", "np.savez"]),
+    "calib-text": ("--calib", lambda p: p.write_text("1 2 3\n"), ["data.calibration (--calib)", "not an .npz"]),
+    "calib-truncated": ("--calib", _truncated, ["data.calibration (--calib)", "bad.npz"]),
+    "val-shape": ("--val", _npz(x=X[:, :, :7, :], y=Y), ["data.validation (--val)", "[1, 7, 8]", "[1, 8, 8]"]),
+    "val-no-labels": ("--val", _npz(x=X), ["data.validation (--val)", "has no labels `y`"]),
+    "val-negative": ("--val", _npz(x=X, y=_with(Y, 3, -1)), ["data.validation (--val)", "0 to 2", "e.g. -1"]),
+    "val-57": ("--val", _npz(x=X, y=_with(Y, 5, 57)), ["data.validation (--val)", "3 outputs", "e.g. 57"]),
+    "train-no-labels": ("--train", _npz(x=X), ["data.train (--train)", "has no labels `y`"]),
+}
+
+
+@pytest.mark.parametrize("case", DATA_ERRORS, ids=list(DATA_ERRORS))
+def test_bad_data_is_one_paragraph_at_compile_time(case: str, project: Path, tmp_path: Path) -> None:
+    flag, write, words = DATA_ERRORS[case]
+    bad = tmp_path / "bad.npz"
+    write(bad)
+    data = {"--calib": str(project / "calib.npz"), flag: str(bad)}
+    result = run(
+        "compile",
+        *("--model", f"{project / 'net.py'}:make_model", "--out", str(tmp_path / "out")),
+        *(item for pair in data.items() for item in pair),
+    )
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for word in words:
+        assert word in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_factory_that_raises_is_one_paragraph(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text("def make_model():\n    raise RuntimeError('no GPU here')\n")
+    np.savez(tmp_path / "calib.npz", x=X)
+    result = run("compile", "--model", f"{tmp_path / 'net.py'}:make_model", "--calib", str(tmp_path / "calib.npz"))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: model.factory (--model): {tmp_path / 'net.py'}:make_model() raised RuntimeError: no GPU here\n"
+    )
+
+
+def test_input_shape_with_batch_four_is_rejected(project: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "tinyml.toml"
+    recipe.write_text(f'[model]\nfactory = "{project / "net.py"}:make_model"\ninput_shape = [4, 1, 8, 8]\n')
+    result = run("compile", "--recipe", str(recipe), "--calib", str(project / "calib.npz"))
+    assert result.exit_code == 1
+    assert "model.input_shape" in result.stderr and "batch axis (the first) is 1" in result.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-5"])
+def test_build_needs_at_least_one_input(count: str) -> None:
+    result = run("build", "--board", "stm32", "--inputs", count)
+    assert result.exit_code == 2
+    assert "--inputs" in result.stderr and "x>=1" in result.stderr
+
+
+def test_build_takes_the_model_and_data_flags() -> None:
+    result = run("build", "--help")
+    for flag in ("--model", "--weights", "--calib", "--val", "--train", "--example", "--recipe"):
+        assert flag in result.stdout
+
+
+def test_train_file_feeds_the_techniques_context(project: Path, tmp_path: Path) -> None:
+    """`[data] train` (here --train's override) reaches Context.train_data, checked and as given."""
+    from tinyml.compiler import compile_from_recipe
+    from tinyml.recipe import load_recipe
+    from tinyml.technique import Technique
+
+    seen = {}
+
+    class Recorder(Technique):
+        name = "record-train-data"
+        stage = "train"
+
+        def apply(self, model, context):
+            seen["train"] = context.require_train_data(self.name)
+            return model
+
+    x_train, y_train = X[:10], Y[:10]
+    np.savez(tmp_path / "train.npz", x=x_train, y=y_train)
+    recipe = load_recipe(project / "tinyml.toml", {"data": {"train": str(tmp_path / "train.npz")}})
+    recipe.techniques.insert(0, Recorder())
+    compile_from_recipe(recipe, None, progress=False)
+    np.testing.assert_array_equal(seen["train"][0], x_train)
+    np.testing.assert_array_equal(seen["train"][1], y_train)

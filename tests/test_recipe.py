@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 import types
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinyml import plugins
-from tinyml.errors import RecipeError
+from tinyml.errors import DataError, RecipeError
 from tinyml.recipe import load_factory_model, load_recipe, load_samples
 from tinyml.technique import Technique
 
@@ -72,6 +73,7 @@ def test_full_recipe(tmp_path: Path) -> None:
             [data]
             calibration = "calib.npz"
             validation = "/abs/val.npz"
+            train = "data/train.npz"
 
             [[techniques]]
             name = "prune"
@@ -91,6 +93,7 @@ def test_full_recipe(tmp_path: Path) -> None:
     assert recipe.model.input_shape == [1, 1, 8, 8]
     assert recipe.data.calibration == tmp_path / "calib.npz"
     assert recipe.data.validation == Path("/abs/val.npz")
+    assert recipe.data.train == tmp_path / "data" / "train.npz"
     assert [type(t) for t in recipe.techniques] == [Prune, Demo]
     assert recipe.techniques[1].options == DemoOptions(calibration="percentile", percentile=99.9)
 
@@ -189,7 +192,7 @@ def test_factory_weights_that_do_not_fit(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text("import torch\n\ndef make():\n    return torch.nn.Linear(4, 3)\n")
     torch.save(torch.nn.Linear(5, 3).state_dict(), tmp_path / "net.pt")
     recipe = load_recipe(write(tmp_path, '[model]\nfactory = "net.py:make"\nweights = "net.pt"\n'))
-    with pytest.raises(RecipeError, match=r"model.weights: .*net.pt does not fit the model .*size mismatch"):
+    with pytest.raises(RecipeError, match=r"model.weights \(--weights\): .*net.pt does not fit .*size mismatch"):
         load_factory_model(recipe.model)
 
 
@@ -208,8 +211,106 @@ def test_samples(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got_y, np.arange(5))
 
     np.savez(tmp_path / "no_x.npz", images=x)
-    with pytest.raises(RecipeError, match=r"data.calibration: .* has no array `x` \(found: images\)"):
+    with pytest.raises(DataError, match=r"data.calibration: .* has no array `x` \(found: images\)"):
         load_samples(tmp_path / "no_x.npz", "data.calibration")
     np.savez(tmp_path / "short_y.npz", x=x, y=np.arange(4))
-    with pytest.raises(RecipeError, match="one integer label per sample"):
+    with pytest.raises(DataError, match="one integer label per sample"):
         load_samples(tmp_path / "short_y.npz", "data.validation")
+
+
+def test_input_shape_with_a_batch_other_than_one_is_rejected(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, '[model]\nfactory = "net.py:make"\ninput_shape = [4, 1, 8, 8]\n'))
+    assert "model.input_shape: Value error, must be [1, C, H, W] or [1, F]" in message
+    assert "[4, 1, 8, 8]" in message
+
+
+BLOCKS_A = "from torch import nn\n\ndef block():\n    return nn.Linear(4, 3)\n"
+BLOCKS_B = "from torch import nn\n\ndef block():\n    return nn.Linear(4, 5)\n"
+NET = "from blocks import block\n\ndef make():\n    return block()\n"
+
+
+def test_model_file_imports_its_helper_module(tmp_path: Path) -> None:
+    """`from blocks import ...` beside the model file works; afterwards sys.path and sys.modules are as before,
+    and a second model folder whose helper has the same name gets its own helper."""
+    import sys
+
+    for name, blocks in (("a", BLOCKS_A), ("b", BLOCKS_B)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "blocks.py").write_text(blocks)
+        (tmp_path / name / "net.py").write_text(NET)
+    path_before = list(sys.path)
+    sentinel = types.ModuleType("blocks")  # a module of the same name the user's session already had
+    sys.modules["blocks"] = sentinel
+    try:
+        spec_a = load_recipe(None, {"model": {"factory": f"{tmp_path / 'a' / 'net.py'}:make"}}).model
+        spec_b = load_recipe(None, {"model": {"factory": f"{tmp_path / 'b' / 'net.py'}:make"}}).model
+        assert load_factory_model(spec_a).out_features == 3
+        assert load_factory_model(spec_b).out_features == 5
+        assert load_factory_model(spec_a).out_features == 3
+        assert sys.path == path_before
+        assert sys.modules["blocks"] is sentinel
+    finally:
+        sys.modules.pop("blocks", None)
+
+
+def test_factory_that_raises_is_one_paragraph_naming_file_and_function(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text("def make():\n    raise ValueError('width must be\\neven')\n")
+    recipe = load_recipe(write(tmp_path, '[model]\nfactory = "net.py:make"\n'))
+    with pytest.raises(RecipeError) as info:
+        load_factory_model(recipe.model)
+    message = str(info.value)
+    assert message == f"model.factory (--model): {tmp_path / 'net.py'}:make() raised ValueError: width must be even"
+
+
+def _npy_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((4, 1, 8, 8), np.float32))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (lambda p: p.write_bytes(_npy_bytes()), "holds a single array"),
+        (lambda p: p.write_text("0.1 0.2 0.3\n"), "not an .npz file numpy can read"),
+        (lambda p: p.write_bytes(b""), "not an .npz file numpy can read"),
+    ],
+    ids=["npy", "text", "empty"],
+)
+def test_files_that_are_not_npz(tmp_path: Path, content, expected: str) -> None:
+    path = tmp_path / "calib.npz"
+    content(path)
+    with pytest.raises(DataError, match=expected) as info:
+        load_samples(path, "data.calibration (--calib)")
+    assert str(info.value).startswith(f"data.calibration (--calib): {path}")
+    assert "\n" not in str(info.value)
+
+
+def test_npy_file_is_named_as_a_single_array(tmp_path: Path) -> None:
+    np.save(tmp_path / "calib.npy", np.zeros((4, 1, 8, 8), np.float32))
+    with pytest.raises(DataError, match="holds a single array"):
+        load_samples(tmp_path / "calib.npy", "data.calibration")
+
+
+def test_truncated_npz(tmp_path: Path) -> None:
+    np.savez(tmp_path / "full.npz", x=np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32))
+    data = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"data.calibration: .*cut.npz (is not an .npz file|is damaged)"):
+        load_samples(tmp_path / "cut.npz", "data.calibration")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_samples_with_nan_or_inf(tmp_path: Path, bad: float) -> None:
+    x = np.zeros((10, 1, 8, 8), np.float32)
+    x[3, 0, 2, 2] = bad
+    x[7, 0, 0, 0] = bad
+    np.savez(tmp_path / "calib.npz", x=x)
+    with pytest.raises(DataError, match=r"NaN or infinite values in 2 of 10 samples \(the first is sample 3\)"):
+        load_samples(tmp_path / "calib.npz", "data.calibration")
+
+
+def test_labels_required(tmp_path: Path) -> None:
+    np.savez(tmp_path / "val.npz", x=np.zeros((4, 1, 8, 8), np.float32))
+    with pytest.raises(DataError, match=r"data.validation: .*val.npz has no labels `y`"):
+        load_samples(tmp_path / "val.npz", "data.validation", labels_required=True)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +24,14 @@ from rich.table import Table
 from tinyml import plugins
 from tinyml.board.cli import register as register_board_commands
 from tinyml.errors import TinymlError
-from tinyml.recipe import load_recipe
-
-DEFAULT_RECIPE = Path("tinyml.toml")
+from tinyml.model_options import default_out_name, model_options, recipe_from_options
 
 
 class TinymlGroup(click.Group):
     """A click group that turns a `TinymlError` from any subcommand into a message and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_exit():
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
@@ -38,6 +40,34 @@ class TinymlGroup(click.Group):
                     raise
                 click.echo(f"Error: {err}", err=True)
                 ctx.exit(1)
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM, so builds unwind and remove their staging folders."""
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into an exception (exit code 143) for the duration of a command.
+
+    By default SIGTERM ends the process on the spot, leaving a half-written staging folder; raised
+    as an exception it unwinds through every `finally`. A second SIGTERM during that clean-up is
+    ignored so the clean-up completes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo("Terminated: stopping and removing partial output.", err=True)
+        raise Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -69,37 +99,20 @@ def plugins_command(as_json: bool) -> None:
 
 
 @main.command("compile")
-@click.option("--example", metavar="NAME", help="A bundled example model, e.g. digits.")
-@click.option("--model", "factory", metavar="FILE:FUNC", help="A Python file and its model function.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict saved with torch.save.")
-@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data: .npz with `x` (N,C,H,W).")
-@click.option(
-    "--recipe",
-    type=click.Path(dir_okay=False),
-    help=f"A recipe file (default: ./{DEFAULT_RECIPE} if present). Options given here override it.",
-)
+@model_options
 @click.option("--board", metavar="NAME", help="The target board (see the README's board list).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: build/<model name>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary (layers, bytes, arena) as JSON.")
-def compile_command(
-    example: str | None,
-    factory: str | None,
-    weights: str | None,
-    calib: str | None,
-    recipe: str | None,
-    board: str | None,
-    out: str | None,
-    as_json: bool,
-) -> None:
-    """Compile a model to C: apply the recipe's techniques, plan memory, generate the C sources."""
+def compile_command(board: str | None, out: str | None, as_json: bool, **options: str | None) -> None:
+    """Compile a model to C: apply the recipe's techniques, plan memory, generate the C sources.
+
+    The output folder must be new, empty, or an earlier tinyml build: a folder holding anything
+    else (your project, your data) is never replaced.
+    """
     from tinyml.compiler import compile_from_recipe
 
-    if example and factory:
-        raise click.UsageError("Give either --example or --model, not both.")
-    if weights and not factory:
-        raise click.UsageError("--weights belongs with --model FILE:FUNC.")
-    loaded = load_recipe(_recipe_path(recipe), _overrides(example, factory, weights, calib, board))
-    out_dir = Path(out) if out else Path("build") / (loaded.model.example or loaded.model.factory_file.stem)
+    loaded = recipe_from_options(**options, board=board)
+    out_dir = Path(out) if out else Path("build") / default_out_name(loaded)
     build = compile_from_recipe(loaded, out_dir, progress=not as_json)
     click.echo(json.dumps(build.summary(), indent=2) if as_json else build.report())
 
@@ -135,27 +148,6 @@ def report_command(build_dir: str, no_open: bool) -> None:
     click.echo(str(page.resolve()))
     if not no_open:
         open_report(page)
-
-
-def _recipe_path(recipe: str | None) -> Path | None:
-    if recipe is not None:
-        return Path(recipe)
-    return DEFAULT_RECIPE if DEFAULT_RECIPE.is_file() else None
-
-
-def _overrides(
-    example: str | None, factory: str | None, weights: str | None, calib: str | None, board: str | None
-) -> dict[str, Any]:
-    """Command-line options in the recipe's shape, so they override the file field by field."""
-    model = {k: v for k, v in {"example": example, "factory": factory, "weights": weights}.items() if v}
-    overrides: dict[str, Any] = {}
-    if model:
-        overrides["model"] = model
-    if calib:
-        overrides["data"] = {"calibration": calib}
-    if board:
-        overrides["board"] = board
-    return overrides
 
 
 register_board_commands(main)

@@ -20,12 +20,13 @@ import numpy as np
 
 from tinyml import graphfile, plugins
 from tinyml.codegen import GeneratedModel, describe_fused, generate
-from tinyml.errors import CalibrationError, RecipeError
+from tinyml.errors import CalibrationError, DataError, RecipeError
 from tinyml.ir import Graph
 from tinyml.manifest import read_manifest, write_manifest
 from tinyml.progress import progress_bar
 from tinyml.report import write_compile_report
-from tinyml.staging import staged_directory
+from tinyml.samples import check_labels, check_sample_shape, check_samples
+from tinyml.staging import check_output_dir, output_path, staged_directory
 from tinyml.technique import Context, Technique, silent_progress
 
 if TYPE_CHECKING:
@@ -138,14 +139,23 @@ def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
     """Compile a PyTorch model to C.
 
     `calibration_data` is a batch of representative inputs in PyTorch layout (N, C, H, W) or
-    (N, F), float32. `validation` (inputs, labels) is kept in the build for `tinyml validate`.
-    With `out_dir`, the C and the validation data are written there.
+    (N, F), float32, finite. `validation` (inputs, labels) is kept in the build for `tinyml
+    validate`; its inputs are shaped like the calibration samples and its labels index the model's
+    outputs. `train_data` (inputs, labels) is what fine-tuning techniques get as `Context.train_data`.
+    With `out_dir`, the C and the validation data are written there; it must be new, empty or an
+    earlier tinyml build (`tinyml.staging`), so a folder of the user's is never replaced.
     """
     import torch
 
     from tinyml.frontend import from_torch, nchw_to_graph
 
-    calibration_data = _check_samples(calibration_data, "calibration data")
+    if out_dir is not None:
+        check_output_dir(out_dir)  # before the work, so a refused folder costs no compile time
+    calibration_data = check_samples(calibration_data, "calibration data", CalibrationError)
+    if validation is not None:
+        validation = _check_labelled(validation, calibration_data.shape[1:], "validation data")
+    if train_data is not None:
+        train_data = _check_labelled(train_data, calibration_data.shape[1:], "training data")
     chosen = resolve_techniques(techniques)
     pm = plugins.plugin_manager()
     context = Context(
@@ -167,23 +177,22 @@ def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
     if out_dir is not None:
         float_pred = None
         if validation is not None:
-            x_val = _check_samples(validation[0], "validation data")
             with torch.no_grad():
-                float_pred = model(torch.from_numpy(x_val)).numpy()
-            validation = (x_val, np.asarray(validation[1]))
+                float_pred = model(torch.from_numpy(validation[0])).numpy()
+            outputs = int(np.prod(float_pred.shape[1:]))
+            validation = (validation[0], check_labels(validation[1], len(validation[0]), outputs, "validation data"))
         write_build(build, Path(out_dir), validation, float_pred)
     return build
 
 
-def _check_samples(x: Any, what: str) -> np.ndarray:
-    if x is None:
-        raise CalibrationError(f"No {what} given: pass an array of samples shaped (N, C, H, W) or (N, F).")
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim not in (2, 4) or len(x) == 0:
-        raise CalibrationError(
-            f"The {what} must be a non-empty batch shaped (N, C, H, W) or (N, F); got shape {x.shape}."
-        )
-    return x
+def _check_labelled(pair: tuple[Any, Any], sample_shape: tuple[int, ...], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs shaped like the calibration samples, with one integer label each (validation, training)."""
+    x, y = pair
+    x = check_samples(x, what)
+    check_sample_shape(x, sample_shape, what, "calibration samples")
+    if y is None:
+        raise DataError(f"The {what} has no labels: pass (inputs, labels), one integer class label per sample.")
+    return x, check_labels(y, len(x), None, what)
 
 
 def write_build(
@@ -193,7 +202,7 @@ def write_build(
     float_pred: np.ndarray | None,
 ) -> None:
     """Write everything into a temporary sibling of `out_dir`, then swap it in; the manifest goes last."""
-    out_dir = out_dir.resolve()
+    out_dir = output_path(out_dir)
     with staged_directory(out_dir) as tmp:
         for name, text in build.generated.files.items():
             (tmp / name).write_text(text)
@@ -214,9 +223,15 @@ def load_graph(build_dir: str | Path) -> Graph:
 
 
 def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bool = True) -> Build:
-    """Compile what a recipe names: the bundled example, or a model factory with weights and data."""
-    from tinyml.recipe import load_factory_model, load_samples
+    """Compile what a recipe names: the bundled example, or a model factory with weights and data.
 
+    Every data file is checked against the model before any work starts: calibration finite,
+    validation and training data shaped like it with labels `y` that index the model's outputs.
+    """
+    from tinyml.recipe import field_label, load_factory_model, load_samples, recipe_inputs
+
+    if out_dir is not None:
+        check_output_dir(out_dir, recipe_inputs(recipe))
     validation = train_data = None
     if recipe.model.example:
         from tinyml.examples import get_example
@@ -233,16 +248,25 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
                 "(an .npz with an array `x` of representative inputs, shaped (N, C, H, W))."
             )
     if recipe.data.calibration is not None:
-        calibration, labels = load_samples(recipe.data.calibration, "data.calibration")
+        calibration, labels = load_samples(recipe.data.calibration, field_label("data.calibration"))
         train_data = (calibration, labels) if labels is not None else train_data
     if recipe.model.input_shape is not None and list(calibration.shape[1:]) != list(recipe.model.input_shape[1:]):
         raise CalibrationError(
             f"model.input_shape is {list(recipe.model.input_shape)} but the calibration samples are shaped "
             f"{list(calibration.shape[1:])} (without the batch axis); make them agree or drop input_shape."
         )
-    if recipe.data.validation is not None:
-        x_val, y_val = load_samples(recipe.data.validation, "data.validation")
-        validation = (x_val, y_val) if y_val is not None else None
+    for field in ("data.validation", "data.train"):
+        path = getattr(recipe.data, field.split(".")[1])
+        if path is None:
+            continue
+        label = field_label(field)
+        x, y = load_samples(path, label, labels_required=True)
+        check_sample_shape(x, calibration.shape[1:], f"{label} file {path}", "calibration samples")
+        check_labels(y, len(x), _output_count(model, calibration, recipe), f"{label} file {path}")
+        if field == "data.validation":
+            validation = (x, y)
+        else:
+            train_data = (x, y)
     return compile(
         model,
         calibration,
@@ -253,3 +277,24 @@ def compile_from_recipe(recipe: Recipe, out_dir: str | Path | None, progress: bo
         train_data=train_data,
         progress=progress,
     )
+
+
+def _output_count(model: torch.nn.Module, calibration: np.ndarray, recipe: Recipe) -> int | None:
+    """How many values the float model's (first) output has per sample, which a class label indexes.
+
+    Found by running one calibration sample, so labels are checked before any work starts.
+    """
+    import torch
+
+    source = recipe.model.example or recipe.model.factory
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.from_numpy(calibration[:1]))
+    except Exception as err:
+        raise CalibrationError(
+            f"The model {source} fails on a calibration sample shaped {list(calibration.shape[1:])}: "
+            f"{type(err).__name__}: {' '.join(str(err).split())}. Give calibration data shaped like the model's input."
+        ) from err
+    if isinstance(out, list | tuple) and out:
+        out = out[0]  # validation compares the first output, as `tinyml validate` does
+    return int(np.prod(out.shape[1:])) if isinstance(out, torch.Tensor) else None

@@ -20,7 +20,11 @@ class UnsupportedOpError(TinymlError):
         super().__init__(message)
 
 
-class CalibrationError(TinymlError):
+class DataError(TinymlError):
+    """Data (calibration, validation, training; a file or arrays) is unreadable or does not fit the model."""
+
+
+class CalibrationError(DataError):
     """Calibration data is missing or does not match the model."""
 
 
@@ -89,3 +93,7 @@ class KernelError(TinymlError):
         self.layer_index = layer_index
         self.sample = sample
         self.status = status
+
+
+class OutputDirError(TinymlError):
+    """An output folder cannot be written, or holds something a build must not replace (the user's files)."""

@@ -85,9 +85,26 @@ def is_tinyml_build(path: str | Path) -> bool:
     """Whether tinyml made the folder `path` (a compiled model or a firmware folder, any version).
 
     Only a manifest carrying tinyml's marker counts: a user's folder that merely holds a file
-    called manifest.json is not a build, and neither is a damaged manifest.
+    called manifest.json is not a build, and neither is a damaged manifest. Builds from before
+    the marker are recognised by the fields every such manifest had, so a new build may replace
+    them (`make demo` run again after an upgrade).
     """
-    return build_kind(path) is not None
+    return build_kind(path) is not None or _is_unmarked_build(Path(path))
+
+
+# the fields every manifest written before MARKER existed had, by manifest file
+_UNMARKED_FIELDS = {
+    "manifest.json": {"techniques", "weight_bytes", "arena_bytes", "layers"},
+    "firmware.json": {"board", "test_inputs", "defines", "model_sizes"},
+}
+
+
+def _is_unmarked_build(path: Path) -> bool:
+    for name, fields in _UNMARKED_FIELDS.items():
+        document = _load(path / name) if (path / name).is_file() else None
+        if isinstance(document, dict) and MARKER not in document and fields <= document.keys():
+            return True
+    return False
 
 
 def read_manifest(folder: str | Path, kind: Kind) -> dict[str, Any]:

@@ -9,7 +9,10 @@ directory. The README has a full example with every field.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +21,7 @@ import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from tinyml import plugins
+from tinyml import plugins, samples
 from tinyml.errors import RecipeError
 from tinyml.technique import Technique, describe_validation_error
 
@@ -43,6 +46,16 @@ class ModelSpec(_Section):
     weights: Path | None = None  # a state_dict saved with torch.save
     input_shape: list[PositiveInt] | None = None  # NCHW with batch 1; default: from the calibration data
 
+    @pydantic.field_validator("input_shape")
+    @classmethod
+    def _batch_of_one(cls, shape: list[int] | None) -> list[int] | None:
+        if shape is not None and (len(shape) not in (2, 4) or shape[0] != 1):
+            raise ValueError(
+                "must be [1, C, H, W] or [1, F]: the firmware runs one sample at a time, so the batch axis "
+                "(the first) is 1"
+            )
+        return shape
+
     @pydantic.model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if (self.example is None) == (self.factory is None):
@@ -63,10 +76,16 @@ class ModelSpec(_Section):
 
 
 class DataSpec(_Section):
-    """`[data]`: .npz files holding `x` (N, C, H, W float32) and, optionally, integer labels `y`."""
+    """`[data]`: .npz files holding `x` (N, C, H, W float32) and integer labels `y`.
+
+    `calibration` sets the int8 ranges (`y` optional); `validation` is what `tinyml validate`
+    measures accuracy on (`y` required); `train` is what fine-tuning techniques train on
+    (`Context.train_data`, `y` required).
+    """
 
     calibration: Path | None = None
     validation: Path | None = None
+    train: Path | None = None
 
 
 class TechniqueEntry(_Section):
@@ -97,7 +116,34 @@ class Recipe:
 
 
 # (table, key) pairs holding a path, resolved against the folder of whoever wrote them
-_PATH_FIELDS = (("model", "factory"), ("model", "weights"), ("data", "calibration"), ("data", "validation"))
+_PATH_FIELDS = (
+    ("model", "factory"),
+    ("model", "weights"),
+    ("data", "calibration"),
+    ("data", "validation"),
+    ("data", "train"),
+)
+# the command-line flag of each recipe field that names a file, for error messages
+FIELD_FLAGS = {
+    "model.factory": "--model",
+    "model.weights": "--weights",
+    "data.calibration": "--calib",
+    "data.validation": "--val",
+    "data.train": "--train",
+}
+
+
+def field_label(field: str) -> str:
+    """A recipe field with its command-line flag, e.g. ``data.validation (--val)``."""
+    return f"{field} ({FIELD_FLAGS[field]})" if field in FIELD_FLAGS else field
+
+
+def recipe_inputs(recipe: Recipe) -> list[Path]:
+    """Every file a build reads: the recipe, the model file, weights and data (an output folder must not hold them)."""
+    files = [recipe.path, recipe.model.weights, recipe.data.calibration, recipe.data.validation, recipe.data.train]
+    if recipe.model.factory:
+        files.append(recipe.model.factory_file)
+    return [Path(f) for f in files if f is not None]
 
 
 def load_recipe(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -186,57 +232,96 @@ def _build_technique(entry: TechniqueEntry, index: int, where: str) -> Technique
 
 
 def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
-    """Call the `[model] factory` function and load `weights` into the module it returns."""
+    """Call the `[model] factory` function and load `weights` into the module it returns.
+
+    While the file loads and the function runs, the file's folder comes first on `sys.path`, so
+    the model may import helper modules beside it (``from blocks import InvertedResidual``), as
+    it would when run as a script. Afterwards `sys.path` and `sys.modules` are as they were: two
+    model files whose helper modules share a name do not see each other's.
+    """
     import torch
 
     file, function = spec.factory_file, spec.factory_function
+    where = f"{field_label('model.factory')}: {file}:{function}"
     if not file.is_file():
-        raise RecipeError(f"model.factory: the file {file} does not exist.")
-    module_spec = importlib.util.spec_from_file_location(f"tinyml_user_model_{abs(hash(file))}", file)
-    assert module_spec and module_spec.loader
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:
-        raise RecipeError(f"model.factory: importing {file} failed: {type(err).__name__}: {_one_line(err)}") from err
-    make = getattr(module, function, None)
-    if not callable(make):
-        raise RecipeError(f"model.factory: {file} has no function {function!r}.")
-    model = make()
+        raise RecipeError(f"{field_label('model.factory')}: the file {file} does not exist.")
+    with _importable_folder(file.resolve().parent):
+        module_spec = importlib.util.spec_from_file_location(f"tinyml_user_model_{abs(hash(file))}", file)
+        assert module_spec and module_spec.loader
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise RecipeError(
+                f"{field_label('model.factory')}: importing {file} failed: {type(err).__name__}: {_one_line(err)}"
+            ) from err
+        make = getattr(module, function, None)
+        if not callable(make):
+            raise RecipeError(f"{field_label('model.factory')}: {file} has no function {function!r}.")
+        try:
+            model = make()
+        except Exception as err:
+            raise RecipeError(f"{where}() raised {type(err).__name__}: {_one_line(err)}") from err
     if not isinstance(model, torch.nn.Module):
-        raise RecipeError(f"model.factory: {file}:{function}() returned {type(model).__name__}, not a torch.nn.Module.")
+        raise RecipeError(f"{where}() returned {type(model).__name__}, not a torch.nn.Module.")
     if spec.weights is not None:
+        label = field_label("model.weights")
         try:
             state = torch.load(spec.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state.state_dict() if isinstance(state, torch.nn.Module) else state)
         except FileNotFoundError:
-            raise RecipeError(f"model.weights: the file {spec.weights} does not exist.") from None
+            raise RecipeError(f"{label}: the file {spec.weights} does not exist.") from None
         except Exception as err:
             raise RecipeError(
-                f"model.weights: {spec.weights} does not fit the model from {file}:{function}: {_one_line(err)}"
+                f"{label}: {spec.weights} does not fit the model from {file}:{function}: {_one_line(err)}"
             ) from err
     return model.eval()
 
 
-def load_samples(path: Path, field_name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read `x` (N, C, H, W float32) and optional integer labels `y` from the .npz named by `field_name`."""
+@contextmanager
+def _importable_folder(folder: Path) -> Iterator[None]:
+    """Make `folder`'s modules importable by plain name for the duration, then undo it all.
+
+    Modules already loaded under a name that a file in `folder` also has (another model's
+    `blocks`) are set aside, so the import finds this folder's; modules imported from `folder`
+    are dropped afterwards and the set-aside ones put back. Objects created meanwhile keep their
+    classes (a module need not stay in `sys.modules` for its classes to work).
+    """
+    local = {p.stem for p in folder.glob("*.py")} | {p.parent.name for p in folder.glob("*/__init__.py")}
+    set_aside = {
+        name: module
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in local and not _is_library(name, module)
+    }
+    for name in set_aside:
+        del sys.modules[name]
+    saved_path = list(sys.path)
+    sys.path.insert(0, str(folder))
     try:
-        with np.load(path) as arrays:
-            if not isinstance(arrays, np.lib.npyio.NpzFile):
-                raise RecipeError(f"{field_name}: {path} holds a single array; save it with np.savez(path, x=...).")
-            if "x" not in arrays:
-                raise RecipeError(
-                    f"{field_name}: {path} has no array `x` (found: {', '.join(arrays.files) or 'none'})."
-                )
-            x = np.asarray(arrays["x"], dtype=np.float32)
-            y = np.asarray(arrays["y"]) if "y" in arrays else None
-    except FileNotFoundError:
-        raise RecipeError(f"{field_name}: the file {path} does not exist.") from None
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"{field_name}: {path} is not a readable .npz file: {_one_line(err)}") from err
-    if y is not None and (len(y) != len(x) or not np.issubdtype(y.dtype, np.integer)):
-        raise RecipeError(f"{field_name}: {path}: `y` must hold one integer label per sample of `x`.")
-    return x, y
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for name, module in list(sys.modules.items()):
+            if _module_file(module).is_relative_to(folder):
+                del sys.modules[name]
+        sys.modules.update(set_aside)
+        importlib.invalidate_caches()
+
+
+def _module_file(module: Any) -> Path:
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file else Path("/nonexistent-module-file")
+
+
+def _is_library(name: str, module: Any) -> bool:
+    """The standard library and installed packages are never set aside, whatever a user's file is called."""
+    parts = _module_file(module).parts
+    return name.split(".")[0] in sys.stdlib_module_names or "site-packages" in parts or "dist-packages" in parts
+
+
+def load_samples(path: Path, field_name: str, labels_required: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read `x` and integer labels `y` from the .npz named by the recipe field `field_name`; see `tinyml.samples`."""
+    return samples.load_samples(path, field_name, labels_required)
 
 
 def _one_line(err: BaseException) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import pydantic
 
-from tinyml.errors import RecipeError
+from tinyml.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
     import torch
@@ -37,8 +37,10 @@ class Context:
     """What a technique may use besides its subject: data, the target board and a progress bar.
 
     `calibration` is a float batch in the graph's layout (NHWC); `train_data` is (inputs NCHW
-    float32, integer labels); `example_input` is the torch tensor the model was exported with.
-    Use `progress` as ``with context.progress("calibrating", total=n) as advance: advance(1)``.
+    float32, integer labels), checked against the model before any technique runs: from the
+    recipe's `[data] train` (`--train`), else the calibration file when it has labels `y`, else
+    the bundled example's training split. `example_input` is the torch tensor the model was
+    exported with. Use `progress` as ``with context.progress("calibrating", total=n) as advance: advance(1)``.
     """
 
     calibration: np.ndarray | None = None
@@ -46,6 +48,16 @@ class Context:
     example_input: torch.Tensor | None = None
     board: Board | None = None
     progress: Progress = silent_progress
+
+    def require_train_data(self, technique: str) -> tuple[np.ndarray, np.ndarray]:
+        """The labelled training data a fine-tuning technique needs; a `DataError` naming where to give it."""
+        if self.train_data is None or self.train_data[1] is None:
+            raise DataError(
+                f"Technique {technique!r} fine-tunes the model and needs labelled training data: set "
+                '`[data] train = "train.npz"` in the recipe or pass --train FILE (an .npz with inputs `x` and '
+                "integer labels `y`)."
+            )
+        return self.train_data
 
 
 class NoOptions(pydantic.BaseModel):

@@ -10,18 +10,17 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from tinyml.model_options import model_options, recipe_from_options
+
 if TYPE_CHECKING:
     from tinyml.board.qemu import RunResult
-
-DEFAULT_RECIPE = Path("tinyml.toml")
-DEFAULT_EXAMPLE = "digits"
 
 
 def _print_table(table: Table) -> None:
@@ -63,13 +62,16 @@ def boards_command(as_json: bool) -> None:
 
 @click.command("build")
 @click.option("--board", "board_name", metavar="NAME", required=True, help="Target board (`tinyml boards`).")
-@click.option(
-    "--recipe",
-    type=click.Path(dir_okay=False, exists=True),
-    help=f"A recipe file (default: ./{DEFAULT_RECIPE} if present, else the bundled '{DEFAULT_EXAMPLE}' example).",
-)
+@model_options
 @click.option("--out", type=click.Path(file_okay=False), help="Firmware folder (default: build/<board as given>).")
-@click.option("--inputs", "input_count", default=4, show_default=True, help="Test inputs compiled in for `run`.")
+@click.option(
+    "--inputs",
+    "input_count",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Test inputs compiled in for `run` (the first validation samples).",
+)
 @click.option(
     "--pio-platform",
     metavar="SPEC",
@@ -77,28 +79,28 @@ def boards_command(as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the fit estimate and the built sizes as JSON.")
 def build_command(
-    board_name: str, recipe: str | None, out: str | None, input_count: int, pio_platform: str | None, as_json: bool
+    board_name: str, out: str | None, input_count: int, pio_platform: str | None, as_json: bool, **options: str | None
 ) -> None:
     """Compile the model and build firmware for a board: <out>/firmware.elf and a PlatformIO project.
 
-    The model must fit the board's flash and RAM (checked before anything is built); the firmware
-    runs the model on the first --inputs validation samples when started (`tinyml run`).
+    Takes the same model and data options as `tinyml compile` (default: ./tinyml.toml, else the
+    bundled 'digits' example). The model must fit the board's flash and RAM (checked before
+    anything is built); the firmware runs the model on the first --inputs validation samples when
+    started (`tinyml run`). The output folder must be new, empty, or an earlier tinyml build.
     """
     from tinyml.board.boards import resolve_board
     from tinyml.board.fit import check_build_fits
     from tinyml.board.project import build_firmware, default_test_inputs
     from tinyml.board.size import size_report
     from tinyml.compiler import compile_from_recipe
-    from tinyml.recipe import load_recipe
+    from tinyml.recipe import recipe_inputs
     from tinyml.report import refresh_report
+    from tinyml.staging import check_output_dir
 
     board = resolve_board(board_name)
-    recipe_path = Path(recipe) if recipe else (DEFAULT_RECIPE if DEFAULT_RECIPE.is_file() else None)
-    overrides: dict[str, Any] = {"board": board_name}
-    if recipe_path is None:
-        overrides["model"] = {"example": DEFAULT_EXAMPLE}
-    loaded = load_recipe(recipe_path, overrides)
+    loaded = recipe_from_options(**options, board=board_name)
     out_dir = Path(out) if out else Path("build") / board_name
+    check_output_dir(out_dir, recipe_inputs(loaded))  # before compiling, so a refused folder costs nothing
     with tempfile.TemporaryDirectory(prefix="tinyml-model-") as scratch:
         model_dir = Path(scratch) / "model"
         build = compile_from_recipe(loaded, model_dir, progress=not as_json)

@@ -18,8 +18,9 @@ each layer). `build_firmware` turns it into a firmware directory::
 The project compiles the model, the kernel library (from the `tinyml_kernel_sources` hook), the
 test harness (`firmware/harness`) with the test inputs, and the board runtime (`boards/runtime`:
 reset, vector table, fault report, semihosting, instruction counter) with release flags (-O2,
-function and data sections, --gc-sections). It is built in a temporary folder and moved into
-place only when the build succeeds.
+function and data sections, --gc-sections). It is built in a temporary folder with a plain path
+(PlatformIO cannot build where the path has `$`, spaces or quotes) and moved into place only
+when the build succeeds; `tinyml.staging` decides which output folders may be replaced.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from tinyml.errors import BuildError, BuildFolderError
 from tinyml.graphfile import has_graph
 from tinyml.manifest import MANIFEST_FILES, write_manifest
 from tinyml.resources import HARNESS_DIR, PLATFORM_DIR, RUNTIME_DIR
-from tinyml.staging import staged_directory
+from tinyml.staging import output_path, staged_directory
 
 MODEL_FILES = ("model.h", "model.c", "model_data.c")
 ELF_NAME = "firmware.elf"
@@ -249,7 +252,7 @@ def build_firmware(
     another PlatformIO platform spec (e.g. `ststm32`, which needs network access to install).
     """
     model_dir = Path(model_dir).resolve()
-    out_dir = Path(out_dir).resolve()
+    out_dir = output_path(out_dir)
     defines = list(defines)
     missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
     if missing:
@@ -258,13 +261,14 @@ def build_firmware(
         )
     inputs = _check_inputs(model_dir, test_inputs)
     reference = reference_outputs(model_dir, inputs)
-    with staged_directory(out_dir) as staging:
-        project = staging / PROJECT_DIR_NAME
+    with staged_directory(out_dir) as staging, _plain_work_dir() as work:
+        project = work / PROJECT_DIR_NAME
         write_project(project, model_dir, board, inputs, defines, pio_platform)
         log = platformio.run_pio(project, "run", "--environment", board.name)
         built = project / ".pio" / "build" / board.name / ELF_NAME
         if not built.is_file():
             raise BuildError(f"`pio run` in {project} succeeded but made no {ELF_NAME}.")
+        shutil.copytree(project, staging / PROJECT_DIR_NAME, symlinks=True)
         shutil.copy2(built, staging / ELF_NAME)
         np.save(staging / TEST_INPUTS_NAME, inputs)
         files = [ELF_NAME, TEST_INPUTS_NAME]
@@ -310,6 +314,22 @@ def reference_outputs(model_dir: Path, inputs: np.ndarray) -> np.ndarray | None:
             "the graph are from different compilations. Compile the model again."
         )
     return output.astype(np.int8)
+
+
+@contextmanager
+def _plain_work_dir() -> Iterator[Path]:
+    """A temporary folder whose path PlatformIO can build in.
+
+    SCons expands `$` in paths and the compiler flags break on spaces and quotes, so the project is
+    built here rather than in the output folder (whose path the user chose) and copied over after.
+    """
+    with tempfile.TemporaryDirectory(prefix="tinyml-pio-") as work:
+        if not re.fullmatch(r"[\w./+-]+", work):
+            raise BuildError(
+                f"The temporary folder {work} has characters PlatformIO cannot build in ($, spaces, quotes); "
+                "set TMPDIR to a plain path."
+            )
+        yield Path(work)
 
 
 def asdict_board(board: Board) -> dict[str, Any]:
