@@ -23,6 +23,7 @@ from torch import nn
 
 import tinyml
 from tinyml.cli import main
+from tinyml.codegen import describe_fused
 from tinyml.errors import ReportError
 from tinyml.report import REPORT_DATA, REPORT_HTML, Section, read_folder, render, write_report
 
@@ -113,7 +114,10 @@ def test_compile_writes_a_self_contained_report_of_its_layers_and_plan(compiled)
     for i, node in enumerate(compiled.graph.nodes):
         kernel = compiled.generated.kernels[node.name].function
         shape = "×".join(map(str, compiled.graph.tensors[node.outputs[0]].shape))
-        row = _row(page, [str(i), (node.name + " " + node.source).strip() if node.source != node.name else node.name])
+        cell = node.name + (node.source if node.source != node.name else "")
+        fused = describe_fused(node)
+        cell += f"fused: {', '.join(fused)}" if fused else ""
+        row = _row(page, [str(i), cell])
         assert row[3:6] == [kernel, shape, f"{weights[node.name]:,}"]
         live.append(int(row[7].replace(",", "")))
     # the busiest step holds exactly the bytes of the plan's lower bound

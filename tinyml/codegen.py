@@ -342,8 +342,9 @@ def _wrap_line(line: str, width: int) -> list[str]:
 
 
 def _split_after_commas(code: str) -> list[str]:
-    """`code` cut after each `, ` and `= ` that lies outside a string or character literal (commas kept)."""
-    pieces, start, quote, i = [], 0, "", 0
+    """`code` cut after each `, ` outside a string or character literal (commas kept), and after a
+    `= ` outside brackets (so `.field = value` in an initializer stays on one line)."""
+    pieces, start, quote, depth, i = [], 0, "", 0, 0
     while i < len(code):
         ch = code[i]
         if quote:
@@ -353,7 +354,11 @@ def _split_after_commas(code: str) -> list[str]:
                 quote = ""
         elif ch in "\"'":
             quote = ch
-        elif code.startswith(", ", i) or (i > 0 and code.startswith(" = ", i - 1)):
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif code.startswith(", ", i) or (depth == 0 and i > 0 and code.startswith(" = ", i - 1)):
             pieces.append(code[start : i + 1])
             start = i + 2
             i += 1

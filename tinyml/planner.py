@@ -159,7 +159,7 @@ class MemoryPlan:
         ax.set_xlim(-0.5, steps - 0.5)
         ax.set_ylim(0, max(self.arena_bytes, self.greedy_bytes, 1) * 1.2)
         if step_labels:
-            ax.set_xticks(range(len(step_labels)), [f"{i}: {label}" for i, label in enumerate(step_labels)])
+            ax.set_xticks(range(len(step_labels)), [f"{i}: {_short(label)}" for i, label in enumerate(step_labels)])
             ax.tick_params(axis="x", labelrotation=35, labelsize=7)
             for label in ax.get_xticklabels():
                 label.set_horizontalalignment("right")
@@ -429,3 +429,8 @@ def _round_up(n: int, alignment: int) -> int:
 
 def _where(source: str) -> str:
     return f" from `{source}`" if source else ""
+
+
+def _short(label: str, limit: int = 32) -> str:
+    """A layer name short enough for an axis tick: the end of a long module path says the most."""
+    return label if len(label) <= limit else "…" + label[-(limit - 1) :]

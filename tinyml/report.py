@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tinyml.codegen import describe_fused
 from tinyml.errors import ReportError, TinymlError
 from tinyml.planner import MemoryPlan
 
@@ -87,6 +88,7 @@ def model_data(build: Build) -> dict[str, Any]:
                 "source": node.source,
                 "op": node.op,
                 "activation": node.attrs.get("activation") or "none",
+                "fused": describe_fused(node),
                 "kernel": kernel.function,
                 "output_shape": list(graph.tensors[node.outputs[0]].shape),
                 "weight_bytes": weights[node.name],
@@ -368,6 +370,8 @@ def layers_section(folder: BuildFolder) -> Section | None:
         name = f"<code>{_e(layer['name'])}</code>"
         if source and source != layer["name"]:
             name += f'<div class="sub">{_e(source)}</div>'
+        if layer.get("fused"):
+            name += f'<div class="sub">fused: {_e(", ".join(layer["fused"]))}</div>'
         op = layer["op"] + (f" + {layer['activation']}" if layer.get("activation", "none") != "none" else "")
         share = 100 * layer["arena_bytes"] / peak
         rows.append(
