@@ -28,7 +28,8 @@ from tinyml.model_options import default_out_name, model_options, recipe_from_op
 
 
 class TinymlGroup(click.Group):
-    """A click group that turns a `TinymlError` from any subcommand into a message and exit code 1."""
+    """A click group that turns a `TinymlError` (or a bad option value) from any subcommand into one
+    paragraph and exit code 1; other usage errors keep click's usage text and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings(), _sigterm_as_exit():
@@ -39,6 +40,11 @@ class TinymlGroup(click.Group):
                 if ctx.meta.get("tinyml.debug"):
                     raise
                 click.echo(f"Error: {err}", err=True)
+                ctx.exit(1)
+            except click.BadParameter as err:
+                # a value out of range is the user's data, like any other: one paragraph, exit 1
+                command = err.ctx.command_path if err.ctx else ctx.command_path
+                click.echo(f"Error: {err.format_message()} See `{command} --help`.", err=True)
                 ctx.exit(1)
 
 
