@@ -198,7 +198,7 @@ def test_build_needs_at_least_one_input(count: str) -> None:
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert message.startswith("Error: ") and "\n" not in message
-    assert "--inputs" in message and "x>=1" in message and "tinyml build --help" in message
+    assert "--inputs" in message and "x>=1" in message and "build --help" in message
 
 
 def test_build_takes_the_model_and_data_flags() -> None:
