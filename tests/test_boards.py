@@ -66,15 +66,41 @@ def test_unknown_board_lists_the_known_ones():
         assert name in message
 
 
-def test_malformed_board_file_names_the_file_and_field(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ((r"clock_hz = .*", 'clock_hz = "fast"'), r"bad\.toml: clock_hz: Input should be a valid integer, got 'fast'"),
+        ((r"\ncore = .*", ""), r"bad\.toml: core: Field required"),
+        ((r"origin = 0x08", "orgin = 0x08"), r"bad\.toml: flash\.orgin: Extra inputs are not permitted"),
+        ((r"\ndsp = true", "\ndsp = true\nspeed = 3"), r"bad\.toml: speed: Extra inputs.*expected one of: name,"),
+        ((r'"tim2"', '"dwt"'), r"bad\.toml: qemu\.counter: Input should be 'tim2' or 'systick', got 'dwt'"),
+        ((r"bytes = 131_072", "bytes = -1"), r"bad\.toml: ram\.bytes: Input should be greater than 0"),
+        ((r"dsp = true", "dsp = 1"), r"bad\.toml: dsp: Input should be a valid boolean"),
+    ],
+)
+def test_malformed_board_file_names_the_file_and_field(tmp_path: Path, change: tuple[str, str], expected: str):
     path = tmp_path / "bad.toml"
-    good = (resources.PLATFORM_DIR.parent / "stm32f405.toml").read_text()
-    path.write_text(re.sub(r"clock_hz = .*", 'clock_hz = "fast"', good))
-    with pytest.raises(BoardError, match=r"bad\.toml.*'clock_hz'"):
+    good = (resources.BOARDS_DIR / "stm32f405.toml").read_text()
+    changed = re.sub(*change, good, count=1)
+    assert changed != good
+    path.write_text(changed)
+    with pytest.raises(BoardError, match=expected):
         load_board_file(path)
-    path.write_text('name = "bad"\n')
-    with pytest.raises(BoardError, match="'core' is missing"):
+
+
+def test_unreadable_board_file_is_named(tmp_path: Path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "x\n')
+    with pytest.raises(BoardError, match=r"Cannot read board file .*broken\.toml"):
         load_board_file(path)
+
+
+def test_board_from_a_file_is_frozen_and_hashable():
+    board = resolve_board("stm32")
+    assert board == load_board_file(resources.BOARDS_DIR / "stm32f405.toml")
+    assert len({board, resolve_board("stm32f405")}) == 1
+    with pytest.raises(AttributeError):
+        board.ram_bytes = 1  # type: ignore[misc]
 
 
 def test_boards_command_lists_every_board_as_json():
