@@ -193,7 +193,46 @@ def test_fit_check_names_the_overflow_and_the_heaviest_layer():
         fit.check_fit(board, 1000, weights, code_bytes=4096)
     over = sum(weights.values()) + 4096 - board.flash_bytes
     message = str(err.value)
-    assert f"{over} bytes more" in message and "'fc_big'" in message and "Huffman" in message
+    assert f"{over} bytes more" in message and "'fc_big'" in message
+
+
+def _flash_and_ram_misfit(board) -> str:
+    with pytest.raises(FitError) as err:
+        fit.check_fit(board, board.ram_bytes, {"fc": board.flash_bytes}, live_arena_bytes={"conv": board.ram_bytes})
+    return str(err.value)
+
+
+def test_fit_advice_names_no_technique_that_is_not_installed():
+    from tinyml import plugins
+
+    installed = plugins.techniques()
+    assert not any(getattr(cls, "reduces", ()) for cls in installed.values()), "the test assumes none is installed"
+    message = _flash_and_ram_misfit(resolve_board("stm32"))
+    assert message.count("no installed technique is marked to") == 2
+    for missing in ("huffman", "binariz", "architecture search under", "'prune"):
+        assert missing not in message.lower()
+
+
+def test_fit_advice_names_the_installed_techniques_that_help(monkeypatch: pytest.MonkeyPatch):
+    from tinyml import plugins
+    from tinyml.technique import Technique
+
+    class Prune(Technique):
+        name, stage, reduces = "prune-magnitude", "train", ("flash",)
+
+    class Shrink(Technique):
+        name, stage, reduces = "shrink-width", "train", ("ram", "flash")
+
+    class Clip(Technique):
+        name, stage = "clip-weights", "graph"
+
+    techniques = {cls.name: cls for cls in (Prune, Shrink, Clip)}
+    monkeypatch.setattr(plugins, "techniques", lambda: techniques)
+    message = _flash_and_ram_misfit(resolve_board("stm32"))
+    flash, ram = message.split("; RAM: ")
+    assert "installed techniques that make weights smaller: 'prune-magnitude', 'shrink-width'" in flash
+    assert "installed techniques that make activations smaller: 'shrink-width'" in ram
+    assert "clip-weights" not in message and "no installed technique" not in message
 
 
 def test_fit_check_names_the_layer_that_sets_the_ram_peak():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -335,3 +336,121 @@ def test_firmware_with_a_plugin_kernel_runs_in_qemu_like_the_host(
     firmware = build_firmware(build.out_dir, resolve_board("stm32"), tmp_path / "fw", inputs)
     result = run_firmware(firmware.out_dir, timeout=60)
     np.testing.assert_array_equal(result.outputs, load_model(build.out_dir)(inputs))
+
+
+# --- a misbehaving plugin is named, with its distribution, in one paragraph ---------------------------------
+
+MODEL_FILE = """
+from torch import nn
+
+
+def make_model():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+"""
+
+
+@pytest.fixture
+def user_project(tmp_path: Path) -> Path:
+    """A user's folder with a model factory and calibration data."""
+    (tmp_path / "net.py").write_text(MODEL_FILE)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(16, 1, 6, 6)).astype(np.float32))
+    return tmp_path
+
+
+def recipe_with(folder: Path, *techniques: str) -> Path:
+    entries = "".join(f'\n[[techniques]]\nname = "{name}"\n' for name in techniques)
+    path = folder / "tinyml.toml"
+    path.write_text(f'[model]\nfactory = "net.py:make_model"\n\n[data]\ncalibration = "calib.npz"\n{entries}')
+    return path
+
+
+def test_technique_that_raises_is_named_with_its_distribution(site: Path, user_project: Path) -> None:
+    recipe = recipe_with(user_project, "explode", "quantize-int8")
+    result = run_tinyml(site, "compile", "--recipe", str(recipe), "--out", str(user_project / "out"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert result.stderr.rstrip().endswith(error) and "Traceback" not in result.stderr
+    assert "technique 'explode' (plugin 'faulty' from distribution tinyml-faulty 2.0) failed" in error
+    assert "ValueError: the weights are on fire" in error
+    assert not (user_project / "out").exists()
+    debug = run_tinyml(site, "--debug", "compile", "--recipe", str(recipe), "--out", str(user_project / "out"))
+    assert "Traceback" in debug.stderr and "the weights are on fire" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    ("technique", "expected"),
+    [
+        ("vanish", "technique 'vanish' (plugin 'tinyml_faulty' from distribution tinyml-faulty 2.0) returned NoneType"),
+        ("mistype", "technique 'mistype' (plugin 'tinyml_faulty' from distribution tinyml-faulty 2.0) returned str"),
+    ],
+)
+def test_technique_returning_the_wrong_thing_is_named(
+    site: Path, monkeypatch: pytest.MonkeyPatch, fresh_plugin_manager: None, technique: str, expected: str
+) -> None:
+    from tinyml.compiler import compile as compile_model
+    from tinyml.errors import PluginError
+
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "tinyml_faulty")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    with pytest.raises(PluginError, match=re.escape(expected)):
+        compile_model(model, np.ones((2, 4), np.float32), techniques=[technique], progress=False)
+
+
+BAD_HOOKS = """
+from tinyml.hookspecs import hookimpl
+
+
+@hookimpl
+def tinyml_select_kernel(node, graph, board):
+    if node.op == "fc":
+        return {select!r}
+    if node.op == "conv2d" and {raise_on_conv}:
+        raise KeyError("stride")
+    return None
+
+
+@hookimpl
+def tinyml_encode_weights(tensor, board):
+    return {encode!r} if tensor.dtype == "int32" else None
+"""
+
+
+@pytest.mark.parametrize(
+    ("hooks", "expected"),
+    [
+        (
+            {"select": "tml_fc_s8", "encode": None, "raise_on_conv": False},
+            r"plugin 'bad_hooks' \(not from an installed distribution\) answered tinyml_select_kernel for node "
+            r"`\S+` \(fc\) with 'tml_fc_s8' \(a str\); the hook must return a tinyml\.kernels\.Kernel or None",
+        ),
+        (
+            {"select": None, "encode": "raw", "raise_on_conv": False},
+            r"plugin 'bad_hooks' .* answered tinyml_encode_weights for tensor `\S+` with 'raw' \(a str\); "
+            r"the hook must return a tinyml\.weights\.EncodedTensor or None",
+        ),
+        (
+            {"select": None, "encode": None, "raise_on_conv": True},
+            r"plugin 'bad_hooks' .* failed in tinyml_select_kernel for node `\S+` \(conv2d\): KeyError: 'stride'",
+        ),
+    ],
+)
+def test_kernel_and_weight_hooks_answering_wrongly_are_named(
+    user_project: Path, monkeypatch: pytest.MonkeyPatch, fresh_plugin_manager: None, hooks: dict, expected: str
+) -> None:
+    from click.testing import CliRunner
+
+    from tinyml.cli import main
+
+    (user_project / "bad_hooks.py").write_text(BAD_HOOKS.format(**hooks))
+    monkeypatch.delitem(sys.modules, "bad_hooks", raising=False)  # each case imports its own version
+    monkeypatch.syspath_prepend(str(user_project))
+    monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV)
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "bad_hooks")
+    monkeypatch.chdir(user_project)
+    result = CliRunner().invoke(main, ["compile", "--out", "out"])
+    assert result.exit_code == 1, result.output
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert result.stderr.rstrip().endswith(error) and "Traceback" not in result.output
+    assert re.search(expected, error), error
+    assert not (user_project / "out").exists()

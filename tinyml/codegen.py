@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tinyml import plugins
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph
 from tinyml.kernels import CallSite, Kernel
@@ -43,7 +44,9 @@ class GeneratedModel:
 def select_kernels(graph: Graph, board: Board | None, pm: pluggy.PluginManager) -> dict[str, Kernel]:
     kernels = {}
     for node in graph.nodes:
-        kernel = pm.hook.tinyml_select_kernel(node=node, graph=graph, board=board)
+        kernel = plugins.first_answer(
+            pm, "tinyml_select_kernel", Kernel, f"node `{node.name}` ({node.op})", node=node, graph=graph, board=board
+        )
         if kernel is None:
             raise TinymlError(
                 f"No kernel implements op `{node.op}` of node `{node.name}` (from `{node.source}`); "
@@ -75,7 +78,12 @@ def generate(graph: Graph, board: Board | None, pm: pluggy.PluginManager) -> Gen
         )
     kernels = select_kernels(graph, board, pm)
     plan = plan_memory(graph, kernels)
-    weights = {t.name: pm.hook.tinyml_encode_weights(tensor=t, board=board) for t in graph.constants()}
+    weights = {
+        t.name: plugins.first_answer(
+            pm, "tinyml_encode_weights", EncodedTensor, f"tensor `{t.name}`", tensor=t, board=board
+        )
+        for t in graph.constants()
+    }
     files = {
         "model.h": _model_h(graph, plan),
         "model.c": _model_c(graph, plan, kernels, weights),

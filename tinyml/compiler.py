@@ -21,7 +21,7 @@ import numpy as np
 
 from tinyml import plugins
 from tinyml.codegen import GeneratedModel, generate
-from tinyml.errors import CalibrationError, RecipeError, TinymlError
+from tinyml.errors import CalibrationError, PluginError, RecipeError, TinymlError
 from tinyml.ir import Graph
 from tinyml.progress import progress_bar
 from tinyml.staging import staged_directory
@@ -155,12 +155,12 @@ def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
     )
     model = copy.deepcopy(model).eval()
     for technique in (t for t in chosen if t.stage == "train"):
-        model = technique.apply(model, context).eval()
+        model = _apply_technique(technique, model, context, torch.nn.Module).eval()
     float_graph = from_torch(model, context.example_input)
     context.calibration = nchw_to_graph(calibration_data)
     graph = float_graph
     for technique in (t for t in chosen if t.stage == "graph"):
-        graph = technique.apply(graph, context)
+        graph = _apply_technique(technique, graph, context, Graph)
     generated = generate(graph, board, pm)
     build = Build(None, graph, float_graph, generated, board, chosen)
     if out_dir is not None:
@@ -172,6 +172,25 @@ def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
             validation = (x_val, np.asarray(validation[1]))
         write_build(build, Path(out_dir), validation, float_pred)
     return build
+
+
+def _apply_technique(technique: Technique, subject: Any, context: Context, expected: type) -> Any:
+    """`technique.apply`, with a technique that raises or returns the wrong thing named with its plugin."""
+    try:
+        result = technique.apply(subject, context)
+    except TinymlError:
+        raise
+    except Exception as err:
+        raise PluginError(
+            f"{plugins.describe_technique(technique)} failed: {type(err).__name__}: {err}. Run with --debug for the "
+            "traceback; check the technique's options, or report it to the plugin's authors."
+        ) from err
+    if not isinstance(result, expected):
+        raise PluginError(
+            f"{plugins.describe_technique(technique)} returned {type(result).__name__} from apply(); a "
+            f"{technique.stage}-stage technique must return the transformed {expected.__qualname__}."
+        )
+    return result
 
 
 def _check_samples(x: Any, what: str) -> np.ndarray:
