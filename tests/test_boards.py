@@ -18,14 +18,7 @@ from tinyml.board.boards import BoardError, builtin_boards, load_board_file, res
 from tinyml.board.cli import boards_command
 from tinyml.errors import BuildError, FitError
 
-FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "tiny_model"
 EXPECTED_BOARDS = ("stm32f405", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "stm32f746", "nucleo-l4r5zi")
-
-
-@pytest.fixture
-def core_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TINYML_PLATFORMIO_CORE_DIR", str(tmp_path / "pio-core"))
-    return tmp_path / "pio-core"
 
 
 def test_every_board_is_shipped_and_stm32_is_the_stm32f405():
@@ -111,11 +104,11 @@ def test_boards_command_lists_every_board_as_json():
     assert listed["stm32f405"]["aliases"] == ["stm32"]
 
 
-def test_core_dir_links_tool_scons_with_the_version_platformio_wants(core_dir: Path):
+def test_core_dir_links_tool_scons_with_the_version_platformio_wants(pio_core_dir: Path):
     from platformio.dependencies import get_core_dependencies
 
     root = platformio.prepare_core_dir()
-    assert root == core_dir
+    assert root == pio_core_dir
     link = json.loads((root / "packages" / "tool-scons.pio-link").read_text())
     assert link["spec"]["owner"] == "platformio" and link["spec"]["name"] == "tool-scons"
     package = Path(link["spec"]["uri"].removeprefix("symlink://"))
@@ -130,11 +123,11 @@ def test_core_dir_links_tool_scons_with_the_version_platformio_wants(core_dir: P
     assert json.loads((root / "appstate.json").read_text())["settings"]["enable_telemetry"] is False
 
 
-def test_pio_env_is_offline(core_dir: Path):
+def test_pio_env_is_offline(pio_core_dir: Path):
     env = platformio.pio_env()
     assert env["PLATFORMIO_SETTING_ENABLE_TELEMETRY"] == "no"
     assert env["PLATFORMIO_DISABLE_UPGRADE_CHECK"] == "true"
-    assert env["PLATFORMIO_CORE_DIR"] == str(core_dir)
+    assert env["PLATFORMIO_CORE_DIR"] == str(pio_core_dir)
 
 
 def test_platform_class_is_named_from_platform_json():
@@ -145,14 +138,14 @@ def test_platform_class_is_named_from_platform_json():
     assert f"class {class_name}(" in (resources.PLATFORM_DIR / "platform.py").read_text()
 
 
-def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, core_dir: Path):
+def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, pio_core_dir: Path, tiny_model_dir: Path):
     board = resolve_board("stm32")
     inputs = np.arange(32, dtype=np.int8).reshape(2, 16)
     project = tmp_path / "project"
-    firmware_project.write_project(project, FIXTURE_MODEL, board, inputs, defines=["EXTRA=1"])
+    firmware_project.write_project(project, tiny_model_dir, board, inputs, defines=["EXTRA=1"])
     ini = (project / "platformio.ini").read_text()
     assert f"platform = symlink://{resources.PLATFORM_DIR}" in ini
-    assert f"core_dir = {core_dir}" in ini
+    assert f"core_dir = {pio_core_dir}" in ini
     assert "-DTML_PROFILE" in ini and "-DTML_COUNTER_TIM2" in ini and "-DEXTRA=1" in ini
     board_json = json.loads((project / "boards" / "stm32f405.json").read_text())
     assert board_json["upload"]["maximum_size"] == board.flash_bytes
@@ -167,10 +160,10 @@ def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, core
     assert "tml_test_input_count = 2;" in table and "{16, 17, 18" in table
 
 
-def test_build_rejects_inputs_of_the_wrong_size(tmp_path: Path):
+def test_build_rejects_inputs_of_the_wrong_size(tmp_path: Path, tiny_model_dir: Path):
     with pytest.raises(BuildError, match=r"16 int8 values per input"):
         inputs = np.zeros((2, 15), np.int8)
-        firmware_project.build_firmware(FIXTURE_MODEL, resolve_board("stm32"), tmp_path / "fw", inputs)
+        firmware_project.build_firmware(tiny_model_dir, resolve_board("stm32"), tmp_path / "fw", inputs)
     assert not (tmp_path / "fw").exists()
 
 
