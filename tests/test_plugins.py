@@ -135,7 +135,7 @@ def test_disabled_autoload_loads_modules_named_in_env(site: Path) -> None:
         site, "plugins", "--json", TINYML_DISABLE_PLUGIN_AUTOLOAD="1", TINYML_PLUGINS="tinyml_weight_clip"
     )
     found = listed(result)
-    assert "tinyml_weight_clip" in found
+    assert found["tinyml_weight_clip"]["distribution"] == "tinyml-weight-clip"  # found from the module's package
     assert "quantize-int8" not in found
     assert "broken" not in result.stderr
 

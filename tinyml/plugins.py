@@ -227,8 +227,9 @@ def describe_technique(technique: Technique) -> str:
 
 
 def first_answer(pm: pluggy.PluginManager, hook_name: str, expected: type, what: str, **kwargs: Any) -> Any:
-    """Call a ``firstresult`` hook as pluggy does (last registered first, tryfirst/trylast kept) and
-    check the answer's type, so a plugin that raises or answers with something else is named.
+    """Call a ``firstresult`` hook as pluggy does (last registered first, tryfirst/trylast kept; hook
+    wrappers are not run) and check the answer's type, so a plugin that raises or answers with
+    something else is named with its distribution.
 
     `what` says what was asked (e.g. "node `conv1`") for the message.
     """
