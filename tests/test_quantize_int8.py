@@ -167,6 +167,23 @@ def test_all_zero_calibration_of_a_model_without_biases_names_every_layer() -> N
     assert np.mean(_int8_top1(q, x) == expected) >= 0.8
 
 
+def test_almost_constant_calibration_names_the_layers_far_narrower_than_their_weights_allow() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 1)).eval()  # one channel: no spread across channels
+    calib = 1.0 + np.random.default_rng(2).normal(scale=1e-5, size=(16, 1, 6, 6)).astype(np.float32)
+    graph = from_torch(model, torch.from_numpy(calib[:1]))
+    with pytest.warns(DegenerateRangeWarning) as caught:
+        q = QuantizeInt8().apply(graph, Context(calibration=nchw_to_graph(calib)))
+    message = str(caught[0].message)
+    assert f"`{graph.inputs[0]}`" not in message, "the input's range [0, 1] (zero included) is usable"
+    first = next(node for node in graph.nodes if node.op == "fc")
+    assert f"`{first.outputs[0]}`" in message
+    # The first layer's range is what its weights allow for inputs in [0, 1.00005], not the ~1e-4 wide one seen.
+    w, b = (graph.tensors[n].data for n in first.inputs[1:])
+    out = q.tensors[first.outputs[0]]
+    assert (255 * out.scale) >= 0.5 * float(np.max(b + np.clip(w, 0, None).reshape(len(b), -1).sum(1)))
+
+
 def _int8_top1(q, x_nchw: np.ndarray) -> np.ndarray:
     t = q.tensors[q.inputs[0]]
     xq = np.clip(np.round(nchw_to_graph(x_nchw) / t.scale) + t.zero_point, -128, 127).astype(np.int8)
