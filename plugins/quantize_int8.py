@@ -1,13 +1,16 @@
 """quantize-int8: post-training int8 quantization of a float graph, TFLite's int8 scheme.
 
 Activations are asymmetric per tensor, with ranges calibrated on representative data (min/max,
-or a percentile to ignore outliers). Weights are symmetric per output channel in [-127, 127];
-biases int32 at scale s_in * s_w. Each node gets the Q31 multipliers, shifts and clamps its
-kernel needs, computed with `tinyml.numbers` so the C kernels and the numpy reference agree.
+or a percentile to ignore outliers). A range the data cannot give (constant calibration data, e.g.
+all zeros) is replaced and named in a `DegenerateRangeWarning`; see `guard_ranges`. Weights are
+symmetric per output channel in [-127, 127]; biases int32 at scale s_in * s_w. Each node gets the
+Q31 multipliers, shifts and clamps its kernel needs, computed with `tinyml.numbers` so the C
+kernels and the numpy reference agree.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -25,6 +28,15 @@ CALIBRATION_BATCH = 256
 SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
 # Ops whose output keeps the input's scale and zero point (no requantization inside the kernel).
 SAME_QUANT_OPS = ("maxpool", "avgpool", "flatten")
+# A calibrated range narrower than this fraction of the range its layer's weights allow (for the
+# input range the layer gets) is degenerate. Real data stay far above it (the digits example's
+# narrowest layer is at about 1/10 of its bound); constant calibration data fall far below.
+NARROW_FRACTION = 1e-3
+MIN_INPUT_HALF_WIDTH = 1.0
+
+
+class DegenerateRangeWarning(UserWarning):
+    """Calibration gave some tensors a range of (almost) zero width: their int8 scale had to be chosen otherwise."""
 
 
 class QuantizeInt8Options(BaseModel):
@@ -57,7 +69,7 @@ class QuantizeInt8(Technique):
     def apply(self, graph: Graph, context: Context) -> Graph:
         if graph.is_quantized:
             return graph
-        ranges = calibrate(graph, context, self.options)
+        ranges = guard_ranges(graph, calibrate(graph, context, self.options))
         if self.options.qat_epochs > 0:
             if context.train_data is None or context.train_data[1] is None:
                 raise CalibrationError(
@@ -67,7 +79,9 @@ class QuantizeInt8(Technique):
             from tinyml_plugins.qat import fine_tune
 
             graph = fine_tune(graph, ranges, context, self.options.qat_epochs, self.options.qat_lr)
-            ranges = calibrate(graph, context, self.options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DegenerateRangeWarning)  # said once already
+                ranges = guard_ranges(graph, calibrate(graph, context, self.options))
         return quantize(graph, ranges)
 
 
@@ -118,6 +132,85 @@ def _summary(value: np.ndarray, options: QuantizeInt8Options) -> np.ndarray:
     if flat.size > 200_000:
         flat = np.random.default_rng(0).choice(flat, 200_000, replace=False)
     return flat
+
+
+def guard_ranges(graph: Graph, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """`ranges` with every degenerate one replaced, and a `DegenerateRangeWarning` naming those tensors.
+
+    Degenerate: zero width, or (for the output of a conv, depthwise conv, fully connected, add or concat)
+    narrower than `NARROW_FRACTION` of the range its inputs' ranges and its weights allow. Constant
+    calibration data do that: every sample the same makes every activation constant, and an int8
+    scale from a zero-width range is ~0, so any other input saturates. The replacements:
+
+    - the model input, seen only at one value v: v +/- max(|v|, 1) (so all-zero data give [-1, 1]);
+    - a layer's output: the range its weights and bias allow for its (guarded) input range, i.e.
+      bias + the sums of positive and negative weights times the input's bounds, then the fused
+      activation. Wider than real data would give (coarser steps), but nothing saturates.
+
+    Every range still contains 0 (`activation_quant` widens it), so zero-valued inputs, padding and
+    ReLU's floor stay exact.
+    """
+    guarded = dict(ranges)
+    named = []
+    for name in graph.inputs:
+        lo, hi = ranges[name]
+        if _zero_width(lo, hi):
+            half = max(abs(lo), MIN_INPUT_HALF_WIDTH)
+            guarded[name] = (lo - half, hi + half)
+            named.append(name)
+    for node in graph.nodes:
+        out = node.outputs[0]
+        if node.op in SAME_QUANT_OPS or node.op == "softmax" or out not in ranges:
+            continue
+        lo, hi = ranges[out]
+        allowed = _allowed_range(graph, node, guarded)
+        if allowed is None or not (_zero_width(lo, hi) or hi - lo < NARROW_FRACTION * (allowed[1] - allowed[0])):
+            continue
+        if _zero_width(*allowed):
+            half = max(abs(lo), MIN_INPUT_HALF_WIDTH)
+            allowed = (lo - half, hi + half)
+        guarded[out] = allowed
+        named.append(out)
+    if named:
+        listed = ", ".join(f"`{n}`" for n in named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
+        warnings.warn(
+            f"quantize-int8: the calibration data give a degenerate range (zero width, or far narrower than the "
+            f"weights allow) to {len(named)} tensor(s): {listed}. Are the calibration samples constant (e.g. all "
+            "zeros)? Those tensors were quantized with a range taken from the weights instead (coarser than "
+            "representative data would give); calibrate with real samples for an accurate int8 model.",
+            DegenerateRangeWarning,
+            stacklevel=2,
+        )
+    return guarded
+
+
+def _zero_width(lo: float, hi: float) -> bool:
+    return hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi))
+
+
+def _allowed_range(graph: Graph, node: Node, ranges: dict[str, tuple[float, float]]) -> tuple[float, float] | None:
+    """Interval arithmetic: the output range `node` can produce from its inputs' ranges (each widened to hold 0,
+    as zero padding does); None for ops it does not cover."""
+    bounds = [(min(ranges[n][0], 0.0), max(ranges[n][1], 0.0)) for n in node.inputs if n in ranges]
+    if node.op in ("conv2d", "dwconv2d", "fc"):
+        (a, b), w, bias = bounds[0], graph.tensors[node.inputs[1]].data, graph.tensors[node.inputs[2]].data
+        w = np.asarray(w, dtype=np.float64)
+        per_channel = (np.moveaxis(w, -1, 0) if node.op == "dwconv2d" else w).reshape(len(bias), -1)
+        positive, negative = np.clip(per_channel, 0, None).sum(1), np.clip(per_channel, None, 0).sum(1)
+        lo = float(np.min(bias + positive * a + negative * b))
+        hi = float(np.max(bias + positive * b + negative * a))
+    elif node.op == "add":
+        lo, hi = bounds[0][0] + bounds[1][0], bounds[0][1] + bounds[1][1]
+    elif node.op == "concat":
+        lo, hi = min(lo for lo, _ in bounds), max(hi for _, hi in bounds)
+    else:
+        return None
+    activation = node.attrs.get("activation", "none")
+    if activation in ("relu", "relu6"):
+        lo, hi = max(lo, 0.0), max(hi, 0.0)
+    if activation == "relu6":
+        lo, hi = min(lo, 6.0), min(hi, 6.0)
+    return lo, hi
 
 
 def activation_quant(lo: float, hi: float) -> tuple[float, int]:

@@ -18,14 +18,7 @@ from tinyml.board.boards import BoardError, builtin_boards, load_board_file, res
 from tinyml.board.cli import boards_command
 from tinyml.errors import BuildError, FitError
 
-FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "tiny_model"
 EXPECTED_BOARDS = ("stm32f405", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "stm32f746", "nucleo-l4r5zi")
-
-
-@pytest.fixture
-def core_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TINYML_PLATFORMIO_CORE_DIR", str(tmp_path / "pio-core"))
-    return tmp_path / "pio-core"
 
 
 def test_every_board_is_shipped_and_stm32_is_the_stm32f405():
@@ -66,15 +59,41 @@ def test_unknown_board_lists_the_known_ones():
         assert name in message
 
 
-def test_malformed_board_file_names_the_file_and_field(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ((r"clock_hz = .*", 'clock_hz = "fast"'), r"bad\.toml: clock_hz: Input should be a valid integer, got 'fast'"),
+        ((r"\ncore = .*", ""), r"bad\.toml: core: Field required"),
+        ((r"origin = 0x08", "orgin = 0x08"), r"bad\.toml: flash\.orgin: Extra inputs are not permitted"),
+        ((r"\ndsp = true", "\ndsp = true\nspeed = 3"), r"bad\.toml: speed: Extra inputs.*expected one of: name,"),
+        ((r'"tim2"', '"dwt"'), r"bad\.toml: qemu\.counter: Input should be 'tim2' or 'systick', got 'dwt'"),
+        ((r"bytes = 131_072", "bytes = -1"), r"bad\.toml: ram\.bytes: Input should be greater than 0"),
+        ((r"dsp = true", "dsp = 1"), r"bad\.toml: dsp: Input should be a valid boolean"),
+    ],
+)
+def test_malformed_board_file_names_the_file_and_field(tmp_path: Path, change: tuple[str, str], expected: str):
     path = tmp_path / "bad.toml"
-    good = (resources.PLATFORM_DIR.parent / "stm32f405.toml").read_text()
-    path.write_text(re.sub(r"clock_hz = .*", 'clock_hz = "fast"', good))
-    with pytest.raises(BoardError, match=r"bad\.toml.*'clock_hz'"):
+    good = (resources.BOARDS_DIR / "stm32f405.toml").read_text()
+    changed = re.sub(*change, good, count=1)
+    assert changed != good
+    path.write_text(changed)
+    with pytest.raises(BoardError, match=expected):
         load_board_file(path)
-    path.write_text('name = "bad"\n')
-    with pytest.raises(BoardError, match="'core' is missing"):
+
+
+def test_unreadable_board_file_is_named(tmp_path: Path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "x\n')
+    with pytest.raises(BoardError, match=r"Cannot read board file .*broken\.toml"):
         load_board_file(path)
+
+
+def test_board_from_a_file_is_frozen_and_hashable():
+    board = resolve_board("stm32")
+    assert board == load_board_file(resources.BOARDS_DIR / "stm32f405.toml")
+    assert len({board, resolve_board("stm32f405")}) == 1
+    with pytest.raises(AttributeError):
+        board.ram_bytes = 1  # type: ignore[misc]
 
 
 def test_boards_command_lists_every_board_as_json():
@@ -85,11 +104,11 @@ def test_boards_command_lists_every_board_as_json():
     assert listed["stm32f405"]["aliases"] == ["stm32"]
 
 
-def test_core_dir_links_tool_scons_with_the_version_platformio_wants(core_dir: Path):
+def test_core_dir_links_tool_scons_with_the_version_platformio_wants(pio_core_dir: Path):
     from platformio.dependencies import get_core_dependencies
 
     root = platformio.prepare_core_dir()
-    assert root == core_dir
+    assert root == pio_core_dir
     link = json.loads((root / "packages" / "tool-scons.pio-link").read_text())
     assert link["spec"]["owner"] == "platformio" and link["spec"]["name"] == "tool-scons"
     package = Path(link["spec"]["uri"].removeprefix("symlink://"))
@@ -104,11 +123,11 @@ def test_core_dir_links_tool_scons_with_the_version_platformio_wants(core_dir: P
     assert json.loads((root / "appstate.json").read_text())["settings"]["enable_telemetry"] is False
 
 
-def test_pio_env_is_offline(core_dir: Path):
+def test_pio_env_is_offline(pio_core_dir: Path):
     env = platformio.pio_env()
     assert env["PLATFORMIO_SETTING_ENABLE_TELEMETRY"] == "no"
     assert env["PLATFORMIO_DISABLE_UPGRADE_CHECK"] == "true"
-    assert env["PLATFORMIO_CORE_DIR"] == str(core_dir)
+    assert env["PLATFORMIO_CORE_DIR"] == str(pio_core_dir)
 
 
 def test_platform_class_is_named_from_platform_json():
@@ -119,14 +138,14 @@ def test_platform_class_is_named_from_platform_json():
     assert f"class {class_name}(" in (resources.PLATFORM_DIR / "platform.py").read_text()
 
 
-def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, core_dir: Path):
+def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, pio_core_dir: Path, tiny_model_dir: Path):
     board = resolve_board("stm32")
     inputs = np.arange(32, dtype=np.int8).reshape(2, 16)
     project = tmp_path / "project"
-    firmware_project.write_project(project, FIXTURE_MODEL, board, inputs, defines=["EXTRA=1"])
+    firmware_project.write_project(project, tiny_model_dir, board, inputs, defines=["EXTRA=1"])
     ini = (project / "platformio.ini").read_text()
     assert f"platform = symlink://{resources.PLATFORM_DIR}" in ini
-    assert f"core_dir = {core_dir}" in ini
+    assert f"core_dir = {pio_core_dir}" in ini
     assert "-DTML_PROFILE" in ini and "-DTML_COUNTER_TIM2" in ini and "-DEXTRA=1" in ini
     board_json = json.loads((project / "boards" / "stm32f405.json").read_text())
     assert board_json["upload"]["maximum_size"] == board.flash_bytes
@@ -141,10 +160,10 @@ def test_written_project_is_complete_and_has_no_test_folder(tmp_path: Path, core
     assert "tml_test_input_count = 2;" in table and "{16, 17, 18" in table
 
 
-def test_build_rejects_inputs_of_the_wrong_size(tmp_path: Path):
+def test_build_rejects_inputs_of_the_wrong_size(tmp_path: Path, tiny_model_dir: Path):
     with pytest.raises(BuildError, match=r"16 int8 values per input"):
         inputs = np.zeros((2, 15), np.int8)
-        firmware_project.build_firmware(FIXTURE_MODEL, resolve_board("stm32"), tmp_path / "fw", inputs)
+        firmware_project.build_firmware(tiny_model_dir, resolve_board("stm32"), tmp_path / "fw", inputs)
     assert not (tmp_path / "fw").exists()
 
 
@@ -167,7 +186,46 @@ def test_fit_check_names_the_overflow_and_the_heaviest_layer():
         fit.check_fit(board, 1000, weights, code_bytes=4096)
     over = sum(weights.values()) + 4096 - board.flash_bytes
     message = str(err.value)
-    assert f"{over} bytes more" in message and "'fc_big'" in message and "Huffman" in message
+    assert f"{over} bytes more" in message and "'fc_big'" in message
+
+
+def _flash_and_ram_misfit(board) -> str:
+    with pytest.raises(FitError) as err:
+        fit.check_fit(board, board.ram_bytes, {"fc": board.flash_bytes}, live_arena_bytes={"conv": board.ram_bytes})
+    return str(err.value)
+
+
+def test_fit_advice_names_no_technique_that_is_not_installed():
+    from tinyml import plugins
+
+    installed = plugins.techniques()
+    assert not any(getattr(cls, "reduces", ()) for cls in installed.values()), "the test assumes none is installed"
+    message = _flash_and_ram_misfit(resolve_board("stm32"))
+    assert message.count("no installed technique is marked to") == 2
+    for missing in ("huffman", "binariz", "architecture search under", "'prune"):
+        assert missing not in message.lower()
+
+
+def test_fit_advice_names_the_installed_techniques_that_help(monkeypatch: pytest.MonkeyPatch):
+    from tinyml import plugins
+    from tinyml.technique import Technique
+
+    class Prune(Technique):
+        name, stage, reduces = "prune-magnitude", "train", ("flash",)
+
+    class Shrink(Technique):
+        name, stage, reduces = "shrink-width", "train", ("ram", "flash")
+
+    class Clip(Technique):
+        name, stage = "clip-weights", "graph"
+
+    techniques = {cls.name: cls for cls in (Prune, Shrink, Clip)}
+    monkeypatch.setattr(plugins, "techniques", lambda: techniques)
+    message = _flash_and_ram_misfit(resolve_board("stm32"))
+    flash, ram = message.split("; RAM: ")
+    assert "installed techniques that make weights smaller: 'prune-magnitude', 'shrink-width'" in flash
+    assert "installed techniques that make activations smaller: 'shrink-width'" in ram
+    assert "clip-weights" not in message and "no installed technique" not in message
 
 
 def test_fit_check_names_the_layer_that_sets_the_ram_peak():

@@ -142,12 +142,10 @@ def test_failed_compile_leaves_no_build_directory(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_digits_example_accuracy_through_c(tmp_path) -> None:
-    from tinyml.recipe import load_recipe
+def test_digits_example_accuracy_through_c(digits_build) -> None:
     from tinyml.validation import validate
 
-    compiler.compile_from_recipe(load_recipe(None, {"model": {"example": "digits"}}), tmp_path / "digits")
-    result = validate(tmp_path / "digits")
+    result = validate(digits_build.out_dir)
     assert result["samples"] >= 400
     assert result["c_matches_reference"], result
     assert result["float_accuracy"] >= 0.95, result

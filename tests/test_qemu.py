@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinyml import host
+from tinyml import host, resources
 from tinyml.board import platformio
 from tinyml.board.boards import builtin_boards, resolve_board
 from tinyml.board.cli import build_command, run_command, size_command
@@ -36,35 +36,28 @@ from tinyml.cli import main
 from tinyml.errors import BuildError, FirmwareError, FirmwareFault, FirmwareTimeout, FitError
 from tinyml.weights import layer_c_names
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
-        reason="needs arm-none-eabi-gcc and qemu-system-arm",
-    ),
-]
+pytestmark = pytest.mark.qemu  # skipped without arm-none-eabi-gcc and qemu-system-arm (tests/conftest.py)
 
-FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "tiny_model"
 BOARD_NAMES = [b.name for b in builtin_boards()]
 INPUTS = np.random.default_rng(11).integers(-128, 128, size=(5, 16), dtype=np.int8)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
     """The fixture model's firmware for every board."""
     root = tmp_path_factory.mktemp("firmware")
     return {
-        name: build_firmware(FIXTURE_MODEL, resolve_board(name), root / name, INPUTS).out_dir for name in BOARD_NAMES
+        name: build_firmware(tiny_model_dir, resolve_board(name), root / name, INPUTS).out_dir for name in BOARD_NAMES
     }
 
 
 @pytest.fixture(scope="module")
-def host_outputs() -> np.ndarray:
+def host_outputs(tiny_model_dir: Path) -> np.ndarray:
     library = host.build(
         cdef=host.MODEL_CDEF,
         source='#include "model.h"\n',
-        sources=[FIXTURE_MODEL / "model.c", FIXTURE_MODEL / "model_data.c"],
-        include_dirs=[FIXTURE_MODEL, host.FIRMWARE_DIR / "include"],
+        sources=[tiny_model_dir / "model.c", tiny_model_dir / "model_data.c"],
+        include_dirs=[tiny_model_dir, resources.FIRMWARE_DIR / "include"],
     )
     ffi, lib = library.ffi, library.lib
     out = np.zeros((len(INPUTS), 4), dtype=np.int8)
@@ -133,8 +126,10 @@ def test_cli_run_and_size_print_json(built):
 
 
 @pytest.mark.parametrize("board", ["stm32f405", "cortex-m33"])
-def test_fault_is_reported_with_registers(tmp_path, board):
-    out = build_firmware(FIXTURE_MODEL, resolve_board(board), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_FAULT"])
+def test_fault_is_reported_with_registers(tmp_path, board, tiny_model_dir):
+    out = build_firmware(
+        tiny_model_dir, resolve_board(board), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_FAULT"]
+    )
     with pytest.raises(FirmwareFault) as err:
         run_firmware(out.out_dir, timeout=30)
     registers = err.value.registers
@@ -143,20 +138,20 @@ def test_fault_is_reported_with_registers(tmp_path, board):
     assert "pc=" in str(err.value) and "addr2line" in str(err.value)
 
 
-def test_hang_is_reported_as_timeout(tmp_path):
+def test_hang_is_reported_as_timeout(tmp_path, tiny_model_dir):
     out = build_firmware(
-        FIXTURE_MODEL, resolve_board("cortex-m3"), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_HANG"]
+        tiny_model_dir, resolve_board("cortex-m3"), tmp_path / "fw", INPUTS[:1], defines=["TML_INJECT_HANG"]
     )
     with pytest.raises(FirmwareTimeout, match="did not exit within 2 s"):
         run_firmware(out.out_dir, timeout=2)
 
 
-def test_failed_build_keeps_the_previous_firmware(built, tmp_path):
+def test_failed_build_keeps_the_previous_firmware(built, tmp_path, tiny_model_dir):
     out_dir = tmp_path / "fw"
     shutil.copytree(built["cortex-m3"], out_dir)
     before = (out_dir / ELF_NAME).read_bytes()
     broken = tmp_path / "broken"
-    shutil.copytree(FIXTURE_MODEL, broken)
+    shutil.copytree(tiny_model_dir, broken)
     (broken / "model.c").write_text((broken / "model.c").read_text() + "\nthis is not C;\n")
     with pytest.raises(BuildError, match="model.c"):
         build_firmware(broken, resolve_board("cortex-m3"), out_dir, INPUTS)
@@ -174,20 +169,10 @@ def test_plain_pio_run_inside_the_project_works_offline(built, tmp_path):
     assert (project / ".pio" / "build" / "stm32f405" / ELF_NAME).is_file()
 
 
-@pytest.fixture(scope="module")
-def example_build(tmp_path_factory: pytest.TempPathFactory):
-    """The bundled example compiled by the real code generator (a `tinyml.compiler.Build`)."""
-    from tinyml.compiler import compile_from_recipe
-    from tinyml.recipe import load_recipe
-
-    out = tmp_path_factory.mktemp("example") / "model"
-    return compile_from_recipe(load_recipe(None, {"model": {"example": "digits"}}), out, progress=False)
-
-
 @pytest.mark.parametrize("board", BOARD_NAMES)
-def test_example_model_matches_the_host_build(example_build, tmp_path, board):
+def test_example_model_matches_the_host_build(digits_build, tmp_path, board):
     """The digits model on every board: 100 held-out images, QEMU's bytes equal the host's."""
-    model_dir = example_build.out_dir
+    model_dir = digits_build.out_dir
     inputs = default_test_inputs(model_dir, 100)
     assert len(inputs) == 100
     out = build_firmware(model_dir, resolve_board(board), tmp_path / "fw", inputs)
@@ -197,23 +182,23 @@ def test_example_model_matches_the_host_build(example_build, tmp_path, board):
     summary = json.loads(ran.stdout)
     assert summary["outputs_match_reference"] is True and summary["mismatched_inputs"] == []
     np.testing.assert_array_equal(np.array(summary["outputs"]), host.load_model(model_dir)(inputs))
-    assert [layer["name"] for layer in summary["layers"]] == [node.name for node in example_build.graph.nodes]
+    assert [layer["name"] for layer in summary["layers"]] == [node.name for node in digits_build.graph.nodes]
 
 
 @pytest.fixture(scope="module")
-def example_firmware(example_build, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def example_firmware(digits_build, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled example's firmware for stm32, with two test inputs."""
-    model_dir = example_build.out_dir
+    model_dir = digits_build.out_dir
     out = tmp_path_factory.mktemp("example-firmware") / "stm32"
     return build_firmware(model_dir, resolve_board("stm32"), out, default_test_inputs(model_dir, 2)).out_dir
 
 
-def test_size_report_of_the_example_reads_by_layer(example_build, example_firmware):
+def test_size_report_of_the_example_reads_by_layer(digits_build, example_firmware):
     report = size_report(example_firmware)
     layers = {layer["name"]: layer for layer in report.layers}
-    names = [node.name for node in example_build.graph.nodes]
+    names = [node.name for node in digits_build.graph.nodes]
     assert list(layers) == names
-    weights = example_build.layer_weight_bytes()
+    weights = digits_build.layer_weight_bytes()
     for name, c_name in zip(names, layer_c_names(names), strict=True):
         assert all(symbol.startswith(f"tml_{c_name}_") for symbol in layers[name]["symbols"]), layers[name]
         assert layers[name]["flash_bytes"] >= weights[name]
@@ -228,10 +213,10 @@ def test_size_report_of_the_example_reads_by_layer(example_build, example_firmwa
     assert all(name in table.output for name in names)
 
 
-def test_a_failing_layer_is_named_by_the_board(example_build, tmp_path):
+def test_a_failing_layer_is_named_by_the_board(digits_build, tmp_path):
     """A kernel that rejects its arguments on the board: the error names the layer and the test input."""
     broken = tmp_path / "model"
-    shutil.copytree(example_build.out_dir, broken)
+    shutil.copytree(digits_build.out_dir, broken)
     model_c = (broken / "model.c").read_text()
     params = "tml_features_conv2_params = {.stride_h = 1,"
     assert params in model_c
@@ -244,16 +229,16 @@ def test_a_failing_layer_is_named_by_the_board(example_build, tmp_path):
         run_firmware(out.out_dir, timeout=60)
 
 
-def test_fit_check_of_a_build_names_a_layer_of_its_graph(example_build):
-    board = replace(resolve_board("stm32"), ram_bytes=example_build.plan.arena_bytes)
+def test_fit_check_of_a_build_names_a_layer_of_its_graph(digits_build):
+    board = replace(resolve_board("stm32"), ram_bytes=digits_build.plan.arena_bytes)
     with pytest.raises(FitError) as err:
-        check_build_fits(example_build, board)
-    layers = [node.name for node in example_build.graph.nodes]
+        check_build_fits(digits_build, board)
+    layers = [node.name for node in digits_build.graph.nodes]
     assert any(f"layer '{name}' sets the peak" in str(err.value) for name in layers)
-    graph = example_build.graph
+    graph = digits_build.graph
     io_bytes = sum(graph.tensors[name].nbytes for name in graph.inputs + graph.outputs)
-    expected_ram = example_build.plan.arena_bytes + io_bytes  # the caller's input and output buffers too
-    assert check_build_fits(example_build, resolve_board("stm32")).parts["arena"] == expected_ram
+    expected_ram = digits_build.plan.arena_bytes + io_bytes  # the caller's input and output buffers too
+    assert check_build_fits(digits_build, resolve_board("stm32")).parts["arena"] == expected_ram
 
 
 def test_cli_build_makes_firmware_for_the_bundled_example(tmp_path, monkeypatch):

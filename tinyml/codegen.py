@@ -19,6 +19,7 @@ import textwrap
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from tinyml import plugins
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
 from tinyml.kernels import CallSite, Kernel
@@ -51,7 +52,9 @@ class GeneratedModel:
 def select_kernels(graph: Graph, board: Board | None, pm: pluggy.PluginManager) -> dict[str, Kernel]:
     kernels = {}
     for node in graph.nodes:
-        kernel = pm.hook.tinyml_select_kernel(node=node, graph=graph, board=board)
+        kernel = plugins.first_answer(
+            pm, "tinyml_select_kernel", Kernel, f"node `{node.name}` ({node.op})", node=node, graph=graph, board=board
+        )
         if kernel is None:
             raise TinymlError(
                 f"No kernel implements op `{node.op}` of node `{node.name}` (from `{node.source}`); "
@@ -119,7 +122,9 @@ def encode_weights(
             and c_names[node.name] != c_identifier(node.name)
         ):
             asked = replace(tensor, name=f"{c_names[node.name]}.{tensor.name[len(node.name) + 1 :]}")
-        encoded = pm.hook.tinyml_encode_weights(tensor=asked, board=board)
+        encoded = plugins.first_answer(
+            pm, "tinyml_encode_weights", EncodedTensor, f"tensor `{tensor.name}`", tensor=asked, board=board
+        )
         if encoded.symbol in symbols:
             raise TinymlError(
                 f"Constants `{symbols[encoded.symbol]}` and `{tensor.name}` would both be the C symbol "

@@ -20,7 +20,7 @@ import numpy as np
 
 from tinyml import graphfile, plugins
 from tinyml.codegen import GeneratedModel, describe_fused, generate
-from tinyml.errors import CalibrationError, DataError, RecipeError
+from tinyml.errors import CalibrationError, DataError, PluginError, RecipeError, TinymlError
 from tinyml.ir import Graph
 from tinyml.manifest import read_manifest, write_manifest
 from tinyml.progress import progress_bar
@@ -166,12 +166,12 @@ def compile(  # noqa: A001 - the verb users expect: tinyml.compile(model, data)
     )
     model = copy.deepcopy(model).eval()
     for technique in (t for t in chosen if t.stage == "train"):
-        model = technique.apply(model, context).eval()
+        model = _apply_technique(technique, model, context, torch.nn.Module).eval()
     float_graph = from_torch(model, context.example_input)
     context.calibration = nchw_to_graph(calibration_data)
     graph = float_graph
     for technique in (t for t in chosen if t.stage == "graph"):
-        graph = technique.apply(graph, context)
+        graph = _apply_technique(technique, graph, context, Graph)
     generated = generate(graph, board, pm)
     build = Build(None, graph, float_graph, generated, board, chosen)
     if out_dir is not None:
@@ -193,6 +193,25 @@ def _check_labelled(pair: tuple[Any, Any], sample_shape: tuple[int, ...], what: 
     if y is None:
         raise DataError(f"The {what} has no labels: pass (inputs, labels), one integer class label per sample.")
     return x, check_labels(y, len(x), None, what)
+
+
+def _apply_technique(technique: Technique, subject: Any, context: Context, expected: type) -> Any:
+    """`technique.apply`, with a technique that raises or returns the wrong thing named with its plugin."""
+    try:
+        result = technique.apply(subject, context)
+    except TinymlError:
+        raise
+    except Exception as err:
+        raise PluginError(
+            f"{plugins.describe_technique(technique)} failed: {type(err).__name__}: {err}. Run with --debug for the "
+            "traceback; check the technique's options, or report it to the plugin's authors."
+        ) from err
+    if not isinstance(result, expected):
+        raise PluginError(
+            f"{plugins.describe_technique(technique)} returned {type(result).__name__} from apply(); a "
+            f"{technique.stage}-stage technique must return the transformed {expected.__qualname__}."
+        )
+    return result
 
 
 def write_build(

@@ -58,6 +58,9 @@ def tinyml_kernel_sources() -> list[Path]:
 
     Each directory holds ``include/*.h`` and ``src/*.c``. The C must be C99, allocate nothing and
     keep floats out of integer paths; name functions ``tml_<op>_<type>`` as the core library does.
+    A plugin keeps its C in its own package (``Path(__file__).parent / "c"``, shipped as package
+    data). Declarations a header puts between ``/* cdef-begin */`` and ``/* cdef-end */`` are
+    callable from Python through `tinyml.host.build_kernels()`, to test a kernel on its own.
     """
 
 

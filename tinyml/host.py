@@ -23,8 +23,9 @@ import cffi
 import numpy as np
 
 from tinyml.errors import BuildError, KernelError, ModelInputError
-from tinyml.resources import FIRMWARE_DIR, KERNEL_HEADER
+from tinyml.resources import KERNEL_HEADER
 
+CDEF_BEGIN = "/* cdef-begin */"
 HOST_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration")
 
 
@@ -172,17 +173,29 @@ def _load(name: str, so: Path) -> tuple[cffi.FFI, object]:
 
 
 def kernel_sources() -> list[Path]:
-    """The portable kernel library's C files."""
-    return sorted((FIRMWARE_DIR / "src").glob("*.c"))
+    """The C files of every kernel library the plugins give (`tinyml_kernel_sources`): the core's and theirs."""
+    from tinyml import plugins
+
+    return sorted(p for d in plugins.kernel_source_dirs() for p in (d / "src").glob("*.c"))
 
 
 def build_kernels(define_macros: list[tuple[str, str]] | None = None) -> HostLibrary:
-    """The kernel library alone, callable from Python: what the kernel tests use."""
+    """Every kernel library, callable from Python: what the kernel tests use.
+
+    The core library and each plugin's C (from `tinyml_kernel_sources`) are compiled together, as
+    on a board; a header's declarations between `/* cdef-begin */` and `/* cdef-end */` are callable.
+    """
+    from tinyml import plugins
+
+    include_dirs = [d / "include" for d in plugins.kernel_source_dirs() if (d / "include").is_dir()]
+    headers = [KERNEL_HEADER] + [
+        h for d in include_dirs for h in sorted(d.glob("*.h")) if h != KERNEL_HEADER and CDEF_BEGIN in h.read_text()
+    ]
     return build(
-        cdef=header_cdef(KERNEL_HEADER),
-        source='#include "tml_nn.h"\n',
+        cdef="\n".join(header_cdef(h) for h in headers),
+        source="".join(f'#include "{h.name}"\n' for h in headers),
         sources=kernel_sources(),
-        include_dirs=[FIRMWARE_DIR / "include"],
+        include_dirs=include_dirs,
         define_macros=define_macros,
     )
 
@@ -316,7 +329,7 @@ def load_model(build_dir: str | Path) -> HostModel:
             f"{build_dir / 'model.h'} does not define {', '.join(absent)} as numbers: it is not a model.h that "
             "`tinyml compile` wrote (or it was edited)."
         )
-    kernel_dirs = [Path(d) for dirs in plugins.plugin_manager().hook.tinyml_kernel_sources() for d in dirs]
+    kernel_dirs = plugins.kernel_source_dirs()
     sources = [build_dir / f for f in MODEL_SOURCES] + sorted(p for d in kernel_dirs for p in (d / "src").glob("*.c"))
     library = build(
         cdef=MODEL_CDEF,

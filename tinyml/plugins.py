@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -47,6 +48,8 @@ class PluginInfo:
 
 # plugin name -> (distribution, version), filled while loading
 _origins: dict[str, tuple[str, str]] = {}
+# technique class -> name of the plugin that offers it, filled by `techniques()`
+_technique_plugins: dict[type, str] = {}
 
 
 @functools.cache
@@ -62,7 +65,7 @@ def plugin_manager() -> pluggy.PluginManager:
         for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
             _load_entry_point(pm, entry_point)
     for module_name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
-        _load_module(pm, module_name, f"{module_name} (named in {PLUGINS_ENV})", (module_name, "-"))
+        _load_module(pm, module_name, f"{module_name} (named in {PLUGINS_ENV})", _module_origin(module_name))
     return pm
 
 
@@ -71,6 +74,14 @@ def _version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "-"
+
+
+def _module_origin(module_name: str) -> tuple[str, str]:
+    """(distribution, version) that installed the top-level package of `module_name`, or ("-", "-")."""
+    distributions = metadata.packages_distributions().get(module_name.partition(".")[0], [])
+    if not distributions:
+        return ("-", "-")
+    return (distributions[0], _version(distributions[0]))
 
 
 def _load_core(pm: pluggy.PluginManager, module_name: str, origin: tuple[str, str]) -> None:
@@ -167,6 +178,7 @@ def techniques() -> dict[str, type[Technique]]:
                 f"({found[name].__module__}) and '{plugin}' ({cls.__module__}). Uninstall one of them."
             )
         found[name], offered_by[name] = cls, plugin
+        _technique_plugins[cls] = plugin
     return found
 
 
@@ -196,3 +208,77 @@ def plugin_infos() -> list[PluginInfo]:
         hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
         infos.append(PluginInfo(name, distribution, version, hooks))
     return infos
+
+
+def describe_plugin(name: str) -> str:
+    """How an error names a plugin: its name and the distribution (and version) it came from."""
+    distribution, version = _origins.get(name, ("-", "-"))
+    if distribution == "-":
+        return f"plugin '{name}' (not from an installed distribution)"
+    return f"plugin '{name}' from distribution {distribution} {version}"
+
+
+def describe_technique(technique: Technique) -> str:
+    """How an error names a technique: its name and the plugin that offers it (or its class)."""
+    cls = type(technique)
+    plugin = _technique_plugins.get(cls)
+    source = describe_plugin(plugin) if plugin else f"class {cls.__module__}.{cls.__qualname__}"
+    return f"technique '{technique.name}' ({source})"
+
+
+def first_answer(pm: pluggy.PluginManager, hook_name: str, expected: type, what: str, **kwargs: Any) -> Any:
+    """Call a ``firstresult`` hook as pluggy does (last registered first, tryfirst/trylast kept; hook
+    wrappers are not run) and check the answer's type, so a plugin that raises or answers with
+    something else is named with its distribution.
+
+    `what` says what was asked (e.g. "node `conv1`") for the message.
+    """
+    from tinyml.errors import TinymlError
+
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            continue
+        try:
+            answer = impl.function(*(kwargs[name] for name in impl.argnames))
+        except TinymlError:
+            raise
+        except Exception as err:
+            raise PluginError(
+                f"{describe_plugin(impl.plugin_name)} failed in {hook_name} for {what}: "
+                f"{type(err).__name__}: {err}. Run with --debug for the traceback; report it to the plugin's authors "
+                "or uninstall it."
+            ) from err
+        if answer is None:
+            continue
+        if not isinstance(answer, expected):
+            raise PluginError(
+                f"{describe_plugin(impl.plugin_name)} answered {hook_name} for {what} with {_short_repr(answer)} "
+                f"(a {type(answer).__name__}); the hook must return a {expected.__module__}.{expected.__qualname__} "
+                "or None. Report it to the plugin's authors or uninstall it."
+            )
+        return answer
+    return None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def kernel_source_dirs() -> list[Path]:
+    """Every directory of C the plugins give through `tinyml_kernel_sources`, the core library first.
+
+    Each holds `include/` and/or `src/`; the host build and every board build compile them all.
+    """
+    dirs: list[Path] = []
+    for plugin, item in _each_result("tinyml_kernel_sources"):
+        path = Path(item)
+        if not ((path / "include").is_dir() or (path / "src").is_dir()):
+            raise PluginError(
+                f"{describe_plugin(plugin)} gives {path} from tinyml_kernel_sources, which has no include/ or src/ "
+                "folder: the hook returns directories holding include/*.h and src/*.c."
+            )
+        if path not in dirs:
+            dirs.append(path)
+    return dirs

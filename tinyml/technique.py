@@ -76,6 +76,8 @@ class Technique:
     name: ClassVar[str]
     stage: ClassVar[Literal["train", "graph"]]
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
+    # What the technique makes smaller, for the fit check's advice: "flash" (weights), "ram" (activations).
+    reduces: ClassVar[tuple[Literal["flash", "ram"], ...]] = ()
 
     def __init__(self, options: pydantic.BaseModel | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if isinstance(options, pydantic.BaseModel):

@@ -1,6 +1,7 @@
 """Boards: what a build targets (core, FPU, DSP, memory map, clock) and how QEMU emulates it.
 
-Each board is one TOML file in the repository's `boards/` folder; this module reads them and
+Each board is one TOML file in the repository's `boards/` folder, checked against `BoardFile` (a
+misspelt key or a wrong type is an error naming the file and field); this module reads them and
 offers them through the `tinyml_boards` hook, so a third-party plugin adds a board the same way.
 A profile such as `stm32f746` names a real MCU's flash and RAM limits but runs on the QEMU
 machine of its core kind, linked at addresses that exist on that machine.
@@ -12,14 +13,15 @@ import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
+import pydantic
 
 from tinyml.errors import BoardError
 from tinyml.resources import BOARDS_DIR
+from tinyml.technique import describe_validation_error
 
-COUNTERS = ("tim2", "systick")
 DEFAULT_STACK_RESERVE = 4096
 
 hookimpl = pluggy.HookimplMarker("tinyml")
@@ -84,51 +86,75 @@ class Board:
         }
 
 
-_REQUIRED = object()
+class _Memory(pydantic.BaseModel):
+    """A memory region of a board file: where the image is linked, and how many bytes the board has."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    origin: int = pydantic.Field(ge=0, lt=2**32)
+    bytes: int = pydantic.Field(gt=0, le=2**32)
 
 
-def _field(raw: dict[str, Any], dotted: str, path: Path, convert: Any, default: Any = _REQUIRED) -> Any:
-    value: Any = raw
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            if default is not _REQUIRED:
-                return default
-            raise BoardError(f"Board file {path}: required field {dotted!r} is missing.")
-        value = value[key]
-    try:
-        return convert(value)
-    except (TypeError, ValueError):
-        raise BoardError(f"Board file {path}: field {dotted!r} has a malformed value {value!r}.") from None
+class _Qemu(pydantic.BaseModel):
+    """How QEMU emulates the board and how the firmware counts instructions there."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    machine: str
+    counter: Literal["tim2", "systick"]
+    counter_hz: int = pydantic.Field(gt=0, le=1_000_000_000)
+
+
+class BoardFile(pydantic.BaseModel):
+    """The schema of a board TOML file (`boards/*.toml`); a misspelt or unknown key is an error."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    name: str = pydantic.Field(min_length=1)
+    aliases: list[str] = []
+    description: str = ""
+    core: str = pydantic.Field(min_length=1)
+    fpu: str | None = None
+    dsp: bool = False
+    clock_hz: int = pydantic.Field(gt=0)
+    flash: _Memory
+    ram: _Memory
+    qemu: _Qemu
+    stack_reserve: int = pydantic.Field(DEFAULT_STACK_RESERVE, gt=0)
+
+    def to_board(self) -> Board:
+        return Board(
+            name=self.name,
+            core=self.core,
+            flash_origin=self.flash.origin,
+            flash_bytes=self.flash.bytes,
+            ram_origin=self.ram.origin,
+            ram_bytes=self.ram.bytes,
+            clock_hz=self.clock_hz,
+            qemu_machine=self.qemu.machine,
+            counter=self.qemu.counter,
+            counter_hz=self.qemu.counter_hz,
+            fpu=self.fpu,
+            dsp=self.dsp,
+            description=self.description,
+            aliases=tuple(self.aliases),
+            stack_reserve=self.stack_reserve,
+        )
 
 
 def load_board_file(path: Path) -> Board:
-    """Read one board TOML file; a malformed one is reported with the file and the field."""
+    """Read one board TOML file; a malformed one is reported with the file and each bad field."""
     try:
         raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise BoardError(f"Cannot read board file {path}: {err}") from None
-    board = Board(
-        name=_field(raw, "name", path, str),
-        core=_field(raw, "core", path, str),
-        flash_origin=_field(raw, "flash.origin", path, int),
-        flash_bytes=_field(raw, "flash.bytes", path, int),
-        ram_origin=_field(raw, "ram.origin", path, int),
-        ram_bytes=_field(raw, "ram.bytes", path, int),
-        clock_hz=_field(raw, "clock_hz", path, int),
-        qemu_machine=_field(raw, "qemu.machine", path, str),
-        counter=_field(raw, "qemu.counter", path, str),
-        counter_hz=_field(raw, "qemu.counter_hz", path, int),
-        fpu=_field(raw, "fpu", path, str, None),
-        dsp=_field(raw, "dsp", path, bool, False),
-        description=_field(raw, "description", path, str, ""),
-        aliases=_field(raw, "aliases", path, tuple, ()),
-        stack_reserve=_field(raw, "stack_reserve", path, int, DEFAULT_STACK_RESERVE),
-    )
-    if board.counter not in COUNTERS:
-        raise BoardError(
-            f"Board file {path}: qemu.counter must be one of {', '.join(COUNTERS)}, got {board.counter!r}."
-        )
-    return board
+    try:
+        spec = BoardFile.model_validate(raw)
+    except pydantic.ValidationError as err:
+        problems = describe_validation_error(err, f"Board file {path}:", BoardFile)
+        example = BOARDS_DIR / "stm32f405.toml"
+        raise BoardError(f"{problems}\n(A complete board file to compare with: {example}.)") from None
+    return spec.to_board()
 
 
 @functools.cache

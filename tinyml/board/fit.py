@@ -1,6 +1,7 @@
 """The fit check: will a compiled model fit a board's flash and RAM, before anything is built.
 
-A misfit says by how many bytes, which layer dominates, and which installed technique would help.
+A misfit says by how many bytes, which layer dominates, and which installed technique would help (a
+technique says what it makes smaller in its `reduces`); when none is installed, what kind of change would.
 """
 
 from __future__ import annotations
@@ -72,8 +73,7 @@ def check_fit(
         problems.append(
             f"flash: needs about {estimate.flash_bytes} bytes ({weights} of weights + {code_bytes} of code), "
             f"{estimate.flash_bytes - board.flash_bytes} bytes more than the {board.flash_bytes} it has; "
-            f"layer {layer!r} holds the most weights ({size} bytes): pruning, Huffman-coded or binarized "
-            "weights for it would help"
+            f"layer {layer!r} holds the most weights ({size} bytes); {_advice('flash')}"
         )
     if estimate.ram_bytes > board.ram_bytes:
         culprit = ""
@@ -83,12 +83,38 @@ def check_fit(
         problems.append(
             f"RAM: needs about {estimate.ram_bytes} bytes ({arena_bytes} of activations + {board.stack_reserve} of "
             f"stack), {estimate.ram_bytes - board.ram_bytes} bytes more than the {board.ram_bytes} it has; "
-            f"{culprit}fewer channels or a lower input resolution there (architecture search under a RAM "
-            "limit) would help"
+            f"{culprit}{_advice('ram')}"
         )
     if problems:
         raise FitError(f"The model does not fit board {board.name!r}: " + "; ".join(problems) + ".")
     return estimate
+
+
+_WHAT_HELPS = {
+    "flash": (
+        "make weights smaller",
+        "fewer parameters in that layer would help, as would a technique plugin that makes weights smaller "
+        "(pruning, fewer bits per weight or compressed weight storage)",
+    ),
+    "ram": (
+        "make activations smaller",
+        "fewer channels or a lower input resolution there would help, as would a technique plugin that shrinks "
+        "activations (e.g. a search for an architecture under a RAM limit)",
+    ),
+}
+
+
+def _advice(memory: str) -> str:
+    """What would help with `memory` ("flash" or "ram"): the installed techniques that say they reduce it, or,
+    when none is installed, the kind of change or technique that would."""
+    from tinyml import plugins
+
+    helpers = sorted(name for name, cls in plugins.techniques().items() if memory in getattr(cls, "reduces", ()))
+    purpose, otherwise = _WHAT_HELPS[memory]
+    if helpers:
+        listed = ", ".join(f"'{name}'" for name in helpers)
+        return f"installed techniques that {purpose}: {listed} (add them to the recipe's [[techniques]])"
+    return f"no installed technique is marked to {purpose} (`tinyml plugins` lists what is installed): {otherwise}"
 
 
 def check_build_fits(build: Any, board: Board) -> FitEstimate:

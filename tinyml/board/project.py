@@ -70,8 +70,7 @@ def kernel_source_dirs() -> list[Path]:
     """Directories (each with include/ and src/) that every build compiles, from the plugins."""
     from tinyml import plugins
 
-    results = plugins.plugin_manager().hook.tinyml_kernel_sources()
-    return [Path(d) for result in results for d in (result or [])]
+    return plugins.kernel_source_dirs()
 
 
 def board_json(board: Board) -> dict[str, Any]:
