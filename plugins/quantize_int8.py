@@ -71,11 +71,7 @@ class QuantizeInt8(Technique):
             return graph
         ranges = guard_ranges(graph, calibrate(graph, context, self.options))
         if self.options.qat_epochs > 0:
-            if context.train_data is None or context.train_data[1] is None:
-                raise CalibrationError(
-                    "quantize-int8 with qat_epochs > 0 needs labelled training data: give `y` (integer labels) "
-                    "beside `x` in the calibration .npz, or set qat_epochs = 0."
-                )
+            context.require_train_data(f"{self.name} (qat_epochs = {self.options.qat_epochs})")
             from tinyml_plugins.qat import fine_tune
 
             graph = fine_tune(graph, ranges, context, self.options.qat_epochs, self.options.qat_lr)
