@@ -49,6 +49,12 @@ class Tensor:
     data: np.ndarray | None = None
     scale: float | np.ndarray | None = None  # per tensor, or per output channel for weights
     zero_point: int = 0
+    # Weight storage, set by compression techniques and read by `tinyml_encode_weights` plugins:
+    # `codebook` holds the distinct values an int8 weight may take (weight sharing: at most
+    # 2**bits of them, in the tensor's own quantization, so kernels stay integer-exact);
+    # `encoding` names the storage a technique asks for ("raw", "packed", "sparse", "huffman").
+    codebook: np.ndarray | None = None
+    encoding: str = "raw"
 
     @property
     def is_constant(self) -> bool:
