@@ -1,15 +1,17 @@
 """Instructions, flash, RAM and stack of the bundled example on every board, measured in QEMU.
 
-    .venv/bin/python bench/bench_boards.py [--boards stm32 cortex-m3 ...] [--example digits]
+    .venv/bin/python bench/bench_boards.py [--boards stm32 cortex-m3 ...] [--example digits] [--json]
 
 Compiles the example once, builds firmware for each board (offline PlatformIO), runs it in QEMU
-and prints one row per board. Instructions are counted under `-icount shift=0`: exact on the
+and prints one row per board, with whether the board's outputs equal the numpy oracle's
+(`outputs_match_reference`). Instructions are counted under `-icount shift=0`: exact on the
 STM32 (TIM2), to one SysTick period (the "resolution" column) on the MPS2 machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -29,10 +31,12 @@ def main() -> None:
     parser.add_argument("--boards", nargs="*", default=[b.name for b in builtin_boards()])
     parser.add_argument("--example", default="digits")
     parser.add_argument("--inputs", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
+    rows = []
 
     table = Table(title=f"example '{args.example}' on each board")
-    for column in ("board", "core", "qemu", "instructions", "resolution", "flash B", "RAM B", "stack B"):
+    for column in ("board", "core", "qemu", "instructions", "resolution", "flash B", "RAM B", "stack B", "= host"):
         table.add_column(column, justify="left" if column in ("board", "core", "qemu") else "right")
     with tempfile.TemporaryDirectory(prefix="tinyml-bench-") as scratch:
         model_dir = Path(scratch) / "model"
@@ -43,16 +47,27 @@ def main() -> None:
             out = build_firmware(model_dir, board, Path(scratch) / board.name, inputs).out_dir
             result = run_firmware(out, timeout=300)
             sizes = size_report(out)
+            row = {
+                "board": board.name,
+                "core": board.core,
+                "qemu_machine": board.qemu_machine,
+                "instructions": int(result.instructions.mean()),
+                "instruction_resolution": result.instruction_resolution,
+                "flash_bytes": sizes.flash_bytes,
+                "ram_bytes": sizes.ram_bytes,
+                "stack_bytes": result.stack_bytes,
+                "outputs_match_reference": result.outputs_match_reference,
+            }
+            rows.append(row)
             table.add_row(
-                board.name,
-                board.core,
-                board.qemu_machine,
-                f"{int(result.instructions.mean()):,}",
-                str(result.instruction_resolution),
-                f"{sizes.flash_bytes:,}",
-                f"{sizes.ram_bytes:,}",
-                f"{result.stack_bytes:,}",
+                *(str(row[k]) for k in ("board", "core", "qemu_machine")),
+                *(f"{row[k]:,}" for k in ("instructions", "instruction_resolution", "flash_bytes", "ram_bytes")),
+                f"{row['stack_bytes']:,}",
+                "yes" if row["outputs_match_reference"] else "NO",
             )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
     Console(width=130).print(table)
 
 
