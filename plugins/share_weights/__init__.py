@@ -4,7 +4,8 @@ Each layer's weights (conv, depthwise conv, fully connected) take at most 2**bit
 clusters them (scikit-learn, centroids initialised linearly over [min, max] as in the paper, one
 run), every weight becomes its cluster's centroid, and the centroids are fine-tuned on the training
 data with the summed gradients of their members. The tensor's `codebook` lists the values, so a
-weight encoding (`packed`, `huffman`) stores a `bits`-wide index per weight.
+weight encoding stores an index per weight: a shared tensor asks for `packed` storage (fixed-width
+indices) unless an earlier technique asked for another; a later one (`huffman`) may ask again.
 
 Per-channel scales and one codebook per layer
 ---------------------------------------------
@@ -197,7 +198,7 @@ def is_pruned(values: np.ndarray, counts: np.ndarray) -> bool:
 
 
 def cluster(weights: np.ndarray, bits: int, seed: int) -> SharedLayer:
-    """k-means of one layer's int8 weights into at most 2**bits values, 0 kept exact when present.
+    """k-means of one layer's int8 weights into at most 2**bits values, 0 a fixed entry when the layer is pruned.
 
     Clustered as a histogram (each distinct value weighted by its count), which is the same k-means
     as over every weight and costs at most 255 points; a layer with no more distinct values than
