@@ -144,28 +144,36 @@ def fine_tune(
     lr: float,
 ) -> Graph:
     """Fine-tune `graph`'s weights with fake quantization on `context.train_data`; a new float graph."""
-    x, y = context.train_data
     model = FakeQuantGraph(graph, ranges)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    train(model, context, epochs, lr, "quantization-aware fine-tuning")
+    return model.write_back()
+
+
+def train(model: FakeQuantGraph, context: Context, epochs: int, lr: float, description: str, seed: int = 0) -> None:
+    """Adam on the parameters of `model` that require gradients, over `context.train_data` in shuffled batches.
+
+    The loss is cross-entropy on the graph's output (its log when the graph ends in softmax). Techniques
+    that fine-tune a graph in torch (QAT, weight sharing's centroids) subclass `FakeQuantGraph` and call
+    this; `seed` fixes the batch order, so a run is repeatable.
+    """
+    x, y = context.train_data
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=lr)
     xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     steps = epochs * ((len(xt) + QAT_BATCH - 1) // QAT_BATCH)
-    with context.progress("quantization-aware fine-tuning", total=steps) as advance:
+    softmax = _is_softmax(model.graph)
+    with context.progress(description, total=steps) as advance:
         for _ in range(epochs):
             order = torch.randperm(len(xt), generator=gen)
             for i in range(0, len(xt), QAT_BATCH):
                 idx = order[i : i + QAT_BATCH]
                 opt.zero_grad()
                 out = model(xt[idx]).flatten(1)
-                loss = (
-                    F.nll_loss(torch.log(out + 1e-9), yt[idx])
-                    if _is_softmax(graph)
-                    else F.cross_entropy(out, yt[idx])
-                )
+                loss = F.nll_loss(torch.log(out + 1e-9), yt[idx]) if softmax else F.cross_entropy(out, yt[idx])
                 loss.backward()
                 opt.step()
                 advance(1)
-    return model.write_back()
 
 
 def _is_softmax(graph: Graph) -> bool:
