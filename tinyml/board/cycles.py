@@ -102,4 +102,4 @@ def estimated_cycles(counts: dict[str, int]) -> dict[str, int]:
 
 def timing_notes() -> dict[str, Any]:
     """What the estimate rests on, for a JSON report beside the figures."""
-    return {"label": ESTIMATE_LABEL, **{timing.core: timing.source for timing in TIMINGS}}
+    return {"label": ESTIMATE_LABEL, "basis": {timing.core: timing.source for timing in TIMINGS}}
