@@ -251,7 +251,7 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
 }
 
-static void on_exit(qemu_plugin_id_t id, void *userdata)
+static void at_qemu_exit(qemu_plugin_id_t id, void *userdata)
 {
     (void)id;
     (void)userdata;
@@ -332,6 +332,6 @@ TML_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
     }
     fputc('\n', out);
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
-    qemu_plugin_register_atexit_cb(id, on_exit, NULL);
+    qemu_plugin_register_atexit_cb(id, at_qemu_exit, NULL);
     return 0;
 }
