@@ -6,7 +6,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
-TOOLCHAIN_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+# gcc: the host compiler for the cffi builds and the QEMU instruction-count plugin (plain C: no GLib needed)
+TOOLCHAIN_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 
 .PHONY: setup toolchain test demo lint clean
 
@@ -36,11 +37,12 @@ python-venv:
 	$(call apt_install,python3-venv)
 
 toolchain:
-	@if command -v arm-none-eabi-gcc >/dev/null 2>&1 && command -v qemu-system-arm >/dev/null 2>&1 && \
+	@if command -v gcc >/dev/null 2>&1 && command -v arm-none-eabi-gcc >/dev/null 2>&1 && \
+		command -v qemu-system-arm >/dev/null 2>&1 && \
 		echo '#include <string.h>' | arm-none-eabi-gcc -E -x c - >/dev/null 2>&1; then \
 		exit 0; \
 	fi; \
-	echo "Installing the ARM toolchain and QEMU: $(TOOLCHAIN_PACKAGES)"; \
+	echo "Installing the host and ARM compilers and QEMU: $(TOOLCHAIN_PACKAGES)"; \
 	$(MAKE) --no-print-directory toolchain-packages
 
 .PHONY: toolchain-packages

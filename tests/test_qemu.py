@@ -110,7 +110,7 @@ def test_cli_run_and_size_print_json(built):
     ran = runner.invoke(run_command, [str(built["cortex-m4"]), "--json"])
     assert ran.exit_code == 0, ran.output
     summary = json.loads(ran.stdout)
-    assert summary["instruction_resolution"] == 40 and len(summary["outputs"]) == len(INPUTS)
+    assert summary["instruction_resolution"] == 1 and len(summary["outputs"]) == len(INPUTS)
     assert summary["outputs_match_reference"] is None and summary["mismatched_inputs"] == []
     assert json.loads((built["cortex-m4"] / "firmware.json").read_text())["reference_outputs"] is None
     table = runner.invoke(run_command, [str(built["cortex-m4"])])

@@ -31,6 +31,7 @@ RUNTIME_FILES = (
     "firmware/harness/*",
     "boards/*.toml",
     "boards/runtime/*",
+    "boards/qemu-plugin/*.c",
     "boards/platform/**/*",
     "plugins/*/c/include/*.h",
     "plugins/*/c/src/*.c",

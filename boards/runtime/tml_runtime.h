@@ -28,6 +28,11 @@ void tml_exit(int status) __attribute__((noreturn));
 void tml_counter_start(void);
 uint64_t tml_counter_instructions(void);
 
+/* Markers for the instruction-count plugin: a begin and an end store into the same slot byte
+ * delimit one counted region (marker.c). */
+void tml_mark_begin(volatile uint8_t *slot);
+void tml_mark_end(volatile uint8_t *slot);
+
 /* The stack grows down from tml_stack_top() to tml_stack_limit() (end of .bss). */
 uint32_t *tml_stack_limit(void);
 uint32_t *tml_stack_top(void);

@@ -131,9 +131,10 @@ def build_command(
 def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
     """Run a firmware folder in QEMU: outputs, instructions per inference and per layer, stack.
 
-    Instructions are counted by the emulated board's timer under `-icount shift=0` (one
-    instruction per virtual nanosecond); on the MPS2 machines they are exact to one SysTick
-    period (`instruction_resolution`). QEMU models no cycles, so these are not times.
+    Instructions are counted exactly on every board by tinyml's QEMU plugin, with the instruction
+    mix and estimated Cortex-M4/M7 cycles; when the plugin cannot be built the emulated board's
+    timer counts them (`instruction_source`, `instruction_resolution`). QEMU models no cycles:
+    counts are not times, and the cycles are estimates from a timing table.
 
     The outputs are compared with the reference the numpy oracle computed when the firmware was
     built (`outputs_match_reference`); exits with 1 when they differ.
@@ -192,6 +193,12 @@ def _print_run_tables(result: RunResult) -> None:
         layers.add_row(str(i), name, f"{mean:,.0f}", f"{100 * mean / total:.1f}%")
     _print_table(layers)
     click.echo(f"stack high-water: {result.stack_bytes} bytes; instruction resolution: {result.instruction_resolution}")
+    if result.plugin_counts is not None:
+        cycles = result.plugin_counts.cycles(result.plugin_counts.invocations)
+        means = ", ".join(f"{core} {np.mean(values):,.0f}" for core, values in cycles.items())
+        click.echo(f"instructions counted exactly by the QEMU plugin; estimated cycles per inference (mean): {means}")
+    elif result.instruction_count_note:
+        click.echo(f"instructions from the board timer: {result.instruction_count_note}")
 
 
 @click.command("size")

@@ -1,8 +1,12 @@
 """Run a firmware directory in QEMU and read back what the harness reported.
 
-`qemu-system-arm -icount shift=0` advances virtual time one nanosecond per instruction, so the
-board's timer (TIM2 at 1 GHz on `netduinoplus2`: exact; SysTick at 25 MHz on the MPS2 machines:
-to 40 instructions) counts instructions, and two runs of the same firmware give the same counts.
+Instruction counts are exact on every board: QEMU loads our TCG plugin (`tinyml.board.icount`),
+which counts each executed instruction between the harness's markers and sorts them into an
+instruction mix, from which Cortex-M4 and Cortex-M7 cycles are *estimated* (`tinyml.board.cycles`).
+The board's timer counts too, under `-icount shift=0` (one virtual nanosecond per instruction:
+TIM2 at 1 GHz on `netduinoplus2` is exact, SysTick at 25 MHz on the MPS2 machines is good to 40
+instructions); its figures stand when the plugin cannot be built or loaded, with the reason in
+`instruction_count_note`. Two runs of the same firmware give the same counts either way.
 Semihosting carries the harness's "TML ..." lines to stdout and its exit status to QEMU's.
 
 When the firmware folder holds reference outputs (computed at build time by the numpy oracle from
@@ -13,15 +17,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tinyml.board.cycles import timing_notes
+from tinyml.board.icount import PluginCounts, ReportIncomplete, build_plugin, find_markers, parse_report, plugin_option
 from tinyml.board.project import ELF_NAME, manifest_board
 from tinyml.board.size import check_elf
-from tinyml.errors import BuildFolderError, FirmwareError, FirmwareFault, FirmwareTimeout
+from tinyml.errors import BuildError, BuildFolderError, FirmwareError, FirmwareFault, FirmwareTimeout
 from tinyml.manifest import read_manifest
 
 QEMU = "qemu-system-arm"
@@ -38,9 +45,12 @@ class RunResult:
     `outputs` is int8 [N, output size], one row per test input; `instructions` the instructions
     of each `tml_model_invoke` (including its per-layer profiling calls, a few dozen instructions
     per layer); `layer_instructions` [N, layers] the same per layer (the cost of the profiling
-    calls taken out); `instruction_resolution` how many instructions one timer tick stands for;
-    `stack_bytes` the stack high-water mark of the whole run; `reference_outputs` what the numpy
-    oracle computes for the same inputs (None when the firmware was built without a graph).
+    calls taken out); `instruction_resolution` how many instructions one count stands for (1 with
+    the plugin, `instruction_source` "plugin"; the timer's tick otherwise, source "timer");
+    `plugin_counts` the plugin's instruction mix (None without it); `timer_instructions` and
+    `timer_layer_instructions` what the board's timer measured; `stack_bytes` the stack high-water
+    mark of the whole run; `reference_outputs` what the numpy oracle computes for the same inputs
+    (None when the firmware was built without a graph).
     """
 
     board: str
@@ -54,6 +64,20 @@ class RunResult:
     instruction_resolution: int
     log: str
     reference_outputs: np.ndarray | None = None
+    instruction_source: str = "timer"
+    instruction_count_note: str | None = None
+    plugin_counts: PluginCounts | None = None
+    timer_instructions: np.ndarray | None = None
+    timer_layer_instructions: np.ndarray | None = None
+
+    def use_plugin_counts(self, counts: PluginCounts) -> None:
+        """Make the plugin's exact counts the result's, keeping the timer's beside them."""
+        self.timer_instructions, self.timer_layer_instructions = self.instructions, self.layer_instructions
+        self.instructions, self.layer_instructions = counts.instructions, counts.layer_instructions
+        self.plugin_counts = counts
+        self.instruction_source = "plugin"
+        self.instruction_resolution = 1
+        self.instruction_count_note = None
 
     @property
     def outputs_match_reference(self) -> bool | None:
@@ -77,27 +101,50 @@ class RunResult:
         return found
 
     def summary(self) -> dict[str, Any]:
-        """Plain values for JSON and tables."""
-        return {
+        """Plain values for JSON and tables; the mix and estimated cycles only with the plugin's counts."""
+        counts = self.plugin_counts
+        layers = []
+        for i, name in enumerate(self.layer_names):
+            layer: dict[str, Any] = {"name": name, "instructions": self.layer_instructions[:, i].tolist()}
+            if counts is not None:
+                layer["instruction_mix"] = counts.mix(counts.layers[:, i])
+                layer["estimated_cycles"] = {"label": "estimated", **counts.cycles(counts.layers[:, i])}
+            layers.append(layer)
+        summary: dict[str, Any] = {
             "board": self.board,
             "machine": self.machine,
             "inputs": len(self.outputs),
             "outputs": self.outputs.tolist(),
             "instructions": self.instructions.tolist(),
             "instruction_resolution": self.instruction_resolution,
-            "layers": [
-                {"name": name, "instructions": self.layer_instructions[:, i].tolist()}
-                for i, name in enumerate(self.layer_names)
-            ],
-            "stack_bytes": self.stack_bytes,
-            "exit_status": self.exit_status,
-            "outputs_match_reference": self.outputs_match_reference,
-            "mismatched_inputs": self.mismatches(),
+            "instruction_source": self.instruction_source,
+            "instruction_count_note": self.instruction_count_note,
         }
+        if counts is not None:
+            summary["instruction_mix"] = counts.mix(counts.invocations)
+            summary["estimated_cycles"] = {**timing_notes(), **counts.cycles(counts.invocations)}
+            summary["timer_instructions"] = np.asarray(self.timer_instructions).tolist()
+        summary.update(
+            {
+                "layers": layers,
+                "stack_bytes": self.stack_bytes,
+                "exit_status": self.exit_status,
+                "outputs_match_reference": self.outputs_match_reference,
+                "mismatched_inputs": self.mismatches(),
+            }
+        )
+        return summary
 
 
-def qemu_command(machine: str, elf: Path) -> list[str]:
-    """The QEMU command line: no display, semihosting console on stdout, one instruction per ns."""
+def qemu_command(machine: str, elf: Path, plugin: str | None = None) -> list[str]:
+    """The QEMU command line: no display, semihosting console on stdout, one instruction per ns.
+
+    `plugin` is the value of a `-plugin` option (see `icount.plugin_option`), or None for none.
+    """
+    return [*_bare_command(machine, elf), *(["-plugin", plugin] if plugin else [])]
+
+
+def _bare_command(machine: str, elf: Path) -> list[str]:
     return [
         QEMU,
         "-M", machine,
@@ -111,12 +158,34 @@ def qemu_command(machine: str, elf: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
+def run_firmware(build_dir: str | Path, timeout: float = 60.0, exact: bool = True) -> RunResult:
     """Run `build_dir/firmware.elf` on the QEMU machine of its board and parse the harness output.
 
-    Raises FirmwareTimeout if QEMU has not exited after `timeout` seconds, FirmwareFault (with
-    the registers) if the firmware faulted, FirmwareError for any other abnormal end.
+    With `exact` the instruction-count plugin counts (built on first use); when it cannot be built
+    or loaded, or the firmware has no markers, the timer's counts stand and
+    `instruction_count_note` says why. Raises FirmwareTimeout if QEMU has not exited after
+    `timeout` seconds, FirmwareFault (with the registers) if the firmware faulted, FirmwareError
+    for any other abnormal end.
     """
+    with tempfile.TemporaryDirectory(prefix="tinyml-icount-") as tmp:
+        return _run(Path(build_dir), timeout, Path(tmp) / "icount.txt" if exact else None)
+
+
+def _plugin(elf: Path, report: Path) -> tuple[str | None, str | None]:
+    """The `-plugin` option for this firmware, or None and the reason the timer's counts will stand."""
+    markers = find_markers(elf)
+    if markers is None:
+        return None, (
+            f"{elf} has no instruction-count markers (tml_mark_begin, tml_mark_end, tml_marks): it was built by "
+            "an older tinyml; build it again for exact counts."
+        )
+    try:
+        return plugin_option(build_plugin(), markers, report), None
+    except BuildError as err:
+        return None, str(err)
+
+
+def _run(build_dir: Path, timeout: float, report: Path | None) -> RunResult:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir, "firmware")
     board = manifest_board(manifest)
@@ -127,15 +196,17 @@ def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
             f"{QEMU} is not installed: install Debian's `qemu-system-arm` "
             "(apt-get install --no-install-recommends qemu-system-arm)."
         )
-    command = qemu_command(board.qemu_machine, build_dir / ELF_NAME)
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as expired:
-        shown = _text(expired.stdout).strip().splitlines()[-5:]
-        raise FirmwareTimeout(
-            f"The firmware in {build_dir} did not exit within {timeout:g} s on QEMU {board.qemu_machine} "
-            f"(board {board.name}); it hangs or needs a longer --timeout. Last output: {shown or 'none'}."
-        ) from None
+    elf = build_dir / ELF_NAME
+    plugin, note = _plugin(elf, report) if report is not None else (None, "exact counts were not asked for")
+    completed = _qemu(qemu_command(board.qemu_machine, elf, plugin), timeout, build_dir, board.name, board.qemu_machine)
+    if plugin is not None and report is not None and not report.exists():
+        # QEMU refused the plugin before the firmware started: run again on the timer alone
+        note = (
+            f"QEMU did not load the instruction-count plugin ({completed.stderr.strip()[-300:] or 'no message'}); "
+            "the counts are the board timer's."
+        )
+        plugin = None
+        completed = _qemu(qemu_command(board.qemu_machine, elf), timeout, build_dir, board.name, board.qemu_machine)
     log = completed.stdout
     status = completed.returncode
     if status == EXIT_FAULT:
@@ -160,6 +231,14 @@ def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
             f"stderr: {completed.stderr.strip()[-500:] or 'empty'}"
         )
     result = parse_output(log, board.name, board.qemu_machine, status, board.instructions_per_tick)
+    result.instruction_count_note = note
+    if plugin is not None and report is not None:
+        try:
+            result.use_plugin_counts(parse_report(report.read_text(), len(result.outputs), len(result.layer_names)))
+        except (OSError, ReportIncomplete) as err:
+            result.instruction_count_note = (
+                f"the instruction-count plugin's report was not usable ({err}); the counts are the board timer's."
+            )
     if status == EXIT_MODEL_ERROR:
         raise FirmwareError(_model_error_message(_status_line(log), result.layer_names, board.name))
     if reference is not None and reference.shape != result.outputs.shape:
@@ -169,6 +248,18 @@ def run_firmware(build_dir: str | Path, timeout: float = 60.0) -> RunResult:
         )
     result.reference_outputs = reference
     return result
+
+
+def _qemu(command: list[str], timeout: float, build_dir: Path, board: str, machine: str) -> subprocess.CompletedProcess:
+    """Run QEMU under a timeout; a firmware that does not exit in time is a FirmwareTimeout."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as expired:
+        shown = _text(expired.stdout).strip().splitlines()[-5:]
+        raise FirmwareTimeout(
+            f"The firmware in {build_dir} did not exit within {timeout:g} s on QEMU {machine} "
+            f"(board {board}); it hangs or needs a longer --timeout. Last output: {shown or 'none'}."
+        ) from None
 
 
 def _reference(build_dir: Path, manifest: dict[str, Any]) -> np.ndarray | None:
