@@ -178,9 +178,7 @@ def sparse_entries(idx: np.ndarray, zero_index: int | None, gap_bits: int) -> tu
     return np.asarray(gaps, dtype=np.int64), np.asarray(indices, dtype=np.int64)
 
 
-def encode(
-    values: np.ndarray, codebook: np.ndarray | None, kind: str, gap_bits: int | None = None
-) -> Encoded:
+def encode(values: np.ndarray, codebook: np.ndarray | None, kind: str, gap_bits: int | None = None) -> Encoded:
     """Encode int8 `values` as `kind` (packed, sparse or huffman) over the sorted `codebook`.
 
     `codebook` None is the values' distinct set. `gap_bits` (1..8) fixes the sparse index width;

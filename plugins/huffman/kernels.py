@@ -28,7 +28,10 @@ def fc_scratch_bytes(in_features: int) -> int:
 
 
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int]) -> int:
-    """Scratch of `tml_huffman_conv2d_s8`: one decoded filter (h, w, c). Mirrors `tml_huffman_conv2d_s8_scratch_bytes`."""
+    """Scratch of `tml_huffman_conv2d_s8`: one decoded filter (h, w, c).
+
+    Mirrors `tml_huffman_conv2d_s8_scratch_bytes`.
+    """
     h, w, c = filter_shape
     return h * w * c
 

@@ -22,7 +22,9 @@ def _table(symbol: str, role: str, table: HuffmanTable | None) -> tuple[list[str
         return [], "NULL"
     name = f"{symbol}_{role}"
     parts = [
-        c_array("uint16_t", f"{name}_count", np.asarray(table.count), f"codes of each length 0..{len(table.count) - 1}"),
+        c_array(
+            "uint16_t", f"{name}_count", np.asarray(table.count), f"codes of each length 0..{len(table.count) - 1}"
+        ),
         c_array("uint8_t", f"{name}_symbols", np.asarray(table.symbols), f"{role} symbols in code order"),
         f"const tml_huffman_table {name}_code = {{{name}_count, {name}_symbols, {len(table.count) - 1}}};\n",
     ]

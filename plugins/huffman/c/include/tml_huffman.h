@@ -15,6 +15,7 @@
 #ifndef TML_HUFFMAN_H
 #define TML_HUFFMAN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tml_nn.h"
