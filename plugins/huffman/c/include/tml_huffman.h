@@ -52,16 +52,27 @@ typedef struct {
     uint8_t gap_bits;                     /* 0 dense, 1..8 sparse */
 } tml_huffman_weights;
 
-/* Where decoding stands: the next bit, the sparse entries left, and a decoded entry not yet
- * placed (zeros_left zeros, then value). Set up by tml_huffman_reader_init; opaque to callers. */
+/* Where decoding stands; set up by tml_huffman_reader_init, opaque to callers. `acc` holds the
+ * next `acc_bits` bits of the stream left-aligned; `limit` and `base` are each table's canonical
+ * code in the form a decode takes (per length, the first code past it left-aligned to
+ * TML_HUFFMAN_MAX_BITS bits, and the symbols[] position of code 0 of that length). A sparse
+ * entry read but not yet placed is `zeros_left` zeros, then `value`. */
 typedef struct {
     const tml_huffman_weights *weights;
-    int32_t bit;
+    const uint8_t *next;   /* next byte to load into acc */
+    const uint8_t *end;    /* the padding byte: zeros are loaded from here on */
+    uint32_t acc;
+    int32_t acc_bits;
+    int32_t bits_used;     /* bits taken from the stream so far */
     int32_t done;          /* weights decoded so far */
     int32_t entries_left;
     int32_t zeros_left;
     int32_t has_value;
     int32_t value;
+    uint16_t index_limit[TML_HUFFMAN_MAX_BITS + 1];
+    int16_t index_base[TML_HUFFMAN_MAX_BITS + 1];
+    uint16_t gap_limit[TML_HUFFMAN_MAX_BITS + 1];
+    int16_t gap_base[TML_HUFFMAN_MAX_BITS + 1];
 } tml_huffman_reader;
 
 /* Start decoding `weights` from its first weight; TML_ARG_ERROR if its fields are out of range. */
