@@ -321,13 +321,19 @@ def test_mlp_with_encoded_weights_equals_the_reference_on_the_host(mlp_build):
     np.testing.assert_array_equal(model(x), run_int8(graph, x)[graph.outputs[0]].reshape(20, -1))
 
 
-def test_cnn_with_encoded_weights_equals_the_reference_on_the_host(tmp_path):
-    build = compiler.compile(cnn(), calibration((1, 8, 8)), ["quantize-int8", "huffman"],
-                             out_dir=tmp_path / "cnn", progress=False)  # fmt: skip
-    graph = build.graph
-    functions = [build.generated.kernels[n.name].function for n in graph.nodes]
+@pytest.fixture(scope="module")
+def cnn_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
+    out = tmp_path_factory.mktemp("huffman") / "cnn"
+    return compiler.compile(cnn(), calibration((1, 8, 8)), ["quantize-int8", "huffman"], out_dir=out, progress=False)
+
+
+def test_cnn_with_encoded_weights_equals_the_reference_on_the_host(cnn_build):
+    graph = cnn_build.graph
+    functions = [cnn_build.generated.kernels[n.name].function for n in graph.nodes]
     assert functions == ["tml_huffman_conv2d_s8", "tml_huffman_conv2d_s8", "tml_flatten_s8", "tml_huffman_fc_s8"]
-    model = host.load_model(tmp_path / "cnn")
+    conv = graph.nodes[1]  # one filter of scratch: 3 x 3 x 8
+    assert cnn_build.generated.plan.sizes[f"scratch:{conv.name}"] == 3 * 3 * 8
+    model = host.load_model(cnn_build.out_dir)
     x = np.random.default_rng(6).integers(-128, 128, size=(10, 8, 8, 1), dtype=np.int8)
     np.testing.assert_array_equal(model(x), run_int8(graph, x)[graph.outputs[0]].reshape(10, -1))
 
@@ -372,14 +378,18 @@ def test_a_codebook_that_misses_values_is_refused():
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("board", ["cortex-m3", "cortex-m4"])
-def test_mlp_with_encoded_weights_runs_on_the_board(mlp_build, board, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_encoded_weights_run_on_the_board(mlp_build, cnn_build, model, board, tmp_path: Path):
+    """The fused fc and conv2d kernels in firmware: the board's outputs equal the numpy reference."""
     from tinyml.board.boards import resolve_board
     from tinyml.board.project import build_firmware
     from tinyml.board.qemu import run_firmware
 
-    x = np.random.default_rng(7).integers(-128, 128, size=(4, 64), dtype=np.int8)
-    firmware = build_firmware(mlp_build.out_dir, resolve_board(board), tmp_path / board, x)
+    build = mlp_build if model == "mlp" else cnn_build
+    graph = build.graph
+    shape = graph.tensors[graph.inputs[0]].shape[1:]
+    x = np.random.default_rng(7).integers(-128, 128, size=(4, *shape), dtype=np.int8)
+    firmware = build_firmware(build.out_dir, resolve_board(board), tmp_path / board, x.reshape(4, -1))
     result = run_firmware(firmware.out_dir, timeout=60)
     assert result.outputs_match_reference is True
-    graph = mlp_build.graph
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(4, -1))
