@@ -69,6 +69,8 @@ typedef struct {
     int32_t zeros_left;
     int32_t has_value;
     int32_t value;
+    int32_t index_shortest; /* the shortest code's length, where a decode starts */
+    int32_t gap_shortest;
     uint16_t index_limit[TML_HUFFMAN_MAX_BITS + 1];
     int16_t index_base[TML_HUFFMAN_MAX_BITS + 1];
     uint16_t gap_limit[TML_HUFFMAN_MAX_BITS + 1];

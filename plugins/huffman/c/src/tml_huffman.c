@@ -12,6 +12,7 @@
 #include "tml_huffman.h"
 
 #include <stddef.h>
+#include <string.h>
 
 /* Top the accumulator up to at least 25 bits. */
 static inline void refill(tml_huffman_reader *r)
@@ -35,11 +36,11 @@ static inline int32_t take_bits(tml_huffman_reader *r, int32_t n)
 
 /* One symbol of a canonical Huffman code, or -1 if the bits are no code of the table. */
 static inline int32_t take_symbol(tml_huffman_reader *r, const tml_huffman_table *table, const uint16_t *limit,
-                                  const int16_t *base)
+                                  const int16_t *base, int32_t shortest)
 {
     refill(r);
     const uint32_t window = r->acc >> (32 - TML_HUFFMAN_MAX_BITS);
-    for (int32_t len = 1; len <= table->max_bits; len++) {
+    for (int32_t len = shortest; len <= table->max_bits; len++) {
         if (window < limit[len]) {
             r->acc <<= len;
             r->acc_bits -= len;
@@ -51,8 +52,9 @@ static inline int32_t take_symbol(tml_huffman_reader *r, const tml_huffman_table
 }
 
 /* Per length: the first code past that length's codes, left-aligned, and where its symbols start. */
-static int prepare(const tml_huffman_table *t, uint16_t *limit, int16_t *base)
+static int prepare(const tml_huffman_table *t, uint16_t *limit, int16_t *base, int32_t *shortest)
 {
+    *shortest = 1;
     if (t == NULL) {
         return 1;
     }
@@ -68,6 +70,9 @@ static int prepare(const tml_huffman_table *t, uint16_t *limit, int16_t *base)
         if (first + count > (1 << len)) {
             return 0; /* more codes than a length has: not a prefix code */
         }
+        if (index == 0 && count == 0) {
+            *shortest = len + 1; /* no code this short */
+        }
         base[len] = (int16_t)(index - first);
         limit[len] = (uint16_t)((first + count) << (TML_HUFFMAN_MAX_BITS - len));
         index += count;
@@ -82,8 +87,8 @@ tml_status tml_huffman_reader_init(tml_huffman_reader *reader, const tml_huffman
         || weights->count < 1 || weights->entries < 0 || weights->stream_bytes < 1
         || weights->codebook_size < 1 || weights->codebook_size > 256
         || weights->index_bits < 1 || weights->index_bits > 8 || weights->gap_bits > 8
-        || !prepare(weights->index_code, reader->index_limit, reader->index_base)
-        || !prepare(weights->gap_code, reader->gap_limit, reader->gap_base)) {
+        || !prepare(weights->index_code, reader->index_limit, reader->index_base, &reader->index_shortest)
+        || !prepare(weights->gap_code, reader->gap_limit, reader->gap_base, &reader->gap_shortest)) {
         return TML_ARG_ERROR;
     }
     reader->weights = weights;
@@ -104,15 +109,17 @@ tml_status tml_huffman_reader_init(tml_huffman_reader *reader, const tml_huffman
 static inline int32_t take_value(tml_huffman_reader *r)
 {
     const tml_huffman_weights *w = r->weights;
-    const int32_t index = w->index_code != NULL ? take_symbol(r, w->index_code, r->index_limit, r->index_base)
-                                                : take_bits(r, w->index_bits);
+    const int32_t index = w->index_code != NULL
+        ? take_symbol(r, w->index_code, r->index_limit, r->index_base, r->index_shortest)
+        : take_bits(r, w->index_bits);
     return index >= 0 && index < w->codebook_size ? w->codebook[index] : 1000;
 }
 
 static inline int32_t take_gap(tml_huffman_reader *r)
 {
     const tml_huffman_weights *w = r->weights;
-    return w->gap_code != NULL ? take_symbol(r, w->gap_code, r->gap_limit, r->gap_base) : take_bits(r, w->gap_bits);
+    return w->gap_code != NULL ? take_symbol(r, w->gap_code, r->gap_limit, r->gap_base, r->gap_shortest)
+                               : take_bits(r, w->gap_bits);
 }
 
 /* Dense weights: one index per weight, fixed-width or Huffman-coded. */
@@ -131,7 +138,8 @@ static int32_t read_dense(tml_huffman_reader *restrict r, int8_t *restrict out, 
         }
     } else {
         for (int32_t i = 0; i < n; i++) {
-            const uint32_t index = (uint32_t)take_symbol(r, w->index_code, r->index_limit, r->index_base);
+            const uint32_t index =
+                (uint32_t)take_symbol(r, w->index_code, r->index_limit, r->index_base, r->index_shortest);
             bad |= index >= size; /* -1, no code, is past any codebook too */
             out[i] = codebook[index < size ? index : 0];
         }
@@ -147,9 +155,7 @@ static int32_t read_sparse(tml_huffman_reader *restrict r, int8_t *restrict out,
     while (i < n) {
         if (!r->has_value) {
             if (r->entries_left == 0) { /* the trailing zeros */
-                for (; i < n; i++) {
-                    out[i] = 0;
-                }
+                memset(out + i, 0, (size_t)(n - i));
                 break;
             }
             const int32_t gap = take_gap(r);
@@ -162,11 +168,10 @@ static int32_t read_sparse(tml_huffman_reader *restrict r, int8_t *restrict out,
             r->has_value = 1;
             r->entries_left--;
         }
-        int32_t zeros = r->zeros_left < n - i ? r->zeros_left : n - i;
+        const int32_t zeros = r->zeros_left < n - i ? r->zeros_left : n - i;
         r->zeros_left -= zeros;
-        for (; zeros > 0; zeros--) {
-            out[i++] = 0;
-        }
+        memset(out + i, 0, (size_t)zeros);
+        i += zeros;
         if (i < n) {
             out[i++] = (int8_t)r->value;
             r->has_value = 0;
