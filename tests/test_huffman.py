@@ -393,3 +393,13 @@ def test_encoded_weights_run_on_the_board(mlp_build, cnn_build, model, board, tm
     result = run_firmware(firmware.out_dir, timeout=60)
     assert result.outputs_match_reference is True
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(4, -1))
+
+
+def test_an_encoded_constant_no_kernel_reads_is_refused():
+    from tinyml import plugins
+    from tinyml.codegen import generate
+
+    graph = compiler.compile(mlp((16, 12, 4)), calibration((16,)), progress=False).graph
+    graph.tensors[graph.nodes[0].inputs[2]].encoding = "packed"  # a bias: the fused kernels read weights only
+    with pytest.raises(TinymlError, match=r"Layer `fc1` \(fc\) has encoded constants \['fc1.bias'\]"):
+        generate(graph, None, plugins.plugin_manager())
