@@ -138,10 +138,12 @@ def test_installed_wheel_compiles_builds_and_runs_the_example(venv: Path, tmp_pa
     project = user / "build" / "stm32" / "project"
     data = package / "data"
     assert f"platform = symlink://{data / 'boards' / 'platform'}" in (project / "platformio.ini").read_text()
-    library = data / "firmware"
+    libraries = [data / "firmware", *sorted((package.parent / "tinyml_plugins").glob("*/c"))]  # core, plugins' C
     copied = sorted(p for p in (project / "lib").glob("*/*/*") if p.is_file())
-    assert {p.name for p in copied} >= {"tml_nn.h", "tml_conv2d_s8.c"}
+    assert {p.name for p in copied} >= {"tml_nn.h", "tml_conv2d_s8.c", "tml_huffman.h"}
     for path in copied:
-        original = library / path.parent.name / path.name
+        originals = [lib / path.parent.name / path.name for lib in libraries]
+        original = next((o for o in originals if o.is_file()), None)
+        assert original is not None, f"{path} is in no installed kernel library"
         assert original.read_bytes() == path.read_bytes(), f"{path} is not a copy of {original}"
     assert (project / "src" / "startup.c").read_bytes() == (data / "boards" / "runtime" / "startup.c").read_bytes()

@@ -79,7 +79,7 @@ def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kerne
 def tinyml_encode_weights(tensor: Tensor, board: Board | None) -> EncodedTensor | None:
     """Choose how the constant `tensor` is stored in flash for `board`.
 
-    Return a `tinyml.weights.EncodedTensor` (the C definitions and the decode call, if any) or
+    Return a `tinyml.weights.EncodedTensor` (the C definitions, the symbol kernels receive, the flash bytes) or
     None to leave it to another plugin; `board` is None for a host-only build. The first non-None
     answer wins; raw int8 arrays are the core's answer of last resort (``trylast``).
     """

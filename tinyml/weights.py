@@ -42,9 +42,11 @@ MODEL_IDENTIFIERS = frozenset(
 class EncodedTensor:
     """C for one constant: `definition` goes into model_data.c, `declaration` into model.c.
 
-    `symbol` is what kernels receive (a pointer to the data as they read it) and `nbytes` is the
-    flash it takes. An encoding whose kernels cannot read it directly (e.g. a compressed stream)
-    sets `decode`: a C statement run at start-up that fills `symbol` in RAM.
+    `symbol` is what kernels receive: the data as they read it (a raw array, or for an encoded
+    tensor whatever its decoding kernel takes, e.g. a `tml_huffman_weights`), and `nbytes` is the
+    flash it takes, every table included. Nothing is decoded at start-up: a plugin that encodes a
+    tensor also claims its layer with a kernel that decodes as it runs (`tinyml_select_kernel`),
+    into scratch the planner knows (`Kernel.scratch_bytes`).
     """
 
     symbol: str
@@ -52,7 +54,6 @@ class EncodedTensor:
     definition: str
     nbytes: int
     encoding: str = "raw"
-    decode: str | None = None
 
 
 def c_values(values: Sequence[int] | np.ndarray, suffix: str = "", indent: str = "    ") -> str:

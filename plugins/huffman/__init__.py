@@ -1,0 +1,64 @@
+"""huffman: compressed int8 weights on the device, decoded inside the kernels (Deep Compression's last stage).
+
+A graph technique `huffman` chooses per layer how fc and conv2d weights are stored:
+
+- `packed`: fixed-width codebook indices of 1..8 bits (TFLite Micro's compression);
+- `sparse`: nonzeros as (gap to the previous one, index) entries, a filler entry when a gap
+  overflows its width (Han et al., Deep Compression);
+- `huffman`: canonical Huffman codes per layer over the indices, or over the sparse gaps and
+  indices, whichever is smaller.
+
+`tinyml_encode_weights` writes the stream, codebook and code tables as C arrays (see `codes`
+for the bit format, `storage` for the C); `tinyml_select_kernel` gives those layers kernels that
+decode one fc row or conv filter into scratch at a time (`kernels`), so compressed weights
+cost flash only, and the outputs equal the plain int8 kernels' byte for byte. The C is in
+`c/` (`tml_huffman.h`), compiled into every host and board build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tinyml.errors import TinymlError
+from tinyml.hookspecs import hookimpl
+from tinyml.ir import Graph, Node, Tensor
+from tinyml.kernels import Kernel
+from tinyml.weights import EncodedTensor
+from tinyml_plugins.huffman import codes, kernels, storage
+from tinyml_plugins.huffman.technique import Huffman
+
+if TYPE_CHECKING:
+    from tinyml.board.boards import Board
+    from tinyml.technique import Technique
+
+C_DIR = Path(__file__).resolve().parent / "c"
+
+
+@hookimpl
+def tinyml_techniques() -> list[type[Technique]]:
+    return [Huffman]
+
+
+@hookimpl
+def tinyml_encode_weights(tensor: Tensor, board: Board | None) -> EncodedTensor | None:
+    """The C of a tensor whose `encoding` is packed, sparse or huffman; None for raw ones."""
+    if tensor.encoding not in codes.ENCODINGS:
+        return None
+    if tensor.dtype != "int8":
+        raise TinymlError(f"Constant `{tensor.name}` is {tensor.dtype}; only int8 weights can be {tensor.encoding}.")
+    try:
+        encoded = codes.encode(tensor.data, tensor.codebook, tensor.encoding)
+    except ValueError as err:
+        raise TinymlError(f"Constant `{tensor.name}` cannot be stored {tensor.encoding}: {err}.") from None
+    return storage.encoded_tensor(tensor, encoded)
+
+
+@hookimpl
+def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
+    return kernels.select_kernel(node, graph, board)
+
+
+@hookimpl
+def tinyml_kernel_sources() -> list[Path]:
+    return [C_DIR]

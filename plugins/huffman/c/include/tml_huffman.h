@@ -1,0 +1,113 @@
+/*
+ * tml_huffman.h - compressed int8 weights and the kernels that decode them as they run.
+ *
+ * A tensor's int8 weights (flattened as the plain kernels read them: fc [out][in], conv OHWI)
+ * are stored as indices into a small codebook, in one bitstream: fixed-width indices of 1..8
+ * bits ("packed"), (gap, index) entries that skip zeros ("sparse"), or either with canonical
+ * Huffman codes ("huffman"). The format is documented in tinyml_plugins/huffman/codes.py,
+ * whose Python decoder gives the same values bit for bit.
+ *
+ * The fused kernels decode one output channel's weights (an fc row, a conv filter) into a
+ * scratch buffer and use it before decoding the next, so weights cost flash only and the RAM
+ * they take is the one row or filter of scratch that tml_huffman_*_scratch_bytes names.
+ * Results equal tml_fc_s8 / tml_conv2d_s8 on the decoded weights byte for byte.
+ */
+#ifndef TML_HUFFMAN_H
+#define TML_HUFFMAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tml_nn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cdef-begin */
+#define TML_HUFFMAN_MAX_BITS 15 /* longest Huffman code */
+
+/* A canonical Huffman code. count[len] codes have length len (count[0] == 0, len <= max_bits);
+ * symbols[] lists the symbols in code order: by length, then by symbol. */
+typedef struct {
+    const uint16_t *count;  /* [max_bits + 1] */
+    const uint8_t *symbols; /* [sum of count] */
+    int32_t max_bits;       /* 1..TML_HUFFMAN_MAX_BITS; 0 for an empty code */
+} tml_huffman_table;
+
+/* One encoded weight tensor. `stream` holds fields written MSB first, back to back; one padding
+ * byte follows the last. gap_bits == 0: `count` indices, one per weight. gap_bits 1..8: `entries`
+ * (gap, index) pairs, each `gap` zero weights then codebook[index]; weights after the last entry
+ * are zero. A field is a Huffman code of its table, or a fixed-width number when the table is NULL. */
+typedef struct {
+    const uint8_t *stream;
+    const int8_t *codebook;               /* [at most 256] the value of each index */
+    const tml_huffman_table *index_code;  /* NULL: indices are index_bits wide */
+    const tml_huffman_table *gap_code;    /* NULL: gaps are gap_bits wide */
+    int32_t count;                        /* weights in the tensor, >= 1 */
+    int32_t entries;                      /* sparse entries (0 when dense) */
+    int32_t codebook_size;                /* 1..256 */
+    int32_t stream_bytes;                 /* bytes of stream, padding included */
+    uint8_t index_bits;                   /* 1..8 */
+    uint8_t gap_bits;                     /* 0 dense, 1..8 sparse */
+} tml_huffman_weights;
+
+/* Where decoding stands; set up by tml_huffman_reader_init, opaque to callers. `acc` holds the
+ * next `acc_bits` bits of the stream left-aligned; `limit` and `base` are each table's canonical
+ * code in the form a decode takes (per length, the first code past it left-aligned to
+ * TML_HUFFMAN_MAX_BITS bits, and the symbols[] position of code 0 of that length). A sparse
+ * entry read but not yet placed is `zeros_left` zeros, then `value`. */
+typedef struct {
+    const tml_huffman_weights *weights;
+    const uint8_t *next;   /* next byte to load into acc */
+    const uint8_t *end;    /* the padding byte: zeros are loaded from here on */
+    uint32_t acc;
+    int32_t acc_bits;
+    int32_t bits_used;     /* bits taken from the stream so far */
+    int32_t done;          /* weights decoded so far */
+    int32_t entries_left;
+    int32_t zeros_left;
+    int32_t has_value;
+    int32_t value;
+    int32_t index_shortest; /* the shortest code's length, where a decode starts */
+    int32_t gap_shortest;
+    uint16_t index_limit[TML_HUFFMAN_MAX_BITS + 1];
+    int16_t index_base[TML_HUFFMAN_MAX_BITS + 1];
+    uint16_t gap_limit[TML_HUFFMAN_MAX_BITS + 1];
+    int16_t gap_base[TML_HUFFMAN_MAX_BITS + 1];
+} tml_huffman_reader;
+
+/* Start decoding `weights` from its first weight; TML_ARG_ERROR if its fields are out of range. */
+tml_status tml_huffman_reader_init(tml_huffman_reader *reader, const tml_huffman_weights *weights);
+
+/* Decode the next `n` weights (1..count - already decoded) into out[n]. TML_ARG_ERROR on a
+ * corrupt stream: a code no table holds, an index past the codebook, bits past the stream. */
+tml_status tml_huffman_read_s8(tml_huffman_reader *reader, int8_t *out, int32_t n);
+
+/* Decode the whole tensor into out[weights->count]: for tests and for decoding a layer into scratch. */
+tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out);
+
+/* tml_fc_s8 with encoded weights [out_features][in_features]: decodes one row into `scratch`
+ * (tml_huffman_fc_s8_scratch_bytes(in_features) bytes), multiplies it, then the next row. */
+tml_status tml_huffman_fc_s8(const tml_fc_params *params, const tml_quant_channels *quant,
+                             int32_t in_features, const int8_t *input,
+                             const tml_huffman_weights *weights, const int32_t *bias,
+                             int32_t out_features, int8_t *output, int8_t *scratch);
+int32_t tml_huffman_fc_s8_scratch_bytes(int32_t in_features);
+
+/* tml_conv2d_s8 with encoded OHWI weights: decodes one filter (k_h * k_w * in_c weights) into
+ * `scratch` (tml_huffman_conv2d_s8_scratch_bytes bytes) and runs it over the whole output before
+ * decoding the next. Output channel o is written at output[pixel * out_c + o], as tml_conv2d_s8 does. */
+tml_status tml_huffman_conv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
+                                 const tml_shape *input_shape, const int8_t *input,
+                                 const tml_shape *filter_shape, const tml_huffman_weights *weights,
+                                 const int32_t *bias,
+                                 const tml_shape *output_shape, int8_t *output, int8_t *scratch);
+int32_t tml_huffman_conv2d_s8_scratch_bytes(const tml_shape *filter_shape);
+/* cdef-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TML_HUFFMAN_H */

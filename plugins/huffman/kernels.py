@@ -1,0 +1,104 @@
+"""Fused kernels for layers whose weights are encoded: `tml_huffman_fc_s8` and `tml_huffman_conv2d_s8`.
+
+Each decodes one output channel's weights (an fc row, a conv filter) into scratch and uses them
+before decoding the next; the scratch is the one row or filter, sized here in Python as the C
+library's `tml_huffman_*_scratch_bytes` sizes it (code generation never compiles C). A layer whose
+weights are raw keeps the core's kernels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tinyml.errors import TinymlError
+from tinyml.ir import Graph, Node
+from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
+from tinyml_plugins.huffman.codes import ENCODINGS
+from tinyml_plugins.huffman.storage import HEADER
+
+if TYPE_CHECKING:
+    from tinyml.board.boards import Board
+
+FUSED_OPS = ("fc", "conv2d")
+
+
+def fc_scratch_bytes(in_features: int) -> int:
+    """Scratch of `tml_huffman_fc_s8`: one decoded row. Mirrors `tml_huffman_fc_s8_scratch_bytes`."""
+    return in_features
+
+
+def conv2d_scratch_bytes(filter_shape: tuple[int, int, int]) -> int:
+    """Scratch of `tml_huffman_conv2d_s8`: one decoded filter (h, w, c).
+
+    Mirrors `tml_huffman_conv2d_s8_scratch_bytes`.
+    """
+    h, w, c = filter_shape
+    return h * w * c
+
+
+def _emit_fc(call: CallSite) -> str:
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b = n.inputs
+    out_f, in_f = g.tensors[w].shape
+    params = call.add_static(
+        "tml_fc_params",
+        "params",
+        _fields(
+            input_offset=-g.tensors[x].zero_point, output_offset=g.tensors[n.outputs[0]].zero_point,
+            act_min=a["act_min"], act_max=a["act_max"],
+        ),
+    )  # fmt: skip
+    quant = _quant_channels(call)
+    return (
+        f"status = tml_huffman_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, &{call.tensor(w)}, "
+        f"{call.tensor(b)}, {out_f}, {call.output()}, {call.scratch});"
+    )
+
+
+def _emit_conv(call: CallSite) -> str:
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b = n.inputs
+    out = n.outputs[0]
+    params = call.add_static(
+        "tml_conv_params",
+        "params",
+        _fields(
+            stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
+            depth_multiplier=1, input_offset=-g.tensors[x].zero_point,
+            output_offset=g.tensors[out].zero_point, act_min=a["act_min"], act_max=a["act_max"],
+        ),
+    )  # fmt: skip
+    quant = _quant_channels(call)
+    kh, kw = g.tensors[w].shape[1:3]
+    filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
+    return (
+        f"status = tml_huffman_conv2d_s8(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, "
+        f"&{call.tensor(w)}, {call.tensor(b)}, &{call.shape(out)}, {call.output()}, {call.scratch});"
+    )
+
+
+def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
+    """The fused kernel of an fc or conv2d node whose weight is encoded; None for every other node.
+
+    A node of another op with an encoded constant is refused: no kernel of it reads encoded weights.
+    """
+    encoded = [name for name in node.inputs if graph.tensors[name].encoding in ENCODINGS]
+    if not encoded:
+        return None
+    if node.op not in FUSED_OPS or encoded != [node.inputs[1]]:
+        raise TinymlError(
+            f"Layer `{node.name}` ({node.op}) has encoded constants {encoded} "
+            f"({', '.join(graph.tensors[n].encoding for n in encoded)}), but only the weights of fc and conv2d "
+            "layers can be read encoded; leave this layer's weights raw (technique `huffman`, option `layers`)."
+        )
+    w = graph.tensors[node.inputs[1]]
+    if node.op == "fc":
+        return Kernel(
+            function="tml_huffman_fc_s8", emit=_emit_fc, scratch_bytes=fc_scratch_bytes(w.shape[1]),
+            headers=("tml_nn.h", HEADER),
+        )  # fmt: skip
+    kh, kw, in_c = w.shape[1:]
+    return Kernel(
+        function="tml_huffman_conv2d_s8", emit=_emit_conv, scratch_bytes=conv2d_scratch_bytes((kh, kw, in_c)),
+        headers=("tml_nn.h", HEADER),
+    )  # fmt: skip

@@ -1,0 +1,77 @@
+"""The C of an encoded weight tensor: its stream, codebook and code tables, and the `tml_huffman_weights` kernels read.
+
+Everything is `const` (flash). The tensor's symbol names the `tml_huffman_weights` struct; its
+parts are `<symbol>_stream`, `_codebook`, `_index_count`/`_index_symbols`/`_index_code` and the
+same for `_gap`, so a map file attributes every byte to the layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinyml.ir import Tensor
+from tinyml.weights import EncodedTensor, c_array, c_comment, symbol_for
+from tinyml_plugins.huffman.codes import Encoded, HuffmanTable
+
+HEADER = "tml_huffman.h"
+
+
+def _table(symbol: str, role: str, table: HuffmanTable | None) -> tuple[list[str], str]:
+    """The C of one code table and the expression a `tml_huffman_weights` field takes (NULL: fixed width)."""
+    if table is None or not table.symbols:
+        return [], "NULL"
+    name = f"{symbol}_{role}"
+    parts = [
+        c_array(
+            "uint16_t", f"{name}_count", np.asarray(table.count), f"codes of each length 0..{len(table.count) - 1}"
+        ),
+        c_array("uint8_t", f"{name}_symbols", np.asarray(table.symbols), f"{role} symbols in code order"),
+        f"const tml_huffman_table {name}_code = {{{name}_count, {name}_symbols, {len(table.count) - 1}}};\n",
+    ]
+    return parts, f"&{name}_code"
+
+
+def encoded_tensor(tensor: Tensor, encoded: Encoded) -> EncodedTensor:
+    """`encoded` as C definitions for model_data.c and the declaration model.c needs."""
+    symbol = symbol_for(tensor)
+    index_parts, index_code = _table(symbol, "index", encoded.index_table)
+    gap_parts, gap_code = _table(symbol, "gap", encoded.gap_table)
+    layout = f"sparse, {encoded.entries} entries, gaps {encoded.gap_bits} bits" if encoded.gap_bits else "dense"
+    codes = "Huffman-coded" if encoded.index_table is not None else f"{encoded.index_bits}-bit"
+    summary = c_comment(
+        f"{tensor.name}: int8 {list(tensor.data.shape)} as {encoded.kind} ({layout}, {codes} indices into "
+        f"{len(encoded.codebook)} values): {encoded.nbytes} bytes, raw {tensor.data.nbytes}"
+    )
+    fields = [
+        f"    .stream = {symbol}_stream,",
+        f"    .codebook = {symbol}_codebook,",
+        f"    .index_code = {index_code},",
+        f"    .gap_code = {gap_code},",
+        f"    .count = {encoded.count},",
+        f"    .entries = {encoded.entries},",
+        f"    .codebook_size = {len(encoded.codebook)},",
+        f"    .stream_bytes = {len(encoded.stream)},",
+        f"    .index_bits = {encoded.index_bits},",
+        f"    .gap_bits = {encoded.gap_bits},",
+    ]
+    definition = "\n".join(
+        [
+            f'#include "{HEADER}"',
+            f"/* {summary} */",
+            c_array("uint8_t", f"{symbol}_stream", np.frombuffer(encoded.stream, dtype=np.uint8), "bitstream"),
+            c_array("int8_t", f"{symbol}_codebook", encoded.codebook, "the value of each index"),
+            *index_parts,
+            *gap_parts,
+            f"const tml_huffman_weights {symbol} = {{",
+            *fields,
+            "};",
+            "",
+        ]
+    )
+    return EncodedTensor(
+        symbol=symbol,
+        declaration=f"extern const tml_huffman_weights {symbol};",
+        definition=definition,
+        nbytes=encoded.nbytes,
+        encoding=encoded.kind,
+    )
