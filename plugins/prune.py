@@ -32,6 +32,7 @@ from tinyml.technique import Context, Technique
 
 LayerKind = Literal["conv", "depthwise", "linear"]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Keep-masks (True = kept) by parameter name (`features.conv1.weight`), shaped like the parameter.
 Masks = dict[str, torch.Tensor]
 
 
@@ -87,19 +88,13 @@ class Prune(Technique):
 
             return prune_filters(model, candidates, targets, context, opts)
         groups = sparsity_groups(targets, opts.scope, opts.layers, candidates)
-        tuner = FineTuner(model, candidates, train_data, opts)
-        masks: Masks = {}
-        total = opts.steps * max(1, opts.epochs_per_step * tuner.batches_per_epoch)
-        with context.progress(f"pruning to {opts.sparsity:.0%} sparsity", total=total) as advance:
-            for t in range(1, opts.steps + 1):
-                # Each group follows the schedule towards its own final sparsity.
-                step = [(paths, scheduled(opts.initial_sparsity, final, t, opts.steps)) for paths, final in groups]
-                masks = magnitude_masks(candidates, step, masks)
-                apply_masks(candidates, masks)
-                if opts.epochs_per_step:
-                    tuner.run(opts.epochs_per_step, masks, advance)
-                else:
-                    advance(1)
+
+        def step_masks(t: int, previous: Masks) -> Masks:
+            # Each group follows the schedule towards its own final sparsity.
+            step = [(paths, scheduled(opts.initial_sparsity, final, t, opts.steps)) for paths, final in groups]
+            return magnitude_masks(candidates, step, previous)
+
+        run_schedule(model, train_data, opts, context, f"pruning to {opts.sparsity:.0%} sparsity", step_masks)
         return model.eval()
 
 
@@ -190,8 +185,8 @@ def magnitude_masks(candidates: dict[str, nn.Module], targets: list[tuple[list[s
         scores = []
         for path in paths:
             score = candidates[path].weight.detach().abs().flatten().double()
-            if path in previous:
-                score = torch.where(previous[path].flatten(), score, torch.full_like(score, -1.0))
+            if f"{path}.weight" in previous:
+                score = torch.where(previous[f"{path}.weight"].flatten(), score, torch.full_like(score, -1.0))
             scores.append(score)
         flat = torch.cat(scores)
         count = int(round(fraction * flat.numel()))
@@ -200,16 +195,39 @@ def magnitude_masks(candidates: dict[str, nn.Module], targets: list[tuple[list[s
         offset = 0
         for path in paths:
             weight = candidates[path].weight
-            masks[path] = keep[offset : offset + weight.numel()].reshape(weight.shape)
+            masks[f"{path}.weight"] = keep[offset : offset + weight.numel()].reshape(weight.shape)
             offset += weight.numel()
     return masks
 
 
-def apply_masks(candidates: dict[str, nn.Module], masks: Masks) -> None:
-    """Set every pruned weight to +0.0."""
+def apply_masks(params: dict[str, nn.Parameter], masks: Masks) -> None:
+    """Set every pruned value to +0.0."""
     with torch.no_grad():
-        for path, mask in masks.items():
-            candidates[path].weight.masked_fill_(~mask, 0.0)
+        for name, mask in masks.items():
+            params[name].masked_fill_(~mask, 0.0)
+
+
+def run_schedule(
+    model: nn.Module,
+    train_data: tuple[np.ndarray, np.ndarray],
+    opts: PruneOptions,
+    context: Context,
+    description: str,
+    step_masks: Callable[[int, Masks], Masks],
+) -> Masks:
+    """Prune with `step_masks(t, previous)` at steps t = 1..n, fine-tuning after each; the last masks."""
+    tuner = FineTuner(model, train_data, opts)
+    masks: Masks = {}
+    total = opts.steps * max(1, opts.epochs_per_step * tuner.batches_per_epoch)
+    with context.progress(description, total=total) as advance:
+        for t in range(1, opts.steps + 1):
+            masks = step_masks(t, masks)
+            apply_masks(tuner.params, masks)
+            if opts.epochs_per_step:
+                tuner.run(opts.epochs_per_step, masks, advance)
+            else:
+                advance(1)
+    return masks
 
 
 class FineTuner:
@@ -218,12 +236,11 @@ class FineTuner:
     def __init__(
         self,
         model: nn.Module,
-        candidates: dict[str, nn.Module],
         train_data: tuple[np.ndarray, np.ndarray],
         opts: PruneOptions,
     ) -> None:
         self.model = model
-        self.candidates = candidates
+        self.params = dict(model.named_parameters())
         self.x = torch.from_numpy(np.asarray(train_data[0], np.float32))
         self.y = torch.from_numpy(np.asarray(train_data[1], np.int64))
         self.batch = opts.batch_size
@@ -249,12 +266,12 @@ class FineTuner:
                     if isinstance(out, list | tuple):
                         out = out[0]
                     self.loss(out.flatten(1), self.y[idx]).backward()
-                    for path, mask in masks.items():
-                        grad = self.candidates[path].weight.grad
+                    for name, mask in masks.items():
+                        grad = self.params[name].grad
                         if grad is not None:
                             grad.masked_fill_(~mask, 0.0)
                     self.optimizer.step()
-                    apply_masks(self.candidates, masks)
+                    apply_masks(self.params, masks)
                     advance(1)
         self.model.eval()
 
