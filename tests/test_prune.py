@@ -318,8 +318,10 @@ def macs(graph: tinyml.ir.Graph) -> int:
 
 
 def test_digits_with_half_the_filters_removed_is_smaller_and_cheaper(digits_build, tmp_path: Path) -> None:
-    """Measured: float 98.44%, half the filters removed: float 96.67%, int8 (C on host) ...; MACs ..."""
+    """Measured: float 98.44%; half the filters removed: float 96.67%, int8 (C on host) 96.67%; MACs 121088 ->
+    32896, weights 15608 -> 4368 bytes."""
     from tinyml.examples import get_example
+    from tinyml.examples.digits import accuracy
     from tinyml.validation import validate
 
     example = get_example("digits")
@@ -336,12 +338,5 @@ def test_digits_with_half_the_filters_removed_is_smaller_and_cheaper(digits_buil
     assert build.generated.weight_bytes <= 0.6 * digits_build.generated.weight_bytes
     assert sum(map(len, build.generated.files.values())) < sum(map(len, digits_build.generated.files.values()))
     report = validate(build.out_dir)
-    print(
-        macs(digits_build.graph),
-        macs(build.graph),
-        digits_build.generated.weight_bytes,
-        build.generated.weight_bytes,
-        report,
-    )
     assert report["c_matches_reference"]
-    assert report["int8_accuracy"] >= validate(digits_build.out_dir)["float_accuracy"] - 0.04
+    assert report["int8_accuracy"] >= accuracy(example.model, example.x_test, example.y_test) - 0.04
