@@ -340,3 +340,13 @@ def test_digits_with_half_the_filters_removed_is_smaller_and_cheaper(digits_buil
     report = validate(build.out_dir)
     assert report["c_matches_reference"]
     assert report["int8_accuracy"] >= accuracy(example.model, example.x_test, example.y_test) - 0.04
+
+
+def test_fit_check_advises_prune_when_weights_do_not_fit() -> None:
+    from tinyml.board import fit
+    from tinyml.board.boards import resolve_board
+    from tinyml.errors import FitError
+
+    board = resolve_board("stm32")
+    with pytest.raises(FitError, match="installed techniques that make weights smaller: [^;]*'prune'"):
+        fit.check_fit(board, 1000, {"fc": board.flash_bytes})
