@@ -113,6 +113,7 @@ def pruned_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[tinyml.comp
     return build, {"float": accuracy(example.model, example.x_test, example.y_test)}
 
 
+@pytest.mark.slow
 def test_pruned_weights_are_exactly_zero_in_int8(pruned_digits) -> None:
     build, _ = pruned_digits
     total = pruned = 0
@@ -128,6 +129,7 @@ def test_pruned_weights_are_exactly_zero_in_int8(pruned_digits) -> None:
     assert pruned == round(0.85 * total)
 
 
+@pytest.mark.slow
 def test_digits_pruned_to_85_percent_keeps_its_accuracy(pruned_digits) -> None:
     """Measured: float 98.44%, pruned float 98.22%, int8 (C on host) 98.22%."""
     from tinyml.validation import validate
@@ -317,6 +319,7 @@ def macs(graph: tinyml.ir.Graph) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_digits_with_half_the_filters_removed_is_smaller_and_cheaper(digits_build, tmp_path: Path) -> None:
     """Measured: float 98.44%; half the filters removed: float 96.67%, int8 (C on host) 96.67%; MACs 121088 ->
     32896, weights 15608 -> 4368 bytes."""
