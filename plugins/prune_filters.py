@@ -4,17 +4,20 @@ The model is traced with torch.fx. From each ordinary conv (groups = 1) its outp
 followed through the layers that keep channels apart (BatchNorm2d, depthwise convs, ReLU-like
 activations with f(0) = 0, pooling, dropout) to the layers that read them: a conv (its input
 channels shrink) or a flatten into a Linear (the columns of each removed channel's H x W positions
-go). A conv whose channels reach an add, a concatenation, the model's output or anything else is
-left alone, so both sides of a residual add keep their channels.
+go). A residual add joins the channels of both its inputs: walking back from it finds the other
+convs that make them, and all are pruned together (one channel ranking over all their filters),
+so both sides of the add lose the same channels. A conv whose channels reach a concatenation, the
+model's output or anything else is left alone.
 
-On the schedule the lowest-norm channels are masked: the conv's filter and bias, and the channel
-in every batch norm and depthwise conv on the way, are held at 0.0 during fine-tuning, so the
-channel reads 0 where it is consumed. At the end the channels are removed: new, smaller modules
+On the schedule the lowest-norm channels are masked: the filters and biases of the producing
+convs, and the channel in every batch norm and depthwise conv on the way, are held at 0.0 during
+fine-tuning, so the channel reads 0 where it is consumed. At the end the channels are removed: new, smaller modules
 with copied slices, so the returned model computes what the masked one did.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,19 +45,20 @@ FLATTEN_METHODS = ("flatten", "view", "reshape")
 
 
 class NotPrunable(Exception):
-    """A conv's channels reach something that cannot lose channels (an add, the output, ...)."""
+    """A conv's channels reach something that cannot lose channels (a concatenation, the output, ...)."""
 
 
 @dataclass
-class ChannelPath:
-    """A conv's output channels and every module they pass through or are read by.
+class ChannelGroup:
+    """Channels that are removed together, and every module that makes, carries or reads them.
 
-    `members` keep one channel per producer channel (BatchNorm2d, depthwise Conv2d); `convs` read
+    `producers` are the convs whose output channels they are (several when a residual add joins
+    them); `members` keep one channel per channel (BatchNorm2d, depthwise Conv2d); `convs` read
     them as input channels; `linears` read them flattened, `spatial` columns per channel.
     """
 
-    producer: str
     channels: int
+    producers: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     convs: list[str] = field(default_factory=list)
     linears: list[tuple[str, int]] = field(default_factory=list)
@@ -78,59 +82,142 @@ def trace(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     return traced
 
 
-def channel_paths(model: nn.Module, example: torch.Tensor, producers: list[str]) -> dict[str, ChannelPath]:
-    """The channel path of every conv in `producers` whose channels can be removed, by module path."""
-    traced = trace(model, example)
-    calls: dict[str, int] = {}
-    for node in traced.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    paths = {}
-    for node in traced.graph.nodes:
-        if node.op != "call_module" or node.target not in producers or calls[node.target] != 1:
+def channel_groups(model: nn.Module, example: torch.Tensor, producers: list[str]) -> dict[str, ChannelGroup]:
+    """The channel groups whose channels can be removed, by their first producer, in model order.
+
+    Only groups all of whose producers are in `producers` are returned.
+    """
+    tracer = _GroupTracer(trace(model, example))
+    groups: dict[str, ChannelGroup] = {}
+    claimed: set[str] = set()
+    for node in tracer.graph.nodes:
+        if node.op != "call_module" or node.target not in producers or node.target in claimed:
             continue
-        module = traced.get_submodule(node.target)
-        path = ChannelPath(node.target, module.out_channels)
+        if not tracer.is_conv(node):
+            continue
         try:
-            _follow(traced, node, path, calls)
+            group = tracer.group_of(node)
         except NotPrunable:
+            claimed.add(node.target)
             continue
-        paths[node.target] = path
-    return paths
+        claimed.update(group.producers)
+        if set(group.producers) <= set(producers):
+            groups[node.target] = group
+    return groups
 
 
-def _follow(traced: torch.fx.GraphModule, node: torch.fx.Node, path: ChannelPath, calls: dict[str, int]) -> None:
-    """Add to `path` every module `node`'s channels reach; NotPrunable when one cannot lose channels."""
-    for user in node.users:
-        if user.op == "call_module":
-            module = traced.get_submodule(user.target)
-            shared = calls[user.target] != 1
-            if isinstance(module, PASS_MODULES):
-                _follow(traced, user, path, calls)
-            elif isinstance(module, nn.BatchNorm2d) and not shared:
-                path.members.append(user.target)
-                _follow(traced, user, path, calls)
-            elif layer_kind(module) == "depthwise" and module.out_channels == module.in_channels and not shared:
-                path.members.append(user.target)
-                _follow(traced, user, path, calls)
-            elif isinstance(module, nn.Conv2d) and module.groups == 1 and not shared:
-                path.convs.append(user.target)
-            elif isinstance(module, nn.Flatten) and module.start_dim == 1:
-                _flattened(traced, user, path, calls)
+class _GroupTracer:
+    """Flood fill over an fx graph: every value that carries the same channels as a conv's output."""
+
+    def __init__(self, traced: torch.fx.GraphModule) -> None:
+        self.traced = traced
+        self.graph = traced.graph
+        self.calls: dict[str, int] = {}
+        for node in self.graph.nodes:
+            if node.op == "call_module":
+                self.calls[node.target] = self.calls.get(node.target, 0) + 1
+
+    def module(self, node: torch.fx.Node) -> nn.Module | None:
+        return self.traced.get_submodule(node.target) if node.op == "call_module" else None
+
+    def once(self, node: torch.fx.Node) -> bool:
+        return self.calls[node.target] == 1
+
+    def is_conv(self, node: torch.fx.Node) -> bool:
+        """An ordinary conv (groups = 1) called once: it makes channels and reads them."""
+        m = self.module(node)
+        return isinstance(m, nn.Conv2d) and m.groups == 1 and self.once(node)
+
+    def is_member(self, node: torch.fx.Node) -> bool:
+        """A BatchNorm2d or a depthwise conv (multiplier 1) called once: one channel in, the same one out."""
+        m = self.module(node)
+        depthwise = isinstance(m, nn.Conv2d) and layer_kind(m) == "depthwise" and m.out_channels == m.in_channels
+        return (isinstance(m, nn.BatchNorm2d) or depthwise) and self.once(node)
+
+    def is_pass(self, node: torch.fx.Node) -> bool:
+        """A channel-wise function mapping 0 to 0 (activation, pooling, dropout), on its first argument."""
+        if node.op == "call_module":
+            return isinstance(self.module(node), PASS_MODULES)
+        if node.op == "call_function":
+            return node.target in PASS_FUNCTIONS
+        return node.op == "call_method" and node.target in PASS_METHODS
+
+    def is_add(self, node: torch.fx.Node) -> bool:
+        """An elementwise sum of two feature maps of the same shape (a residual connection)."""
+        if node.op != "call_function" or node.target not in (operator.add, operator.iadd, torch.add):
+            return False
+        args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        shapes = [a.meta.get("tensor_meta") for a in args]
+        return (
+            len(args) == 2
+            and all(s is not None and len(s.shape) == 4 for s in shapes)
+            and (shapes[0].shape == shapes[1].shape)
+        )
+
+    def group_of(self, conv: torch.fx.Node) -> ChannelGroup:
+        """The group of `conv`'s output channels; NotPrunable when they reach something that cannot lose them."""
+        group = ChannelGroup(self.module(conv).out_channels)
+        seen: set[torch.fx.Node] = set()
+        todo = [conv]
+        while todo:
+            node = todo.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            todo.extend(self._backward(node, group))
+            todo.extend(self._forward(node, group))
+        order = {n.target: i for i, n in enumerate(self.graph.nodes) if n.op == "call_module"}
+        for names in (group.producers, group.members, group.convs):
+            names.sort(key=order.__getitem__)
+        return group
+
+    def _backward(self, node: torch.fx.Node, group: ChannelGroup) -> list[torch.fx.Node]:
+        """Where `node`'s channels come from: a producing conv ends the walk, an add joins both its inputs."""
+        if self.is_conv(node):
+            group.producers.append(node.target)
+            return []
+        if self.is_member(node):
+            group.members.append(node.target)
+            return [node.args[0]]
+        if self.is_pass(node):
+            return [node.args[0]]
+        if self.is_add(node):
+            return list(node.args[:2])
+        raise NotPrunable(str(node.target))
+
+    def _forward(self, node: torch.fx.Node, group: ChannelGroup) -> list[torch.fx.Node]:
+        """The users of `node` that carry its channels on; readers (convs, flatten into linear) are recorded."""
+        carried = []
+        for user in node.users:
+            if self.is_conv(user):
+                group.convs.append(user.target)
+            elif _is_flatten(self, user):
+                self._flattened(user, group)
+            elif self.is_member(user) or self.is_add(user) or (self.is_pass(user) and user.args[0] is node):
+                carried.append(user)
             else:
-                raise NotPrunable(user.target)
-        elif user.op == "call_function" and user.target in PASS_FUNCTIONS and user.args[0] is node:
-            _follow(traced, user, path, calls)
-        elif user.op == "call_method" and user.target in PASS_METHODS:
-            _follow(traced, user, path, calls)
-        elif _is_flatten(user):
-            _flattened(traced, user, path, calls)
-        else:
-            raise NotPrunable(str(user.target))
+                raise NotPrunable(str(user.target))
+        return carried
+
+    def _flattened(self, node: torch.fx.Node, group: ChannelGroup) -> None:
+        """After a flatten every reader must be a Linear (called once) that loses H*W columns per channel."""
+        shape = node.args[0].meta["tensor_meta"].shape
+        spatial = int(shape[2] * shape[3])
+        for user in node.users:
+            m = self.module(user)
+            if isinstance(m, nn.Linear) and self.once(user):
+                group.linears.append((user.target, spatial))
+            elif isinstance(m, nn.Dropout | nn.Identity):
+                self._flattened(user, group)
+            else:
+                raise NotPrunable(str(user.target))
 
 
-def _is_flatten(node: torch.fx.Node) -> bool:
-    """A flatten, view or reshape of (N, C, H, W) into (N, C*H*W)."""
+def _is_flatten(tracer: _GroupTracer, node: torch.fx.Node) -> bool:
+    """A flatten (module or function), view or reshape of (N, C, H, W) into (N, C*H*W)."""
+    m = tracer.module(node)
+    if isinstance(m, nn.Flatten) and m.start_dim == 1:
+        return True
     is_call = (node.op == "call_function" and node.target in FLATTEN_FUNCTIONS) or (
         node.op == "call_method" and node.target in FLATTEN_METHODS
     )
@@ -140,24 +227,9 @@ def _is_flatten(node: torch.fx.Node) -> bool:
     return len(shape_in) == 4 and len(shape_out) == 2 and shape_out[1] == int(np.prod(shape_in[1:]))
 
 
-def _flattened(traced: torch.fx.GraphModule, node: torch.fx.Node, path: ChannelPath, calls: dict[str, int]) -> None:
-    """After a flatten every reader must be a Linear (used once) that loses H*W columns per channel."""
-    shape = node.args[0].meta["tensor_meta"].shape
-    spatial = int(shape[2] * shape[3])
-    for user in node.users:
-        if user.op == "call_module" and isinstance(traced.get_submodule(user.target), nn.Linear):
-            if calls[user.target] != 1:
-                raise NotPrunable(user.target)
-            path.linears.append((user.target, spatial))
-        elif user.op == "call_module" and isinstance(traced.get_submodule(user.target), nn.Dropout | nn.Identity):
-            _flattened(traced, user, path, calls)
-        else:
-            raise NotPrunable(str(user.target))
-
-
-def filter_norms(model: nn.Module, producer: str, norm: str) -> torch.Tensor:
-    """L1 or L2 norm of each output channel's filter."""
-    weight = model.get_submodule(producer).weight.detach().flatten(1).double()
+def filter_norms(model: nn.Module, producers: list[str], norm: str) -> torch.Tensor:
+    """L1 or L2 norm of each output channel, over the filters of every producer of the channel."""
+    weight = torch.cat([model.get_submodule(p).weight.detach().flatten(1).double() for p in producers], dim=1)
     return weight.abs().sum(1) if norm == "l1" else weight.pow(2).sum(1).sqrt()
 
 
@@ -171,10 +243,10 @@ def choose_channels(norms: torch.Tensor, count: int, previous: torch.Tensor | No
     return keep
 
 
-def channel_masks(model: nn.Module, path: ChannelPath, keep: torch.Tensor) -> Masks:
-    """Masks of every parameter that carries `path`'s channels: producer and members, weight and bias."""
+def channel_masks(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> Masks:
+    """Masks of every parameter that carries the group's channels: producers and members, weight and bias."""
     masks = {}
-    for name in (path.producer, *path.members):
+    for name in (*group.producers, *group.members):
         module = model.get_submodule(name)
         for role in ("weight", "bias"):
             param = getattr(module, role, None)
@@ -184,20 +256,21 @@ def channel_masks(model: nn.Module, path: ChannelPath, keep: torch.Tensor) -> Ma
     return masks
 
 
-def remove_channels(model: nn.Module, paths: dict[str, ChannelPath], keeps: dict[str, torch.Tensor]) -> nn.Module:
-    """Replace every module on the paths by a smaller copy without the removed channels (in place)."""
+def remove_channels(model: nn.Module, groups: dict[str, ChannelGroup], keeps: dict[str, torch.Tensor]) -> nn.Module:
+    """Replace every module of the groups by a smaller copy without the removed channels (in place)."""
     out_keep: dict[str, torch.Tensor] = {}
     in_keep: dict[str, torch.Tensor] = {}
-    for producer, keep in keeps.items():
-        path = paths[producer]
+    for name, keep in keeps.items():
+        group = groups[name]
         index = torch.nonzero(keep).flatten()
-        out_keep[producer] = index
-        for name in path.members:
-            out_keep[name] = in_keep[name] = index
-        for name in path.convs:
-            in_keep[name] = index
-        for name, spatial in path.linears:
-            in_keep[name] = (index[:, None] * spatial + torch.arange(spatial)).flatten()
+        for producer in group.producers:
+            out_keep[producer] = index
+        for member in group.members:
+            out_keep[member] = in_keep[member] = index
+        for conv in group.convs:
+            in_keep[conv] = index
+        for linear, spatial in group.linears:
+            in_keep[linear] = (index[:, None] * spatial + torch.arange(spatial)).flatten()
     for name in {**out_keep, **in_keep}:
         module = model.get_submodule(name)
         smaller = _slice(module, out_keep.get(name), in_keep.get(name))
@@ -249,32 +322,35 @@ def prune_filters(
     if example is None:
         example = torch.from_numpy(np.asarray(train_data[0][:1], np.float32))
     producers = [p for p, m in candidates.items() if layer_kind(m) == "conv" and m.groups == 1]
-    paths = channel_paths(model, example, producers)
-    counts = {p: round(targets[p] * path.channels) for p, path in paths.items()}
-    for producer, count in counts.items():
-        if count >= paths[producer].channels:
+    groups = channel_groups(model, example, producers)
+    # Channels joined by residual adds are removed together, by the smallest target among their producers.
+    fractions = {name: min(targets[p] for p in group.producers) for name, group in groups.items()}
+    counts = {name: round(fractions[name] * group.channels) for name, group in groups.items()}
+    for name, count in counts.items():
+        if count >= groups[name].channels:
+            layers = " and ".join(repr(p) for p in groups[name].producers)
             raise RecipeError(
-                f"Technique 'prune' with mode = 'filters' would remove every one of the {paths[producer].channels} "
-                f"output channels of {producer!r} (sparsity {targets[producer]} rounds to {count}). Lower its "
-                f'sparsity, e.g. layers = {{ "{producer}" = 0.5 }}.'
+                f"Technique 'prune' with mode = 'filters' would remove every one of the {groups[name].channels} "
+                f"output channels of {layers} (sparsity {fractions[name]} rounds to {count}). Lower its "
+                f'sparsity, e.g. layers = {{ "{name}" = 0.5 }}.'
             )
-    paths = {p: path for p, path in paths.items() if counts[p] > 0}
-    if not paths:
+    groups = {name: group for name, group in groups.items() if counts[name] > 0}
+    if not groups:
         raise RecipeError(
             "Technique 'prune' with mode = 'filters' finds no conv whose output channels can be removed at this "
-            f"sparsity: the convs ({', '.join(producers) or 'none'}) feed an add, a concatenation or the model's "
-            "output, or would lose no channel. Use mode = 'unstructured' or raise the sparsity."
+            f"sparsity: the convs ({', '.join(producers) or 'none'}) feed a concatenation or the model's output, "
+            "or would lose no channel. Use mode = 'unstructured' or raise the sparsity."
         )
     keeps: dict[str, torch.Tensor] = {}
 
     def step_masks(t: int, previous: Masks) -> Masks:
         masks: Masks = {}
-        for producer, path in paths.items():
-            fraction = scheduled(opts.initial_sparsity, targets[producer], t, opts.steps)
-            norms = filter_norms(model, producer, opts.norm)
-            keeps[producer] = choose_channels(norms, round(fraction * path.channels), keeps.get(producer))
-            masks.update(channel_masks(model, path, keeps[producer]))
+        for name, group in groups.items():
+            fraction = scheduled(opts.initial_sparsity, fractions[name], t, opts.steps)
+            norms = filter_norms(model, group.producers, opts.norm)
+            keeps[name] = choose_channels(norms, round(fraction * group.channels), keeps.get(name))
+            masks.update(channel_masks(model, group, keeps[name]))
         return masks
 
     run_schedule(model, train_data, opts, context, f"removing {opts.sparsity:.0%} of the filters", step_masks)
-    return remove_channels(model, paths, keeps).eval()
+    return remove_channels(model, groups, keeps).eval()

@@ -244,13 +244,35 @@ def residual_depthwise() -> nn.Module:
     return model.eval()
 
 
-def test_channel_paths_cross_depthwise_and_flatten_and_leave_residual_adds_alone() -> None:
-    from tinyml_plugins.prune_filters import channel_paths
+def test_channel_groups_cross_depthwise_flatten_and_both_sides_of_a_residual_add() -> None:
+    from tinyml_plugins.prune_filters import channel_groups
 
-    paths = channel_paths(residual_depthwise(), torch.zeros(1, 1, 6, 6), ["stem", "expand", "project", "head"])
-    assert set(paths) == {"expand", "head"}  # stem and project feed the add
-    assert paths["expand"].members == ["bn1", "dw", "bn2"] and paths["expand"].convs == ["project"]
-    assert paths["head"].linears == [("fc", 9)] and not paths["head"].convs
+    groups = channel_groups(residual_depthwise(), torch.zeros(1, 1, 6, 6), ["stem", "expand", "project", "head"])
+    assert list(groups) == ["stem", "expand", "head"]
+    residual = groups["stem"]  # stem and project feed the add: their channels go together
+    assert (residual.producers, residual.members, residual.convs) == (
+        ["stem", "project"],
+        ["bn0", "bn3"],
+        ["expand", "head"],
+    )
+    assert (groups["expand"].members, groups["expand"].convs) == (["bn1", "dw", "bn2"], ["project"])
+    assert groups["head"].linears == [("fc", 9)] and not groups["head"].convs
+    # A producer left out (by `types`) keeps the whole group: its channels cannot go on one side only.
+    assert list(channel_groups(residual_depthwise(), torch.zeros(1, 1, 6, 6), ["stem", "head"])) == ["head"]
+
+
+def test_channels_reaching_a_concatenation_or_the_output_are_left_alone() -> None:
+    from tinyml_plugins.prune_filters import channel_groups
+
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+    assert channel_groups(Concat(), torch.zeros(1, 1, 6, 6), ["a", "b", "c"]) == {}
 
 
 def zeroed_at_readers(model: nn.Module, readers: dict[str, tuple[torch.Tensor, int]]) -> nn.Module:
@@ -282,9 +304,13 @@ def test_removing_filters_computes_what_zeroing_those_channels_computes() -> Non
     )
     assert (pruned.expand.out_channels, pruned.dw.in_channels, pruned.dw.groups, pruned.bn2.num_features) == (8,) * 4
     assert (pruned.project.in_channels, pruned.head.out_channels, pruned.fc.in_features) == (8, 6, 6 * 9)
-    assert (pruned.stem.out_channels, pruned.project.out_channels) == (8, 8)
-    removed = {p: ~choose_channels(filter_norms(original, p, "l1"), n, None) for p, n in (("expand", 8), ("head", 6))}
-    reference = zeroed_at_readers(residual_depthwise(), {"project": (removed["expand"], 1), "fc": (removed["head"], 9)})
+    assert (pruned.stem.out_channels, pruned.bn0.num_features, pruned.project.out_channels) == (4, 4, 4)
+    assert (pruned.bn3.num_features, pruned.expand.in_channels, pruned.head.in_channels) == (4, 4, 4)
+    chosen = {"residual": (["stem", "project"], 4), "expand": (["expand"], 8), "head": (["head"], 6)}
+    removed = {name: ~choose_channels(filter_norms(original, p, "l1"), n, None) for name, (p, n) in chosen.items()}
+    readers = {"expand": (removed["residual"], 1), "head": (removed["residual"], 1)}
+    readers |= {"project": (removed["expand"], 1), "fc": (removed["head"], 9)}
+    reference = zeroed_at_readers(residual_depthwise(), readers)
     with torch.no_grad():
         expected, got = reference(x), pruned(x)
         assert not torch.allclose(expected, original(x), atol=1e-3)  # the removed channels mattered
