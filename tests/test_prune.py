@@ -318,10 +318,22 @@ def test_removing_filters_computes_what_zeroing_those_channels_computes() -> Non
 
 
 def test_removing_every_channel_of_a_layer_is_named() -> None:
-    with pytest.raises(RecipeError, match="would remove every one of the 16 output channels of 'expand'"):
-        Prune(mode="filters", layers={"expand": 0.99}, **CHEAP).apply(
-            residual_depthwise(), Context(train_data=small_data())
+    x, y = small_data()
+    with pytest.raises(RecipeError, match="would remove every one of the 16 output channels of 'expand' .* 0.99"):
+        tinyml.compile(
+            residual_depthwise(), x, [("prune", {"mode": "filters", "layers": {"expand": 0.99}})], train_data=(x, y)
         )
+    # Convs joined by an add are named together.
+    with pytest.raises(RecipeError, match="of the 8 output channels of 'stem' and 'project'"):
+        Prune(mode="filters", layers={"stem": 0.95, "project": 0.95}).apply(
+            residual_depthwise(), Context(train_data=(x, y))
+        )
+
+
+def test_filter_pruning_is_deterministic_for_a_seed() -> None:
+    a, b = (Prune(mode="filters", sparsity=0.5, **CHEAP).apply(residual_depthwise(), Context(train_data=small_data()))
+            for _ in range(2))  # fmt: skip
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 def test_filters_with_no_removable_conv_is_named() -> None:
