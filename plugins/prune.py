@@ -46,7 +46,9 @@ class PruneOptions(BaseModel):
         0.8, description="final fraction of pruned weights (filters mode: of each layer's output channels)"
     )
     scope: Literal["global", "layer"] = Field(
-        "global", description="one magnitude threshold over all pruned layers, or the target reached in each layer"
+        "global",
+        description="one magnitude threshold over all pruned layers, or the target reached in each layer "
+        "(filters mode: always each layer)",
     )
     layers: dict[str, Fraction] = Field(
         default_factory=dict, description="per-module-path sparsity overrides, e.g. {classifier = 0.5}"

@@ -391,3 +391,22 @@ def test_fit_check_advises_prune_when_weights_do_not_fit() -> None:
     board = resolve_board("stm32")
     with pytest.raises(FitError, match="installed techniques that make weights smaller: [^;]*'prune'"):
         fit.check_fit(board, 1000, {"fc": board.flash_bytes})
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "filters"])
+def test_progress_is_reported_to_the_end(mode: str) -> None:
+    from contextlib import contextmanager
+
+    seen: list[tuple[str, int]] = []
+    done = []
+
+    @contextmanager
+    def progress(description: str, total: int):
+        seen.append((description, total))
+        yield done.append
+
+    x, y = small_data(70)  # two batches of 64 per epoch
+    context = Context(train_data=(x, y), progress=progress)
+    Prune(mode=mode, sparsity=0.5, steps=3, epochs_per_step=2).apply(residual_depthwise(), context)
+    assert len(seen) == 1 and seen[0][1] == 3 * 2 * 2 == sum(done)
+    assert "50%" in seen[0][0]
