@@ -342,6 +342,22 @@ def test_filters_with_no_removable_conv_is_named() -> None:
         Prune(mode="filters", **CHEAP).apply(model, Context(train_data=small_data()))
 
 
+def test_a_model_fx_cannot_trace_is_named_for_filter_pruning() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv(x)
+            if x.sum() > 0:  # control flow on a tensor's value
+                x = -x
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(RecipeError, match="traces the model with torch.fx .* tracing failed: TraceError"):
+        Prune(mode="filters", **CHEAP).apply(Branchy(), Context(train_data=small_data()))
+
+
 def macs(graph: tinyml.ir.Graph) -> int:
     """Multiply-accumulates of the convolutions and fully connected layers of an IR graph (NHWC shapes)."""
     total = 0
