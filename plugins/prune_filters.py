@@ -1,10 +1,12 @@
-"""Structured pruning for `prune` (mode = "filters"): whole output channels of a conv really removed.
+"""Structured pruning for `prune` (mode = "filters"): whole output channels of a conv (or outputs of a
+Linear) really removed.
 
 The model is traced with torch.fx. From each ordinary conv (groups = 1) its output channels are
 followed through the layers that keep channels apart (BatchNorm2d, depthwise convs, ReLU-like
 activations with f(0) = 0, pooling, dropout) to the layers that read them: a conv (its input
 channels shrink) or a flatten into a Linear (the columns of each removed channel's H x W positions
-go). A residual add joins the channels of both its inputs: walking back from it finds the other
+go). A Linear's outputs are followed the same way (through BatchNorm1d, activations, dropout) to the
+Linear that reads them. A residual add joins the channels of both its inputs: walking back from it finds the other
 convs that make them, and all are pruned together (one channel ranking over all their filters),
 so both sides of the add lose the same channels. A conv whose channels reach a concatenation, the
 model's output or anything else is left alone.
@@ -93,7 +95,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor, producers: list[str]
     for node in tracer.graph.nodes:
         if node.op != "call_module" or node.target not in producers or node.target in claimed:
             continue
-        if not tracer.is_conv(node):
+        if not tracer.is_mixer(node):
             continue
         try:
             group = tracer.group_of(node)
@@ -123,16 +125,20 @@ class _GroupTracer:
     def once(self, node: torch.fx.Node) -> bool:
         return self.calls[node.target] == 1
 
-    def is_conv(self, node: torch.fx.Node) -> bool:
-        """An ordinary conv (groups = 1) called once: it makes channels and reads them."""
+    def is_mixer(self, node: torch.fx.Node) -> bool:
+        """An ordinary conv (groups = 1) or a Linear, called once: it makes channels and reads them."""
         m = self.module(node)
-        return isinstance(m, nn.Conv2d) and m.groups == 1 and self.once(node)
+        return (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)) and self.once(node)
+
+    def rank(self, node: torch.fx.Node) -> int | None:
+        meta = node.meta.get("tensor_meta")
+        return len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
     def is_member(self, node: torch.fx.Node) -> bool:
-        """A BatchNorm2d or a depthwise conv (multiplier 1) called once: one channel in, the same one out."""
+        """A batch norm or a depthwise conv (multiplier 1) called once: one channel in, the same one out."""
         m = self.module(node)
         depthwise = isinstance(m, nn.Conv2d) and layer_kind(m) == "depthwise" and m.out_channels == m.in_channels
-        return (isinstance(m, nn.BatchNorm2d) or depthwise) and self.once(node)
+        return (isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) or depthwise) and self.once(node)
 
     def is_pass(self, node: torch.fx.Node) -> bool:
         """A channel-wise function mapping 0 to 0 (activation, pooling, dropout), on its first argument."""
@@ -156,7 +162,10 @@ class _GroupTracer:
 
     def group_of(self, conv: torch.fx.Node) -> ChannelGroup:
         """The group of `conv`'s output channels; NotPrunable when they reach something that cannot lose them."""
-        group = ChannelGroup(self.module(conv).out_channels)
+        if self.rank(conv) not in (2, 4):
+            raise NotPrunable(conv.target)  # a Linear over the last axis of a feature map
+        layer = self.module(conv)
+        group = ChannelGroup(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
         seen: set[torch.fx.Node] = set()
         todo = [conv]
         while todo:
@@ -173,7 +182,7 @@ class _GroupTracer:
 
     def _backward(self, node: torch.fx.Node, group: ChannelGroup) -> list[torch.fx.Node]:
         """Where `node`'s channels come from: a producing conv ends the walk, an add joins both its inputs."""
-        if self.is_conv(node):
+        if self.is_mixer(node):
             group.producers.append(node.target)
             return []
         if self.is_member(node):
@@ -189,8 +198,10 @@ class _GroupTracer:
         """The users of `node` that carry its channels on; readers (convs, flatten into linear) are recorded."""
         carried = []
         for user in node.users:
-            if self.is_conv(user):
+            if self.is_mixer(user) and isinstance(self.module(user), nn.Conv2d):
                 group.convs.append(user.target)
+            elif self.is_mixer(user) and self.rank(node) == 2:
+                group.linears.append((user.target, 1))
             elif _is_flatten(self, user):
                 self._flattened(user, group)
             elif self.is_member(user) or self.is_add(user) or (self.is_pass(user) and user.args[0] is node):
@@ -282,8 +293,8 @@ def remove_channels(model: nn.Module, groups: dict[str, ChannelGroup], keeps: di
 def _slice(module: nn.Module, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> nn.Module:
     """A copy of a Conv2d, BatchNorm2d or Linear keeping output channels `out_index` and inputs `in_index`."""
     with torch.no_grad():
-        if isinstance(module, nn.BatchNorm2d):
-            new = nn.BatchNorm2d(len(out_index), module.eps, module.momentum, module.affine, module.track_running_stats)
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            new = type(module)(len(out_index), module.eps, module.momentum, module.affine, module.track_running_stats)
             for name in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(module, name, None) is not None:
                     getattr(new, name).copy_(getattr(module, name)[out_index])
@@ -321,7 +332,9 @@ def prune_filters(
     train_data = context.train_data
     if example is None:
         example = torch.from_numpy(np.asarray(train_data[0][:1], np.float32))
-    producers = [p for p, m in candidates.items() if layer_kind(m) == "conv" and m.groups == 1]
+    producers = [
+        p for p, m in candidates.items() if layer_kind(m) == "linear" or (layer_kind(m) == "conv" and m.groups == 1)
+    ]
     groups = channel_groups(model, example, producers)
     # Channels joined by residual adds are removed together, by the smallest target among their producers.
     fractions = {name: min(targets[p] for p in group.producers) for name, group in groups.items()}
@@ -337,8 +350,8 @@ def prune_filters(
     groups = {name: group for name, group in groups.items() if counts[name] > 0}
     if not groups:
         raise RecipeError(
-            "Technique 'prune' with mode = 'filters' finds no conv whose output channels can be removed at this "
-            f"sparsity: the convs ({', '.join(producers) or 'none'}) feed a concatenation or the model's output, "
+            "Technique 'prune' with mode = 'filters' finds no conv or linear layer whose outputs can be removed at "
+            f"this sparsity: the layers ({', '.join(producers) or 'none'}) feed a concatenation or the model's output, "
             "or would lose no channel. Use mode = 'unstructured' or raise the sparsity."
         )
     keeps: dict[str, torch.Tensor] = {}

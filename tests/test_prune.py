@@ -3,6 +3,7 @@ determinism and its bad-input errors."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -338,8 +339,29 @@ def test_filter_pruning_is_deterministic_for_a_seed() -> None:
 
 def test_filters_with_no_removable_conv_is_named() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
-    with pytest.raises(RecipeError, match=r"finds no conv whose output channels can be removed .*\(0\)"):
+    with pytest.raises(RecipeError, match=r"finds no conv or linear layer whose outputs can be removed .*\(0\)"):
         Prune(mode="filters", **CHEAP).apply(model, Context(train_data=small_data()))
+
+
+def test_linear_outputs_are_removed_with_the_columns_that_read_them() -> None:
+    """An MLP: hidden neurons go, through BatchNorm1d and ReLU; the output layer keeps its outputs."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(
+        nn.Flatten(), nn.Linear(36, 20), nn.BatchNorm1d(20), nn.ReLU(), nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 4)
+    ).eval()  # fmt: skip
+    x = torch.from_numpy(small_data()[0])
+    pruned = Prune(mode="filters", sparsity=0.5, steps=1, epochs_per_step=0).apply(
+        mlp, Context(train_data=small_data())
+    )
+    assert [(m.in_features, m.out_features) for m in pruned if isinstance(m, nn.Linear)] == [(36, 10), (10, 5), (5, 4)]
+    assert pruned[2].num_features == 10
+    from tinyml_plugins.prune_filters import choose_channels, filter_norms
+
+    removed = {i: ~choose_channels(filter_norms(mlp, [str(i)], "l1"), n, None) for i, n in ((1, 10), (4, 5))}
+    reference = zeroed_at_readers(copy.deepcopy(mlp), {"4": (removed[1], 1), "6": (removed[4], 1)})
+    with torch.no_grad():
+        assert not torch.allclose(reference(x), mlp(x), atol=1e-3)  # the removed neurons mattered
+        torch.testing.assert_close(pruned(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
 def test_a_model_fx_cannot_trace_is_named_for_filter_pruning() -> None:
