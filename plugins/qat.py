@@ -22,9 +22,7 @@ from tinyml.technique import Context
 QAT_BATCH = 64
 
 
-def fake_quant(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: int, hi: int
-) -> torch.Tensor:
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Round to the int8 grid and back; gradients pass straight through."""
     q = torch.clamp(torch.round(x / scale) + zero_point, lo, hi)
     return x + ((q - zero_point) * scale - x).detach()
@@ -104,9 +102,7 @@ def _conv(m: FakeQuantGraph, node: Node, x: torch.Tensor) -> torch.Tensor:
         groups = x.shape[1]
     else:
         w = w.permute(0, 3, 1, 2)
-    return F.conv2d(
-        x, w, m.bias(node), stride=node.attrs["stride"], padding=node.attrs["padding"], groups=groups
-    )
+    return F.conv2d(x, w, m.bias(node), stride=node.attrs["stride"], padding=node.attrs["padding"], groups=groups)
 
 
 def _fc(m: FakeQuantGraph, node: Node, x: torch.Tensor) -> torch.Tensor:

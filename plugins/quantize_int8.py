@@ -284,9 +284,7 @@ def _quantize_add(graph: Graph, node: Node) -> None:
     a, b = (graph.tensors[n] for n in node.inputs)
     out = graph.tensors[node.outputs[0]]
     node.attrs.update(
-        add_params(
-            float(a.scale), a.zero_point, float(b.scale), b.zero_point, float(out.scale), out.zero_point
-        )
+        add_params(float(a.scale), a.zero_point, float(b.scale), b.zero_point, float(out.scale), out.zero_point)
     )
     _clamp(node, out)
 
