@@ -4,8 +4,9 @@ Each layer's weights (conv, depthwise conv, fully connected) take at most 2**bit
 clusters them (scikit-learn, centroids initialised linearly over [min, max] as in the paper, one
 run), every weight becomes its cluster's centroid, and the centroids are fine-tuned on the training
 data with the summed gradients of their members. The tensor's `codebook` lists the values, so a
-weight encoding stores an index per weight: a shared tensor asks for `packed` storage (fixed-width
-indices) unless an earlier technique asked for another; a later one (`huffman`) may ask again.
+weight encoding may store an index per weight. Choosing the storage is not this technique's job:
+list `huffman` after it to store the indices packed, sparse or Huffman-coded; without it the
+shared weights are stored as plain int8 (same bytes, same kernels).
 
 Per-channel scales and one codebook per layer
 ---------------------------------------------
@@ -127,8 +128,6 @@ class ShareWeights(Technique):
             weight = _weight(shared, name)
             weight.data = layer.weights()
             weight.codebook = np.unique(weight.data)
-            if weight.encoding == "raw":
-                weight.encoding = "packed"
         return shared
 
 
