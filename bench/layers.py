@@ -58,9 +58,8 @@ class Layer:
         h, w, _ = self.input
         if self.op == "fc":
             return (1, 1, self.out_c)
-        return tuple(
-            conv_output_size(size, k, s, p) for size, k, s, p in zip((h, w), self.kernel, self.stride, self.padding)
-        ) + (self.out_c,)
+        axes = zip((h, w), self.kernel, self.stride, self.padding, strict=True)
+        return (*(conv_output_size(size, k, s, p) for size, k, s, p in axes), self.out_c)
 
     @property
     def macs(self) -> int:

@@ -20,7 +20,8 @@ test harness (`firmware/harness`) with the test inputs, and the board runtime (`
 reset, vector table, fault report, semihosting, instruction counter) with release flags (-O2 unless
 `build_firmware` asks for another level, function and data sections, --gc-sections). It is built
 in a temporary folder with a plain path (PlatformIO cannot build where the path has `$`, spaces or
-quotes) and moved into place only when the build succeeds; `tinyml.staging` decides which output folders may be replaced.
+quotes) and moved into place only when the build succeeds; `tinyml.staging` decides which output
+folders may be replaced.
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def build_firmware(
     """
     if optimization not in OPTIMIZATION_LEVELS:
         raise BuildError(
-            f"Optimisation level {optimization!r} is not one tinyml builds at: use one of {', '.join(OPTIMIZATION_LEVELS)}."
+            f"Optimisation level {optimization!r} is not one tinyml builds at: use one of "
+            f"{', '.join(OPTIMIZATION_LEVELS)}."
         )
     model_dir = Path(model_dir).resolve()
     out_dir = output_path(out_dir)
