@@ -234,10 +234,15 @@ Dims = tuple[int, int, int]  # (h, w, c), as a `tml_shape`
 def conv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
     """Scratch bytes of `tml_conv2d_s8` on `board`; mirrors `tml_conv2d_s8_scratch_bytes` in firmware/src.
 
-    Every board runs the portable direct loop today, which needs none; a DSP path (im2col into
-    scratch) would answer more for boards that have it.
+    The portable direct loop (the host, boards without the DSP extension) needs none. The DSP path
+    gathers two output pixels' windows as int16 columns rounded up to whole four-tap groups, plus
+    an int8 staging copy of one window when the input channels are not a multiple of four.
     """
-    return 0
+    if board is None or not board.dsp:
+        return 0
+    in_c = input_shape[2]
+    taps = (filter_shape[0] * filter_shape[1] * in_c + 3) & ~3
+    return 4 * taps + (taps if in_c % 4 else 0)
 
 
 def dwconv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
