@@ -54,14 +54,12 @@ static inline int32_t tml_clamp(int32_t v, int32_t lo, int32_t hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-/* round(a * b / 2^31), ties rounded up (toward +inf) as CMSIS-NN does, no saturation (b is never INT32_MIN). */
+/* round(a * b / 2^31), ties rounded up (toward +inf) as CMSIS-NN does, no saturation (b is never INT32_MIN).
+ * CMSIS-NN adds 2^30 (or 1 - 2^30 when the product is negative) and divides, truncating toward zero:
+ * both are floor((a * b + 2^30) / 2^31), an arithmetic shift (one SMLAL-like sequence, no division). */
 static inline int32_t tml_doubling_high_mult(int32_t a, int32_t b)
 {
-    int64_t round = (int64_t)1 << 30;
-    if ((a < 0) != (b < 0)) {
-        round = 1 - round;
-    }
-    return (int32_t)(((int64_t)a * b + round) / ((int64_t)1 << 31));
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
 }
 
 /* a / 2^exponent rounded to nearest, ties away from zero; exponent 0..31. */

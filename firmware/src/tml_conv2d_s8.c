@@ -131,7 +131,7 @@ typedef struct {
 } dsp_geometry;
 
 /* Gather the window of output pixel `pixel` into the column at `col` (every other group pair). */
-static void im2col(const dsp_geometry *g, int32_t pixel, uint32_t *col)
+__attribute__((noinline)) static void im2col(const dsp_geometry *g, int32_t pixel, uint32_t *col)
 {
     const tml_conv_params *p = g->p;
     const int32_t oy = pixel / g->out_w, ox = pixel - oy * g->out_w;
@@ -186,7 +186,7 @@ static uint32_t tail_word(const int8_t *w, int32_t n)
 }
 
 /* Two channels (w0, w1) by two pixels (interleaved columns): acc[channel * 2 + pixel]. */
-static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
+__attribute__((noinline)) static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
     const int32_t groups = kernel_len >> 2;
