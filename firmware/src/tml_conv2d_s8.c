@@ -185,29 +185,66 @@ static uint32_t tail_word(const int8_t *w, int32_t n)
     return v;
 }
 
+/* The inner loop of mac_2x2 over `groups` (at least one) whole four-tap groups, in assembly so that all
+ * fourteen operands stay in registers (GCC 12 spills some): per group two weight words, the two pixels'
+ * column words, four SXTB16 and eight SMLAD. acc[0..3] = a00, a01, a10, a11 (channel, pixel).
+ *   void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t groups,
+ *                             int32_t acc[4]);                                                          */
+void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t groups, int32_t acc[4]);
+__asm__(
+    "    .section .text.tml_conv_mac_2x2_dsp,\"ax\",%progbits\n"
+    "    .syntax unified\n"
+    "    .thumb\n"
+    "    .align 2\n"
+    "    .global tml_conv_mac_2x2_dsp\n"
+    "    .type tml_conv_mac_2x2_dsp, %function\n"
+    "    .thumb_func\n"
+    "tml_conv_mac_2x2_dsp:\n"
+    "    push {r4-r11, lr}\n"
+    "    movs r4, #0\n"                  /* a00: channel 0, pixel A */
+    "    movs r5, #0\n"                  /* a01: channel 0, pixel B */
+    "    movs r6, #0\n"                  /* a10 */
+    "    movs r7, #0\n"                  /* a11 */
+    "1:\n"
+    "    ldr r8, [r1], #4\n"             /* four weights of channel 0 */
+    "    ldr r9, [r2], #4\n"             /* and of channel 1 */
+    "    ldrd r10, r11, [r0], #16\n"     /* pixel A: taps (0, 2), (1, 3) */
+    "    sxtb16 r12, r8\n"
+    "    sxtb16 r8, r8, ror #8\n"
+    "    smlad r4, r10, r12, r4\n"
+    "    smlad r4, r11, r8, r4\n"
+    "    sxtb16 lr, r9\n"
+    "    sxtb16 r9, r9, ror #8\n"
+    "    smlad r6, r10, lr, r6\n"
+    "    smlad r6, r11, r9, r6\n"
+    "    ldrd r10, r11, [r0, #-8]\n"     /* pixel B */
+    "    smlad r5, r10, r12, r5\n"
+    "    smlad r5, r11, r8, r5\n"
+    "    smlad r7, r10, lr, r7\n"
+    "    smlad r7, r11, r9, r7\n"
+    "    subs r3, r3, #1\n"
+    "    bne 1b\n"
+    "    ldr r8, [sp, #36]\n"
+    "    stm r8, {r4-r7}\n"
+    "    pop {r4-r11, pc}\n"
+    "    .size tml_conv_mac_2x2_dsp, .-tml_conv_mac_2x2_dsp\n"
+    "    .text\n");
+
 /* Two channels (w0, w1) by two pixels (interleaved columns): acc[channel * 2 + pixel]. */
-__attribute__((noinline)) static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
+static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
 {
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
     const int32_t groups = kernel_len >> 2;
-    const uint32_t *const end = col + groups * 4;
-    while (col != end) {
-        const uint32_t v0 = tml_read_u32(w0), v1 = tml_read_u32(w1);
-        w0 += 4;
-        w1 += 4;
-        const int32_t ae = (int32_t)col[0], ao = (int32_t)col[1], be = (int32_t)col[2], bo = (int32_t)col[3];
-        col += 4;
-        int32_t e = tml_sxtb16_even(v0), o = tml_sxtb16_odd(v0);
-        a00 = __smlad(ae, e, a00);
-        a00 = __smlad(ao, o, a00);
-        a01 = __smlad(be, e, a01);
-        a01 = __smlad(bo, o, a01);
-        e = tml_sxtb16_even(v1);
-        o = tml_sxtb16_odd(v1);
-        a10 = __smlad(ae, e, a10);
-        a10 = __smlad(ao, o, a10);
-        a11 = __smlad(be, e, a11);
-        a11 = __smlad(bo, o, a11);
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    if (groups > 0) {
+        int32_t sums[4];
+        tml_conv_mac_2x2_dsp(col, w0, w1, groups, sums);
+        a00 = sums[0];
+        a01 = sums[1];
+        a10 = sums[2];
+        a11 = sums[3];
+        col += groups * 4;
+        w0 += groups * 4;
+        w1 += groups * 4;
     }
     const int32_t rest = kernel_len & 3;
     if (rest != 0) {
