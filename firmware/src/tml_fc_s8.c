@@ -6,8 +6,8 @@
  * with no add per multiply. The code generator computes fold once, at build time, and passes it
  * as params->folded_bias; without it the kernel sums each row first.
  *
- * The DSP path (Cortex-M4, M7, M33) takes four rows at a time, so each input word is loaded and
- * widened once per four rows: SXTB16 splits four int8 into the int16 pairs (bytes 0, 2) and
+ * The DSP path (Cortex-M4, M7, M33) takes four rows at a time (the inner loop in assembly), so each
+ * input word is loaded and widened once per four rows: SXTB16 splits four int8 into the int16 pairs (bytes 0, 2) and
  * (bytes 1, 3), and SMLAD multiplies and adds two pairs in one instruction. Both paths give the
  * same bytes: integer sums wrap the same way in any order.
  */
@@ -65,27 +65,77 @@ static inline int32_t mac4_dsp(int32_t acc, int32_t x02, int32_t x13, uint32_t w
     return __smlad(x13, tml_sxtb16_odd(w), acc);
 }
 
-/* Four rows of sum(x * w) at once; w0 is row o, the others follow at `n` bytes. Pointers step
- * through the rows so that every operand stays in a register. */
+/* Four rows of sum(x * w) over `groups` (at least one) words of x, in assembly so that every operand stays
+ * in a register (GCC 12 spills): per word of x, SXTB16 twice, then per row a load, SXTB16 twice and two
+ * SMLADs. Row r starts at w0 + r * n.
+ *   void tml_fc_dot4_dsp(const int8_t *x, const int8_t *w0, int32_t n, int32_t groups, int32_t acc[4]); */
+void tml_fc_dot4_dsp(const int8_t *x, const int8_t *w0, int32_t n, int32_t groups, int32_t acc[4]);
+__asm__(
+    "    .section .text.tml_fc_dot4_dsp,\"ax\",%progbits\n"
+    "    .syntax unified\n"
+    "    .thumb\n"
+    "    .align 2\n"
+    "    .global tml_fc_dot4_dsp\n"
+    "    .type tml_fc_dot4_dsp, %function\n"
+    "    .thumb_func\n"
+    "tml_fc_dot4_dsp:\n"
+    "    push {r4-r11, lr}\n"
+    "    mov r5, r3\n"                   /* word count */
+    "    add r4, r2, r2\n"
+    "    add r3, r1, r4\n"               /* w2 = w0 + 2n */
+    "    add r4, r3, r2\n"               /* w3 = w2 + n */
+    "    add r2, r1, r2\n"               /* w1 = w0 + n */
+    "    movs r6, #0\n"
+    "    movs r7, #0\n"
+    "    movs r8, #0\n"
+    "    movs r9, #0\n"
+    "1:\n"
+    "    ldr r12, [r0], #4\n"
+    "    sxtb16 r10, r12\n"              /* x bytes (0, 2) */
+    "    sxtb16 r11, r12, ror #8\n"      /* x bytes (1, 3) */
+    "    ldr r12, [r1], #4\n"
+    "    sxtb16 lr, r12\n"
+    "    sxtb16 r12, r12, ror #8\n"
+    "    smlad r6, r10, lr, r6\n"
+    "    smlad r6, r11, r12, r6\n"
+    "    ldr r12, [r2], #4\n"
+    "    sxtb16 lr, r12\n"
+    "    sxtb16 r12, r12, ror #8\n"
+    "    smlad r7, r10, lr, r7\n"
+    "    smlad r7, r11, r12, r7\n"
+    "    ldr r12, [r3], #4\n"
+    "    sxtb16 lr, r12\n"
+    "    sxtb16 r12, r12, ror #8\n"
+    "    smlad r8, r10, lr, r8\n"
+    "    smlad r8, r11, r12, r8\n"
+    "    ldr r12, [r4], #4\n"
+    "    sxtb16 lr, r12\n"
+    "    sxtb16 r12, r12, ror #8\n"
+    "    smlad r9, r10, lr, r9\n"
+    "    smlad r9, r11, r12, r9\n"
+    "    subs r5, r5, #1\n"
+    "    bne 1b\n"
+    "    ldr r12, [sp, #36]\n"
+    "    stm r12, {r6-r9}\n"
+    "    pop {r4-r11, pc}\n"
+    "    .size tml_fc_dot4_dsp, .-tml_fc_dot4_dsp\n"
+    "    .text\n");
+
+/* Four rows of sum(x * w) at once; w0 is row o, the others follow at `n` bytes. */
 static void dot4_s8_dsp(const int8_t *x, const int8_t *w0, int32_t n, int32_t acc[4])
 {
-    const int8_t *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
-    const int8_t *const end = x + (n & ~3);
+    const int32_t groups = n >> 2;
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    while (x != end) {
-        const uint32_t xv = tml_read_u32(x);
-        const int32_t x02 = tml_sxtb16_even(xv), x13 = tml_sxtb16_odd(xv);
-        a0 = mac4_dsp(a0, x02, x13, tml_read_u32(w0));
-        a1 = mac4_dsp(a1, x02, x13, tml_read_u32(w1));
-        a2 = mac4_dsp(a2, x02, x13, tml_read_u32(w2));
-        a3 = mac4_dsp(a3, x02, x13, tml_read_u32(w3));
-        x += 4;
-        w0 += 4;
-        w1 += 4;
-        w2 += 4;
-        w3 += 4;
+    if (groups > 0) {
+        int32_t sums[4];
+        tml_fc_dot4_dsp(x, w0, n, groups, sums);
+        a0 = sums[0];
+        a1 = sums[1];
+        a2 = sums[2];
+        a3 = sums[3];
     }
-    for (int32_t i = 0; i < (n & 3); i++) {
+    const int8_t *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+    for (int32_t i = groups * 4; i < n; i++) {
         const int32_t xi = x[i];
         a0 += xi * w0[i];
         a1 += xi * w1[i];
