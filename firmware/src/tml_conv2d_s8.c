@@ -188,9 +188,25 @@ static uint32_t tail_word(const int8_t *w, int32_t n)
 /* The inner loop of mac_2x2 over `groups` (at least one) whole four-tap groups, in assembly so that all
  * fourteen operands stay in registers (GCC 12 spills some): per group two weight words, the two pixels'
  * column words, four SXTB16 and eight SMLAD. acc[0..3] = a00, a01, a10, a11 (channel, pixel).
- *   void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t groups,
- *                             int32_t acc[4]);                                                          */
+ * Two groups per step after an odd one, so that the loop's own instructions are spread over 32 MACs. */
 void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t groups, int32_t acc[4]);
+#define TML_MAC_2X2_GROUP                                                                                     \
+    "    ldr r8, [r1], #4\n"         /* four weights of channel 0 */                                           \
+    "    ldr r9, [r2], #4\n"         /* and of channel 1 */                                                    \
+    "    ldrd r10, r11, [r0], #16\n" /* pixel A: taps (0, 2), (1, 3) */                                        \
+    "    sxtb16 r12, r8\n"                                                                                    \
+    "    sxtb16 r8, r8, ror #8\n"                                                                             \
+    "    smlad r4, r10, r12, r4\n"                                                                            \
+    "    smlad r4, r11, r8, r4\n"                                                                             \
+    "    sxtb16 lr, r9\n"                                                                                     \
+    "    sxtb16 r9, r9, ror #8\n"                                                                             \
+    "    smlad r6, r10, lr, r6\n"                                                                             \
+    "    smlad r6, r11, r9, r6\n"                                                                             \
+    "    ldrd r10, r11, [r0, #-8]\n" /* pixel B */                                                             \
+    "    smlad r5, r10, r12, r5\n"                                                                            \
+    "    smlad r5, r11, r8, r5\n"                                                                             \
+    "    smlad r7, r10, lr, r7\n"                                                                             \
+    "    smlad r7, r11, r9, r7\n"
 __asm__(
     "    .section .text.tml_conv_mac_2x2_dsp,\"ax\",%progbits\n"
     "    .syntax unified\n"
@@ -201,34 +217,27 @@ __asm__(
     "    .thumb_func\n"
     "tml_conv_mac_2x2_dsp:\n"
     "    push {r4-r11, lr}\n"
-    "    movs r4, #0\n"                  /* a00: channel 0, pixel A */
-    "    movs r5, #0\n"                  /* a01: channel 0, pixel B */
-    "    movs r6, #0\n"                  /* a10 */
-    "    movs r7, #0\n"                  /* a11 */
-    "1:\n"
-    "    ldr r8, [r1], #4\n"             /* four weights of channel 0 */
-    "    ldr r9, [r2], #4\n"             /* and of channel 1 */
-    "    ldrd r10, r11, [r0], #16\n"     /* pixel A: taps (0, 2), (1, 3) */
-    "    sxtb16 r12, r8\n"
-    "    sxtb16 r8, r8, ror #8\n"
-    "    smlad r4, r10, r12, r4\n"
-    "    smlad r4, r11, r8, r4\n"
-    "    sxtb16 lr, r9\n"
-    "    sxtb16 r9, r9, ror #8\n"
-    "    smlad r6, r10, lr, r6\n"
-    "    smlad r6, r11, r9, r6\n"
-    "    ldrd r10, r11, [r0, #-8]\n"     /* pixel B */
-    "    smlad r5, r10, r12, r5\n"
-    "    smlad r5, r11, r8, r5\n"
-    "    smlad r7, r10, lr, r7\n"
-    "    smlad r7, r11, r9, r7\n"
+    "    movs r4, #0\n" /* a00: channel 0, pixel A */
+    "    movs r5, #0\n" /* a01: channel 0, pixel B */
+    "    movs r6, #0\n" /* a10 */
+    "    movs r7, #0\n" /* a11 */
+    "    tst r3, #1\n"  /* an odd group first, then two per step */
+    "    beq 1f\n"
+    TML_MAC_2X2_GROUP
     "    subs r3, r3, #1\n"
+    "    beq 2f\n"
+    "1:\n"
+    TML_MAC_2X2_GROUP
+    TML_MAC_2X2_GROUP
+    "    subs r3, r3, #2\n"
     "    bne 1b\n"
+    "2:\n"
     "    ldr r8, [sp, #36]\n"
     "    stm r8, {r4-r7}\n"
     "    pop {r4-r11, pc}\n"
     "    .size tml_conv_mac_2x2_dsp, .-tml_conv_mac_2x2_dsp\n"
     "    .text\n");
+#undef TML_MAC_2X2_GROUP
 
 /* Two channels (w0, w1) by two pixels (interleaved columns): acc[channel * 2 + pixel]. */
 static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
