@@ -291,6 +291,8 @@ static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, 
     };
     const int32_t out_c = out->c;
     const int32_t pixels = out->h * out->w;
+    const int32_t offset = p->output_offset;
+    const int32_t lo = p->act_min - offset, hi = p->act_max - offset; /* the clamp before the offset */
     for (int32_t pixel = 0; pixel < pixels; pixel += 2) {
         const int32_t second = pixel + 1 < pixels; /* a lone last pixel is gathered twice */
         im2col(&g, pixel, cols);
@@ -302,13 +304,18 @@ static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, 
             const int8_t *w0 = filter + o * kernel_len;
             int32_t acc[4];
             mac_2x2(cols, w0, pair ? w0 + kernel_len : w0, kernel_len, acc);
-            for (int32_t c = 0; c <= pair; c++) {
+            for (int32_t c = 0; c <= pair; c++) { /* tml_requantize_output, its per-channel steps shared */
                 const int32_t ch = o + c;
-                const int32_t b = bias != NULL ? bias[ch] : 0;
+                const uint32_t b = bias != NULL ? (uint32_t)bias[ch] : 0u;
                 const int32_t multiplier = quant->multiplier[ch], shift = quant->shift[ch];
-                out_a[ch] = tml_conv_output(acc[c * 2], b, multiplier, shift, p);
+                const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+                int32_t v = (int32_t)(((uint32_t)acc[c * 2] + b) << left);
+                v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, multiplier), right);
+                out_a[ch] = (int8_t)(tml_clamp(v, lo, hi) + offset);
                 if (second) {
-                    out_b[ch] = tml_conv_output(acc[c * 2 + 1], b, multiplier, shift, p);
+                    v = (int32_t)(((uint32_t)acc[c * 2 + 1] + b) << left);
+                    v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, multiplier), right);
+                    out_b[ch] = (int8_t)(tml_clamp(v, lo, hi) + offset);
                 }
             }
         }
