@@ -1,5 +1,5 @@
-"""The DSP kernel paths (Cortex-M4, M7, M33) and the portable path (Cortex-M3) on the boards, byte for byte
-against the numpy reference.
+"""The DSP kernel paths (Cortex-M4, M7, M33: convolution, depthwise, fully connected) and the portable path
+(Cortex-M3) on the boards, byte for byte against the numpy reference.
 
 The host has no DSP extension, so these paths only run in QEMU. To keep that cheap, one firmware per board
 runs every case: the cases (random shapes, offsets, clamps, biases and requantization, drawn from a seeded
@@ -19,16 +19,16 @@ import pytest
 
 from tinyml import host
 from tinyml.board.boards import resolve_board
-from tinyml.kernels import conv2d_s8_scratch_bytes, folded_bias
+from tinyml.kernels import conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes, folded_bias
 from tinyml.numbers import quantize_multiplier
-from tinyml.reference.conv import conv2d_s8, conv_output_size, fc_s8
+from tinyml.reference.conv import conv2d_s8, conv_output_size, dwconv2d_s8, fc_s8
 from tinyml.weights import c_values
 
 BOARDS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m3")
 GUARD_BYTES = 16
 GUARD = 0xA5
 SCRATCH_OVERRUN = 99  # the status a case reports when its kernel wrote past its scratch
-CASES = 48
+CASES = 60
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -36,7 +36,7 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 class Case:
     """One kernel call: its data, arguments and the reference's output."""
 
-    op: str  # conv2d or fc
+    op: str  # conv2d, dwconv2d or fc
     x: np.ndarray
     w: np.ndarray
     bias: np.ndarray | None
@@ -47,19 +47,26 @@ class Case:
     def expected(self) -> np.ndarray:
         if self.op == "fc":
             return fc_s8(self.x, self.w, self.bias, **self.kw)
+        if self.op == "dwconv2d":
+            return dwconv2d_s8(self.x, self.w, self.bias, **self.kw)
         return conv2d_s8(self.x, self.w, self.bias, **self.kw)
 
     def out_shape(self) -> tuple[int, ...]:
         if self.op == "fc":
             return (self.w.shape[0],)
-        kh, kw = self.w.shape[1:3]
+        kh, kw = self.w.shape[:2] if self.op == "dwconv2d" else self.w.shape[1:3]
+        out_c = self.w.shape[2] if self.op == "dwconv2d" else self.w.shape[0]
         (sh, sw), (ph, pw) = self.kw["stride"], self.kw["padding"]
         h, w = conv_output_size(self.x.shape[0], kh, sh, ph), conv_output_size(self.x.shape[1], kw, sw, pw)
-        return (h, w, self.w.shape[0])
+        return (h, w, out_c)
 
     def scratch(self, board) -> int:
         if self.op == "fc":
             return 0
+        if self.op == "dwconv2d":
+            return dwconv2d_s8_scratch_bytes(
+                self.x.shape, (*self.w.shape[:2], self.x.shape[2]), self.out_shape(), board
+            )
         return conv2d_s8_scratch_bytes(self.x.shape, (*self.w.shape[1:3], self.x.shape[2]), self.out_shape(), board)
 
 
@@ -106,7 +113,18 @@ def random_cases(seed: int, count: int) -> list[Case]:
     rng = np.random.default_rng(seed)
     cases = []
     for k in range(count):
-        if k % 4 == 3:
+        if k % 5 == 4:  # depthwise: channel counts around multiples of four, depth multipliers 1 .. 3
+            h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+            in_c, mult = int(rng.choice([1, 3, 4, 5, 8, 9])), int(rng.choice([1, 1, 2, 3]))
+            padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+            kernel = (int(rng.integers(1, min(3, h + 2 * padding[0]) + 1)),
+                      int(rng.integers(1, min(3, w + 2 * padding[1]) + 1)))  # fmt: skip
+            stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+            x, wt = _int8(rng, (h, w, in_c)), _int8(rng, (*kernel, in_c * mult))
+            kw = dict(stride=stride, padding=padding, depth_multiplier=mult, **_requant(rng, in_c * mult, 9))
+            cases.append(Case("dwconv2d", x, wt, _bias(rng, in_c * mult), kw))
+            continue
+        if k % 5 == 3:
             n, out_c = int(rng.integers(1, 41)), int(rng.integers(1, 10))
             cases.append(
                 Case("fc", _int8(rng, (n,)), _int8(rng, (out_c, n)), _bias(rng, out_c), _requant(rng, out_c, n),
@@ -167,14 +185,15 @@ def _case_c(i: int, case: Case, out_offset: int) -> tuple[list[str], str]:
         return lines, call
     (sh, sw), (ph, pw) = kw["stride"], kw["padding"]
     oh, ow, oc = case.out_shape()
+    kh, kw_ = case.w.shape[:2] if case.op == "dwconv2d" else case.w.shape[1:3]
     lines += [
         f"static const tml_conv_params {p}_params = {{.stride_h = {sh}, .stride_w = {sw}, .pad_h = {ph}, "
-        f".pad_w = {pw}, .depth_multiplier = 1, {common}}};",
+        f".pad_w = {pw}, .depth_multiplier = {kw.get('depth_multiplier', 1)}, {common}}};",
         f"static const tml_shape {p}_in = {{{case.x.shape[0]}, {case.x.shape[1]}, {case.x.shape[2]}}};",
-        f"static const tml_shape {p}_filter = {{{case.w.shape[1]}, {case.w.shape[2]}, {case.x.shape[2]}}};",
+        f"static const tml_shape {p}_filter = {{{kh}, {kw_}, {case.x.shape[2]}}};",
         f"static const tml_shape {p}_out = {{{oh}, {ow}, {oc}}};",
     ]
-    call = (f"tml_conv2d_s8(&{p}_params, &{p}_quant, &{p}_in, {p}_x, &{p}_filter, {p}_w, {bias}, &{p}_out, "
+    call = (f"tml_{case.op}_s8(&{p}_params, &{p}_quant, &{p}_in, {p}_x, &{p}_filter, {p}_w, {bias}, &{p}_out, "
             f"{out}, {{scratch}})")  # fmt: skip
     return lines, call
 
@@ -304,6 +323,9 @@ def test_cases_cover_the_dsp_variants(cases):
     assert any(c.w.shape[0] % 2 for c in convs) and any(np.prod(c.out_shape()[:2]) % 2 for c in convs)
     assert any(c.w.shape[1:3] == (1, 1) for c in convs)
     assert any(c.kw["padding"] != (0, 0) for c in convs)
+    dws = [c for c in cases if c.op == "dwconv2d"]
+    assert any(c.kw["depth_multiplier"] == 1 and c.x.shape[2] >= 4 for c in dws)
+    assert any(c.kw["depth_multiplier"] > 1 for c in dws) and any(c.x.shape[2] % 4 for c in dws)
     fcs = [c for c in cases if c.op == "fc"]
     assert any(c.fold for c in fcs) and any(not c.fold for c in fcs)
     assert any(c.w.shape[0] >= 4 for c in fcs) and any(c.w.shape[0] % 4 for c in fcs)

@@ -47,6 +47,14 @@ static inline int32_t tml_sxtb16_odd(uint32_t x)
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
     return r;
 }
+
+/* add + bytes 1 and 3 of x, sign-extended, halfword by halfword (SXTAB16 with its rotation). */
+static inline int32_t tml_sxtab16_odd(int32_t add, uint32_t x)
+{
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(add), "r"(x));
+    return r;
+}
 #endif
 
 static inline int32_t tml_clamp(int32_t v, int32_t lo, int32_t hi)
