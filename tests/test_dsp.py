@@ -1,5 +1,5 @@
-"""The DSP kernel paths (Cortex-M4, M7, M33: convolution, depthwise, fully connected) and the portable path
-(Cortex-M3) on the boards, byte for byte against the numpy reference.
+"""The DSP kernel paths (Cortex-M4, M7, M33: convolution, depthwise, fully connected, average pooling) and
+the portable path (Cortex-M3) on the boards, byte for byte against the numpy reference.
 
 The host has no DSP extension, so these paths only run in QEMU. To keep that cheap, one firmware per board
 runs every case: the cases (random shapes, offsets, clamps, biases and requantization, drawn from a seeded
@@ -22,13 +22,14 @@ from tinyml.board.boards import resolve_board
 from tinyml.kernels import conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes, folded_bias
 from tinyml.numbers import quantize_multiplier
 from tinyml.reference.conv import conv2d_s8, conv_output_size, dwconv2d_s8, fc_s8
+from tinyml.reference.pool import avgpool_s8
 from tinyml.weights import c_values
 
 BOARDS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m3")
 GUARD_BYTES = 16
 GUARD = 0xA5
 SCRATCH_OVERRUN = 99  # the status a case reports when its kernel wrote past its scratch
-CASES = 60
+CASES = 70
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -36,9 +37,9 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 class Case:
     """One kernel call: its data, arguments and the reference's output."""
 
-    op: str  # conv2d, dwconv2d or fc
+    op: str  # conv2d, dwconv2d, fc or avgpool
     x: np.ndarray
-    w: np.ndarray
+    w: np.ndarray | None
     bias: np.ndarray | None
     kw: dict
     fold: bool = False  # fc: pass the code generator's folded bias
@@ -47,6 +48,8 @@ class Case:
     def expected(self) -> np.ndarray:
         if self.op == "fc":
             return fc_s8(self.x, self.w, self.bias, **self.kw)
+        if self.op == "avgpool":
+            return avgpool_s8(self.x, **self.kw)
         if self.op == "dwconv2d":
             return dwconv2d_s8(self.x, self.w, self.bias, **self.kw)
         return conv2d_s8(self.x, self.w, self.bias, **self.kw)
@@ -54,6 +57,10 @@ class Case:
     def out_shape(self) -> tuple[int, ...]:
         if self.op == "fc":
             return (self.w.shape[0],)
+        if self.op == "avgpool":
+            (kh, kw), (sh, sw), (ph, pw) = self.kw["kernel"], self.kw["stride"], self.kw["padding"]
+            h, w = conv_output_size(self.x.shape[0], kh, sh, ph), conv_output_size(self.x.shape[1], kw, sw, pw)
+            return (h, w, self.x.shape[2])
         kh, kw = self.w.shape[:2] if self.op == "dwconv2d" else self.w.shape[1:3]
         out_c = self.w.shape[2] if self.op == "dwconv2d" else self.w.shape[0]
         (sh, sw), (ph, pw) = self.kw["stride"], self.kw["padding"]
@@ -61,7 +68,7 @@ class Case:
         return (h, w, out_c)
 
     def scratch(self, board) -> int:
-        if self.op == "fc":
+        if self.op in ("fc", "avgpool"):
             return 0
         if self.op == "dwconv2d":
             return dwconv2d_s8_scratch_bytes(
@@ -113,6 +120,18 @@ def random_cases(seed: int, count: int) -> list[Case]:
     rng = np.random.default_rng(seed)
     cases = []
     for k in range(count):
+        if k % 7 == 6:  # average pooling, windows of 1 .. 300 cells (the DSP path sums up to 255)
+            h, w, c = int(rng.integers(1, 19)), int(rng.integers(1, 19)), int(rng.choice([1, 4, 5, 8, 12]))
+            kernel = (int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1)))
+            if k % 21 == 20:  # global, over 256 .. 324 cells
+                h, w = int(rng.integers(16, 19)), int(rng.integers(16, 19))
+                kernel = (h, w)
+            padding = (int(rng.integers(0, kernel[0])), int(rng.integers(0, kernel[1])))
+            stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+            clamp = sorted(rng.integers(-128, 128, size=2).tolist()) if rng.integers(3) == 0 else [-128, 127]
+            kw = dict(kernel=kernel, stride=stride, padding=padding, act_min=int(clamp[0]), act_max=int(clamp[1]))
+            cases.append(Case("avgpool", _int8(rng, (h, w, c)), None, None, kw))
+            continue
         if k % 5 == 4:  # depthwise: channel counts around multiples of four, depth multipliers 1 .. 3
             h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
             in_c, mult = int(rng.choice([1, 3, 4, 5, 8, 9])), int(rng.choice([1, 1, 2, 3]))
@@ -160,6 +179,17 @@ def _case_c(i: int, case: Case, out_offset: int) -> tuple[list[str], str]:
     """The constants of case i, and the statements that run it into out[out_offset...]."""
     p = f"case{i}"
     kw = case.kw
+    if case.op == "avgpool":
+        (kh, kw_), (sh, sw), (ph, pw) = kw["kernel"], kw["stride"], kw["padding"]
+        oh, ow, oc = case.out_shape()
+        lines = [
+            _array("int8_t", f"{p}_x", case.x),
+            f"static const tml_pool_params {p}_params = {{{kh}, {kw_}, {sh}, {sw}, {ph}, {pw}, "
+            f"{kw['act_min']}, {kw['act_max']}}};",
+            f"static const tml_shape {p}_in = {{{case.x.shape[0]}, {case.x.shape[1]}, {case.x.shape[2]}}};",
+            f"static const tml_shape {p}_out = {{{oh}, {ow}, {oc}}};",
+        ]
+        return lines, f"tml_avgpool_s8(&{p}_params, &{p}_in, {p}_x, &{p}_out, out + {out_offset})"
     lines = [
         _array("int8_t", f"{p}_x", case.x),
         _array("int8_t", f"{p}_w", case.w),
@@ -326,6 +356,9 @@ def test_cases_cover_the_dsp_variants(cases):
     dws = [c for c in cases if c.op == "dwconv2d"]
     assert any(c.kw["depth_multiplier"] == 1 and c.x.shape[2] >= 4 for c in dws)
     assert any(c.kw["depth_multiplier"] > 1 for c in dws) and any(c.x.shape[2] % 4 for c in dws)
+    pools = [c for c in cases if c.op == "avgpool"]
+    assert any(c.kw["kernel"][0] * c.kw["kernel"][1] > 255 for c in pools)
+    assert any(c.x.shape[2] % 4 == 0 for c in pools) and any(c.x.shape[2] % 4 for c in pools)
     fcs = [c for c in cases if c.op == "fc"]
     assert any(c.fold for c in fcs) and any(not c.fold for c in fcs)
     assert any(c.w.shape[0] >= 4 for c in fcs) and any(c.w.shape[0] % 4 for c in fcs)
