@@ -43,6 +43,7 @@ class Case:
     bias: np.ndarray | None
     kw: dict
     fold: bool = False  # fc: pass the code generator's folded bias
+    no_scratch: bool = False  # conv2d: pass NULL scratch (a DSP target then runs the portable loop)
 
     @property
     def expected(self) -> np.ndarray:
@@ -68,7 +69,7 @@ class Case:
         return (h, w, out_c)
 
     def scratch(self, board) -> int:
-        if self.op in ("fc", "avgpool"):
+        if self.op in ("fc", "avgpool") or self.no_scratch:
             return 0
         if self.op == "dwconv2d":
             return dwconv2d_s8_scratch_bytes(
@@ -161,7 +162,7 @@ def random_cases(seed: int, count: int) -> list[Case]:
             stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
         x, wt = _int8(rng, (h, w, in_c)), _int8(rng, (out_c, *kernel, in_c))
         kw = dict(stride=stride, padding=padding, **_requant(rng, out_c, kernel[0] * kernel[1] * in_c))
-        cases.append(Case("conv2d", x, wt, _bias(rng, out_c), kw))
+        cases.append(Case("conv2d", x, wt, _bias(rng, out_c), kw, no_scratch=k % 10 == 1))
     return cases
 
 
@@ -352,7 +353,7 @@ def test_cases_cover_the_dsp_variants(cases):
     assert any(c.x.shape[2] % 4 for c in convs) and any(c.x.shape[2] % 4 == 0 for c in convs)
     assert any(c.w.shape[0] % 2 for c in convs) and any(np.prod(c.out_shape()[:2]) % 2 for c in convs)
     assert any(c.w.shape[1:3] == (1, 1) for c in convs)
-    assert any(c.kw["padding"] != (0, 0) for c in convs)
+    assert any(c.kw["padding"] != (0, 0) for c in convs) and any(c.no_scratch for c in convs)
     dws = [c for c in cases if c.op == "dwconv2d"]
     assert any(c.kw["depth_multiplier"] == 1 and c.x.shape[2] >= 4 for c in dws)
     assert any(c.kw["depth_multiplier"] > 1 for c in dws) and any(c.x.shape[2] % 4 for c in dws)

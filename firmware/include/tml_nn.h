@@ -97,7 +97,9 @@ typedef struct {
     int32_t shift;
 } tml_concat_input;
 
-/* Convolution, weights OHWI [out_c][k_h][k_w][in_c], bias int32[out_c] or NULL. */
+/* Convolution, weights OHWI [out_c][k_h][k_w][in_c], bias int32[out_c] or NULL. scratch: 4-byte
+ * aligned, tml_conv2d_s8_scratch_bytes long (0 on the portable path; on a DSP target, windows
+ * gathered as int16), or NULL, with which a DSP target runs the portable loop instead. */
 tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
                          const tml_shape *input_shape, const int8_t *input,
                          const tml_shape *filter_shape, const int8_t *filter,

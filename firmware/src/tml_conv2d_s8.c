@@ -16,7 +16,8 @@
  * the inner loop reads one pointer. It then takes two output channels: per four taps, two weight
  * words widened by SXTB16 and eight SMLADs give sixteen multiply-accumulates. When the input
  * channels are not a multiple of four (a 3-channel first layer), the window is first copied as
- * int8, so that four-tap groups may straddle kernel rows. Scratch: tml_conv2d_s8_scratch_bytes.
+ * int8, so that four-tap groups may straddle kernel rows. Scratch: tml_conv2d_s8_scratch_bytes
+ * (called with NULL scratch, the DSP build runs the portable loop).
  */
 #include "tml_nn.h"
 #include "tml_support.h"
@@ -335,11 +336,10 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
     const tml_conv_params local = *params; /* a copy the int8 output stores cannot alias */
     const tml_conv_params *p = &local;
 #if defined(TML_USE_DSP)
-    if (scratch == NULL) {
-        return TML_ARG_ERROR;
+    if (scratch != NULL) { /* without scratch (C generated for another target) the portable loop runs */
+        conv_dsp(p, quant, input_shape, input, filter_shape, filter, bias, output_shape, output, scratch);
+        return TML_OK;
     }
-    conv_dsp(p, quant, input_shape, input, filter_shape, filter, bias, output_shape, output, scratch);
-    return TML_OK;
 #else
     (void)scratch;
 #endif
