@@ -73,10 +73,12 @@ static inline void window_dot4_dsp(const int8_t *x, const int8_t *w, const windo
                                    int32_t acc[4])
 {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    const int32_t xs = g->input_step, ws = g->filter_step, w_span = g->cols * ws;
     for (int32_t ky = 0; ky < g->rows; ky++) {
         const int8_t *xk = x + ky * g->input_row;
         const int8_t *wk = w + ky * g->filter_row;
-        for (int32_t kx = 0; kx < g->cols; kx++) {
+        const int8_t *const w_end = wk + w_span; /* the weights pointer counts the taps */
+        while (wk != w_end) {
             const uint32_t xv = tml_read_u32(xk), wv = tml_read_u32(wk);
             const int32_t xe = __sxtab16(offset2, (int32_t)xv), xo = tml_sxtab16_odd(offset2, xv);
             const int32_t we = tml_sxtb16_even(wv), wo = tml_sxtb16_odd(wv);
@@ -84,8 +86,8 @@ static inline void window_dot4_dsp(const int8_t *x, const int8_t *w, const windo
             a2 = __smlatt(xe, we, a2);
             a1 = __smlabb(xo, wo, a1);
             a3 = __smlatt(xo, wo, a3);
-            xk += g->input_step;
-            wk += g->filter_step;
+            xk += xs;
+            wk += ws;
         }
     }
     acc[0] = a0;
