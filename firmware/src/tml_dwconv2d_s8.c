@@ -9,8 +9,7 @@
  *
  * The DSP path (Cortex-M4, M7, M33) reads those four channels as one word of input and one of
  * weights per tap: SXTAB16 widens the input bytes to int16 pairs with the input offset added,
- * SXTB16 the weights, and SMLABB/SMLATT multiply-accumulate each channel on its own; the
- * requantization's per-call steps are hoisted out of the pixel loop.
+ * SXTB16 the weights, and SMLABB/SMLATT multiply-accumulate each channel on its own.
  */
 #include "tml_nn.h"
 #include "tml_support.h"
@@ -95,6 +94,21 @@ static inline void window_dot4_dsp(const int8_t *x, const int8_t *w, const windo
     acc[2] = a2;
     acc[3] = a3;
 }
+
+/* The output step of four channels (tml_requantize_output), out of line so that its operands stay in
+ * registers; bias, mult and shift point at the first of the four channels (bias may be NULL). */
+__attribute__((noinline)) static void output4_dsp(int8_t *out, const int32_t acc[4], const int32_t *bias,
+                                                  const int32_t *mult, const int32_t *shift, const tml_conv_params *p)
+{
+    const int32_t offset = p->output_offset, lo = p->act_min - offset, hi = p->act_max - offset;
+    for (int32_t j = 0; j < 4; j++) {
+        const int32_t s = shift[j];
+        const uint32_t b = bias != NULL ? (uint32_t)bias[j] : 0u;
+        int32_t v = (int32_t)(((uint32_t)acc[j] + b) << (s > 0 ? s : 0));
+        v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, mult[j]), s > 0 ? 0 : -s);
+        out[j] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+    }
+}
 #endif
 
 tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
@@ -120,7 +134,6 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
     int8_t *out = output;
 #if defined(TML_USE_DSP)
     const int32_t offset2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16));
-    const int32_t lo = p->act_min - p->output_offset, hi = p->act_max - p->output_offset;
 #endif
 
     for (int32_t oy = 0; oy < out_h; oy++) {
@@ -143,13 +156,7 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
                 for (; o + 4 <= out_c; o += 4) {
                     int32_t acc[4];
                     window_dot4_dsp(x + o, w + o, &g, offset2, acc);
-                    for (int32_t j = 0; j < 4; j++) { /* tml_requantize_output, its per-call steps hoisted */
-                        const int32_t ch = o + j, s = shift[ch];
-                        const uint32_t b = bias != NULL ? (uint32_t)bias[ch] : 0u;
-                        int32_t v = (int32_t)(((uint32_t)acc[j] + b) << (s > 0 ? s : 0));
-                        v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, mult[ch]), s > 0 ? 0 : -s);
-                        out[ch] = (int8_t)(tml_clamp(v, lo, hi) + p->output_offset);
-                    }
+                    output4_dsp(out + o, acc, bias != NULL ? bias + o : NULL, mult + o, shift + o, p);
                 }
             }
 #endif
