@@ -257,24 +257,31 @@ def test_scratch_is_not_needed(lib):
 _dims = st.tuples(st.integers(1, 64), st.integers(1, 64), st.integers(1, 256))
 
 
+@pytest.fixture(scope="module")
+def dsp_scratch_lib():
+    """The library built as a DSP target sizes its scratch (TML_DSP_SCRATCH; the host runs no DSP code)."""
+    return host.build_kernels([("TML_DSP_SCRATCH", "1")])
+
+
 @settings(max_examples=200, deadline=None)
 @given(_dims, st.integers(1, 7), st.integers(1, 7), _dims)
-def test_python_scratch_sizes_equal_the_c_library(lib, in_dims, kh, kw, out_dims):
+def test_python_scratch_sizes_equal_the_c_library(lib, dsp_scratch_lib, in_dims, kh, kw, out_dims):
     """Code generation sizes scratch in Python (it never compiles C): the C library must agree on every board."""
     from tinyml.board.boards import builtin_boards
     from tinyml.kernels import conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes
 
-    def shape(dims):
-        return lib.ffi.new("tml_shape *", dict(zip("hwc", dims, strict=True)))
-
     filter_dims = (kh, kw, in_dims[2])
-    args = (shape(in_dims), shape(filter_dims), shape(out_dims))
-    in_c = (lib.lib.tml_conv2d_s8_scratch_bytes(*args), lib.lib.tml_dwconv2d_s8_scratch_bytes(*args))
-    for board in [None, *builtin_boards()]:  # every board runs the portable C today
+    in_c = {}
+    for dsp, built in ((False, lib), (True, dsp_scratch_lib)):
+        dims = (in_dims, filter_dims, out_dims)
+        args = [built.ffi.new("tml_shape *", dict(zip("hwc", d, strict=True))) for d in dims]
+        in_c[dsp] = (built.lib.tml_conv2d_s8_scratch_bytes(*args), built.lib.tml_dwconv2d_s8_scratch_bytes(*args))
+    assert in_c[True][0] > 0, "the DSP convolution gathers windows into scratch"
+    for board in [None, *builtin_boards()]:
         sizes = (
             fn(in_dims, filter_dims, out_dims, board) for fn in (conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes)
         )
-        assert tuple(sizes) == in_c, board
+        assert tuple(sizes) == in_c[board is not None and board.dsp], board
 
 
 def test_kernel_selection_does_not_import_the_host_compiler():

@@ -126,18 +126,29 @@ def _quant_channels(call: CallSite) -> str:
     return call.add_static("tml_quant_channels", "quant", f"{{{mult}, {shift}}}")
 
 
+def folded_bias(weights: np.ndarray, bias: np.ndarray | None, input_offset: int) -> np.ndarray:
+    """bias + input_offset * sum(weights row) per output row, with int32 wrap-around, as int32.
+
+    `tml_fc_s8` reads it as `params->folded_bias` in place of bias and input offset: the sum of
+    (x + input_offset) * w is then sum(x * w) plus this constant, the same integer mod 2^32.
+    """
+    total = input_offset * weights.astype(np.int64).sum(axis=1)
+    if bias is not None:
+        total = total + np.asarray(bias, dtype=np.int64)
+    return ((total + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+
+
 def _emit_fc(call: CallSite) -> str:
     g, n, a = call.graph, call.node, call.node.attrs
     x, w, b = n.inputs
     out_f, in_f = g.tensors[w].shape
-    params = call.add_static(
-        "tml_fc_params",
-        "params",
-        _fields(
-            input_offset=-g.tensors[x].zero_point, output_offset=g.tensors[n.outputs[0]].zero_point,
-            act_min=a["act_min"], act_max=a["act_max"],
-        ),
+    input_offset = -g.tensors[x].zero_point
+    fold = call.add_int32_array("folded_bias", folded_bias(g.tensors[w].data, g.tensors[b].data, input_offset))
+    fields = _fields(
+        input_offset=input_offset, output_offset=g.tensors[n.outputs[0]].zero_point,
+        act_min=a["act_min"], act_max=a["act_max"],
     )  # fmt: skip
+    params = call.add_static("tml_fc_params", "params", f"{fields[:-1]}, .folded_bias = {fold}}}")
     quant = _quant_channels(call)
     return (
         f"status = tml_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, {call.tensor(w)}, {call.tensor(b)}, "
@@ -223,10 +234,15 @@ Dims = tuple[int, int, int]  # (h, w, c), as a `tml_shape`
 def conv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
     """Scratch bytes of `tml_conv2d_s8` on `board`; mirrors `tml_conv2d_s8_scratch_bytes` in firmware/src.
 
-    Every board runs the portable direct loop today, which needs none; a DSP path (im2col into
-    scratch) would answer more for boards that have it.
+    The portable direct loop (the host, boards without the DSP extension) needs none. The DSP path
+    gathers two output pixels' windows as int16 columns rounded up to whole four-tap groups, plus
+    an int8 staging copy of one window when the input channels are not a multiple of four.
     """
-    return 0
+    if board is None or not board.dsp:
+        return 0
+    in_c = input_shape[2]
+    taps = (filter_shape[0] * filter_shape[1] * in_c + 3) & ~3
+    return 4 * taps + (taps if in_c % 4 else 0)
 
 
 def dwconv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:

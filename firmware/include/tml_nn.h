@@ -53,6 +53,10 @@ typedef struct {
     int32_t output_offset;
     int32_t act_min;
     int32_t act_max;
+    /* NULL, or int32[out_features]: bias[o] + input_offset * sum(weights[o]) with int32
+     * wrap-around, which the code generator computes at build time. When set, the kernel reads
+     * neither `bias` nor `input_offset`. */
+    const int32_t *folded_bias;
 } tml_fc_params;
 
 typedef struct {
@@ -93,7 +97,9 @@ typedef struct {
     int32_t shift;
 } tml_concat_input;
 
-/* Convolution, weights OHWI [out_c][k_h][k_w][in_c], bias int32[out_c] or NULL. */
+/* Convolution, weights OHWI [out_c][k_h][k_w][in_c], bias int32[out_c] or NULL. scratch: 4-byte
+ * aligned, tml_conv2d_s8_scratch_bytes long (0 on the portable path; on a DSP target, windows
+ * gathered as int16), or NULL, with which a DSP target runs the portable loop instead. */
 tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
                          const tml_shape *input_shape, const int8_t *input,
                          const tml_shape *filter_shape, const int8_t *filter,
@@ -112,7 +118,8 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
 int32_t tml_dwconv2d_s8_scratch_bytes(const tml_shape *input_shape, const tml_shape *filter_shape,
                                       const tml_shape *output_shape);
 
-/* Fully connected, weights [out_features][in_features], per-output-channel quantization. */
+/* Fully connected, weights [out_features][in_features], per-output-channel quantization.
+ * params->folded_bias (when set) replaces bias and input_offset: see tml_fc_params. */
 tml_status tml_fc_s8(const tml_fc_params *params, const tml_quant_channels *quant,
                      int32_t in_features, const int8_t *input,
                      const int8_t *weights, const int32_t *bias,

@@ -18,19 +18,56 @@
 #define TML_USE_DSP 1
 #endif
 
+/* Scratch sizes follow the path a target runs; TML_DSP_SCRATCH makes a host build answer the
+ * DSP figures, so tests can compare them with what the code generator computes for a DSP board. */
+#if defined(TML_USE_DSP) && !defined(TML_DSP_SCRATCH)
+#define TML_DSP_SCRATCH 1
+#endif
+
+/* Four bytes from any address (Cortex-M3/M4/M7/M33 load unaligned words; memcpy says so to C). */
+static inline uint32_t tml_read_u32(const void *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#if defined(TML_USE_DSP)
+/* Bytes 0 and 2 of x, sign-extended, as an int16 pair (SXTB16). */
+static inline int32_t tml_sxtb16_even(uint32_t x)
+{
+    return __sxtb16((int32_t)x);
+}
+
+/* Bytes 1 and 3 of x, sign-extended, as an int16 pair: one SXTB16 with its built-in rotation
+ * (GCC 12 does not merge a rotate into __sxtb16 by itself). */
+static inline int32_t tml_sxtb16_odd(uint32_t x)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+/* add + bytes 1 and 3 of x, sign-extended, halfword by halfword (SXTAB16 with its rotation). */
+static inline int32_t tml_sxtab16_odd(int32_t add, uint32_t x)
+{
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(add), "r"(x));
+    return r;
+}
+#endif
+
 static inline int32_t tml_clamp(int32_t v, int32_t lo, int32_t hi)
 {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-/* round(a * b / 2^31), ties rounded up (toward +inf) as CMSIS-NN does, no saturation (b is never INT32_MIN). */
+/* round(a * b / 2^31), ties rounded up (toward +inf) as CMSIS-NN does, no saturation (b is never INT32_MIN).
+ * CMSIS-NN adds 2^30 (or 1 - 2^30 when the product is negative) and divides, truncating toward zero:
+ * both are floor((a * b + 2^30) / 2^31), an arithmetic shift (one SMLAL-like sequence, no division). */
 static inline int32_t tml_doubling_high_mult(int32_t a, int32_t b)
 {
-    int64_t round = (int64_t)1 << 30;
-    if ((a < 0) != (b < 0)) {
-        round = 1 - round;
-    }
-    return (int32_t)(((int64_t)a * b + round) / ((int64_t)1 << 31));
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
 }
 
 /* a / 2^exponent rounded to nearest, ties away from zero; exponent 0..31. */

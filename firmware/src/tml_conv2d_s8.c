@@ -8,6 +8,16 @@
  * contribute nothing. One kernel row of a window is contiguous in both the input (NHWC) and
  * the filter (OHWI), so the inner loop is a plain dot product over kernel_w * in_c bytes.
  * A 1x1 kernel with stride 1 and no padding reads the input as one [h * w][c] matrix.
+ *
+ * The DSP path (Cortex-M4, M7, M33) works on two output pixels at a time. Their kernel windows
+ * are gathered (im2col) into scratch as int16 with the input offset added (padded cells become 0),
+ * four taps at a time in the order SXTB16 splits four weights: (taps 0, 2), (taps 1, 3). The
+ * columns are zero-padded to a multiple of four taps, and the two pixels' words interleaved, so
+ * the inner loop reads one pointer. It then takes two output channels: per four taps, two weight
+ * words widened by SXTB16 and eight SMLADs give sixteen multiply-accumulates. When the input
+ * channels are not a multiple of four (a 3-channel first layer), the window is first copied as
+ * int8, so that four-tap groups may straddle kernel rows. Scratch: tml_conv2d_s8_scratch_bytes
+ * (called with NULL scratch, the DSP build runs the portable loop).
  */
 #include "tml_nn.h"
 #include "tml_support.h"
@@ -63,18 +73,276 @@ static void conv_pointwise(const tml_conv_params *p, const tml_quant_channels *q
     }
 }
 
+#if defined(TML_USE_DSP)
+/* Number of taps of one column: the kernel window rounded up to whole four-tap groups. */
+static int32_t column_taps(int32_t kernel_len)
+{
+    return (kernel_len + 3) & ~3;
+}
+
+/* Widen `n` int8 (a multiple of four) to int16 plus the offset pair, group by group: words 0 and 1
+ * of each group of four taps at dst[0], dst[1], groups `stride` words apart. */
+static void widen_groups(uint32_t *dst, int32_t stride, const int8_t *src, int32_t n, int32_t offset2)
+{
+    for (int32_t i = 0; i < n; i += 4) {
+        const uint32_t v = tml_read_u32(src + i);
+        dst[0] = (uint32_t)__sadd16(tml_sxtb16_even(v), offset2);
+        dst[1] = (uint32_t)__sadd16(tml_sxtb16_odd(v), offset2);
+        dst += stride;
+    }
+}
+
+static void zero_groups(uint32_t *dst, int32_t stride, int32_t n)
+{
+    for (int32_t i = 0; i < n; i += 4) {
+        dst[0] = 0;
+        dst[1] = 0;
+        dst += stride;
+    }
+}
+
+/* `n` bytes of `value`, then `n` more from src... : the int8 staging copy. */
+static void fill_s8(int8_t *dst, int8_t value, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++) {
+        dst[i] = value;
+    }
+}
+
+static void copy_s8(int8_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t v = tml_read_u32(src + i);
+        __builtin_memcpy(dst + i, &v, 4);
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i];
+    }
+}
+
+/* The geometry the DSP path gathers windows with. */
+typedef struct {
+    const tml_conv_params *p;
+    const int8_t *input;
+    int32_t in_h, in_w, in_c, k_h, k_w, out_w;
+    int32_t taps;     /* column_taps(kernel_len) */
+    int32_t offset2;  /* input_offset in both int16 halves */
+    int8_t *staging;  /* NULL when in_c is a multiple of four */
+} dsp_geometry;
+
+/* Gather the window of output pixel `pixel` into the column at `col` (every other group pair). */
+__attribute__((noinline)) static void im2col(const dsp_geometry *g, int32_t pixel, uint32_t *col)
+{
+    const tml_conv_params *p = g->p;
+    const int32_t oy = pixel / g->out_w, ox = pixel - oy * g->out_w;
+    const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, g->k_h, g->in_h);
+    const tml_window_span kx = tml_window_span_at(ox, p->stride_w, p->pad_w, g->k_w, g->in_w);
+    const int32_t row_len = g->k_w * g->in_c;
+    const int32_t lead = kx.begin * g->in_c;
+    const int32_t real = kx.end > kx.begin ? (kx.end - kx.begin) * g->in_c : 0;
+    const int8_t zero_point = (int8_t)(-p->input_offset);
+    if (g->staging == NULL) { /* rows are whole groups: widen straight from the input */
+        for (int32_t row = 0; row < g->k_h; row++) {
+            uint32_t *dst = col + (row * row_len / 4) * 4;
+            if (row < ky.begin || row >= ky.end || real == 0) {
+                zero_groups(dst, 4, row_len);
+                continue;
+            }
+            const int8_t *src = g->input + ((ky.origin + row) * g->in_w + kx.origin + kx.begin) * g->in_c;
+            zero_groups(dst, 4, lead);
+            widen_groups(dst + lead, 4, src, real, g->offset2);
+            zero_groups(dst + (lead + real), 4, row_len - lead - real);
+        }
+        return;
+    }
+    int8_t *s = g->staging;
+    for (int32_t row = 0; row < g->k_h; row++) {
+        int8_t *dst = s + row * row_len;
+        if (row < ky.begin || row >= ky.end || real == 0) {
+            fill_s8(dst, zero_point, row_len);
+            continue;
+        }
+        const int8_t *src = g->input + ((ky.origin + row) * g->in_w + kx.origin + kx.begin) * g->in_c;
+        fill_s8(dst, zero_point, lead);
+        copy_s8(dst + lead, src, real);
+        fill_s8(dst + lead + real, zero_point, row_len - lead - real);
+    }
+    const int32_t kernel_len = g->k_h * row_len;
+    fill_s8(s + kernel_len, zero_point, g->taps - kernel_len);
+    widen_groups(col, 4, s, g->taps, g->offset2);
+}
+
+/* The last, partial group of a weight row (1..3 bytes), zero-padded to a word. */
+static uint32_t tail_word(const int8_t *w, int32_t n)
+{
+    uint32_t v = (uint8_t)w[0];
+    if (n > 1) {
+        v |= (uint32_t)(uint8_t)w[1] << 8;
+    }
+    if (n > 2) {
+        v |= (uint32_t)(uint8_t)w[2] << 16;
+    }
+    return v;
+}
+
+/* The inner loop of mac_2x2 over `groups` (at least one) whole four-tap groups, in assembly so that all
+ * fourteen operands stay in registers (GCC 12 spills some): per group two weight words, the two pixels'
+ * column words, four SXTB16 and eight SMLAD. acc[0..3] = a00, a01, a10, a11 (channel, pixel).
+ * Two groups per step after an odd one, so that the loop's own instructions are spread over 32 MACs. */
+void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t groups, int32_t acc[4]);
+#define TML_MAC_2X2_GROUP                                                                                     \
+    "    ldr r8, [r1], #4\n"         /* four weights of channel 0 */                                           \
+    "    ldr r9, [r2], #4\n"         /* and of channel 1 */                                                    \
+    "    ldrd r10, r11, [r0], #16\n" /* pixel A: taps (0, 2), (1, 3) */                                        \
+    "    sxtb16 r12, r8\n"                                                                                    \
+    "    sxtb16 r8, r8, ror #8\n"                                                                             \
+    "    smlad r4, r10, r12, r4\n"                                                                            \
+    "    smlad r4, r11, r8, r4\n"                                                                             \
+    "    sxtb16 lr, r9\n"                                                                                     \
+    "    sxtb16 r9, r9, ror #8\n"                                                                             \
+    "    smlad r6, r10, lr, r6\n"                                                                             \
+    "    smlad r6, r11, r9, r6\n"                                                                             \
+    "    ldrd r10, r11, [r0, #-8]\n" /* pixel B */                                                             \
+    "    smlad r5, r10, r12, r5\n"                                                                            \
+    "    smlad r5, r11, r8, r5\n"                                                                             \
+    "    smlad r7, r10, lr, r7\n"                                                                             \
+    "    smlad r7, r11, r9, r7\n"
+__asm__(
+    "    .section .text.tml_conv_mac_2x2_dsp,\"ax\",%progbits\n"
+    "    .syntax unified\n"
+    "    .thumb\n"
+    "    .align 2\n"
+    "    .global tml_conv_mac_2x2_dsp\n"
+    "    .type tml_conv_mac_2x2_dsp, %function\n"
+    "    .thumb_func\n"
+    "tml_conv_mac_2x2_dsp:\n"
+    "    push {r4-r11, lr}\n"
+    "    movs r4, #0\n" /* a00: channel 0, pixel A */
+    "    movs r5, #0\n" /* a01: channel 0, pixel B */
+    "    movs r6, #0\n" /* a10 */
+    "    movs r7, #0\n" /* a11 */
+    "    tst r3, #1\n"  /* an odd group first, then two per step */
+    "    beq 1f\n"
+    TML_MAC_2X2_GROUP
+    "    subs r3, r3, #1\n"
+    "    beq 2f\n"
+    "1:\n"
+    TML_MAC_2X2_GROUP
+    TML_MAC_2X2_GROUP
+    "    subs r3, r3, #2\n"
+    "    bne 1b\n"
+    "2:\n"
+    "    ldr r8, [sp, #36]\n"
+    "    stm r8, {r4-r7}\n"
+    "    pop {r4-r11, pc}\n"
+    "    .size tml_conv_mac_2x2_dsp, .-tml_conv_mac_2x2_dsp\n"
+    "    .text\n");
+#undef TML_MAC_2X2_GROUP
+
+/* Two channels (w0, w1) by two pixels (interleaved columns): acc[channel * 2 + pixel]. */
+static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
+{
+    const int32_t groups = kernel_len >> 2;
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    if (groups > 0) {
+        int32_t sums[4];
+        tml_conv_mac_2x2_dsp(col, w0, w1, groups, sums);
+        a00 = sums[0];
+        a01 = sums[1];
+        a10 = sums[2];
+        a11 = sums[3];
+        col += groups * 4;
+        w0 += groups * 4;
+        w1 += groups * 4;
+    }
+    const int32_t rest = kernel_len & 3;
+    if (rest != 0) {
+        const uint32_t v0 = tail_word(w0, rest), v1 = tail_word(w1, rest);
+        const int32_t ae = (int32_t)col[0], ao = (int32_t)col[1], be = (int32_t)col[2], bo = (int32_t)col[3];
+        int32_t e = tml_sxtb16_even(v0), o = tml_sxtb16_odd(v0);
+        a00 = __smlad(ao, o, __smlad(ae, e, a00));
+        a01 = __smlad(bo, o, __smlad(be, e, a01));
+        e = tml_sxtb16_even(v1);
+        o = tml_sxtb16_odd(v1);
+        a10 = __smlad(ao, o, __smlad(ae, e, a10));
+        a11 = __smlad(bo, o, __smlad(be, e, a11));
+    }
+    acc[0] = a00;
+    acc[1] = a01;
+    acc[2] = a10;
+    acc[3] = a11;
+}
+
+static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, const tml_shape *in,
+                     const int8_t *input, const tml_shape *filter_shape, const int8_t *filter, const int32_t *bias,
+                     const tml_shape *out, int8_t *output, void *scratch)
+{
+    const int32_t kernel_len = filter_shape->h * filter_shape->w * in->c;
+    const int32_t taps = column_taps(kernel_len);
+    uint32_t *cols = (uint32_t *)scratch;
+    const dsp_geometry g = {
+        .p = p,
+        .input = input,
+        .in_h = in->h, .in_w = in->w, .in_c = in->c,
+        .k_h = filter_shape->h, .k_w = filter_shape->w, .out_w = out->w,
+        .taps = taps,
+        .offset2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16)),
+        .staging = (in->c & 3) != 0 ? (int8_t *)scratch + 4 * taps : NULL,
+    };
+    const int32_t out_c = out->c;
+    const int32_t pixels = out->h * out->w;
+    const int32_t offset = p->output_offset;
+    const int32_t lo = p->act_min - offset, hi = p->act_max - offset; /* the clamp before the offset */
+    for (int32_t pixel = 0; pixel < pixels; pixel += 2) {
+        const int32_t second = pixel + 1 < pixels; /* a lone last pixel is gathered twice */
+        im2col(&g, pixel, cols);
+        im2col(&g, second ? pixel + 1 : pixel, cols + 2);
+        int8_t *out_a = output + pixel * out_c;
+        int8_t *out_b = out_a + out_c;
+        for (int32_t o = 0; o < out_c; o += 2) {
+            const int32_t pair = o + 1 < out_c; /* a lone last channel is computed twice */
+            const int8_t *w0 = filter + o * kernel_len;
+            int32_t acc[4];
+            mac_2x2(cols, w0, pair ? w0 + kernel_len : w0, kernel_len, acc);
+            for (int32_t c = 0; c <= pair; c++) { /* tml_requantize_output, its per-channel steps shared */
+                const int32_t ch = o + c;
+                const uint32_t b = bias != NULL ? (uint32_t)bias[ch] : 0u;
+                const int32_t multiplier = quant->multiplier[ch], shift = quant->shift[ch];
+                const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+                int32_t v = (int32_t)(((uint32_t)acc[c * 2] + b) << left);
+                v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, multiplier), right);
+                out_a[ch] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+                if (second) {
+                    v = (int32_t)(((uint32_t)acc[c * 2 + 1] + b) << left);
+                    v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, multiplier), right);
+                    out_b[ch] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+                }
+            }
+        }
+    }
+}
+#endif
+
 tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
                          const tml_shape *input_shape, const int8_t *input,
                          const tml_shape *filter_shape, const int8_t *filter,
                          const int32_t *bias,
                          const tml_shape *output_shape, int8_t *output, void *scratch)
 {
-    (void)scratch;
     if (!tml_conv_args_valid(params, quant, input_shape, input, filter_shape, filter, output_shape, output)) {
         return TML_ARG_ERROR;
     }
     const tml_conv_params local = *params; /* a copy the int8 output stores cannot alias */
     const tml_conv_params *p = &local;
+#if defined(TML_USE_DSP)
+    if (scratch != NULL) { /* without scratch (C generated for another target) the portable loop runs */
+        conv_dsp(p, quant, input_shape, input, filter_shape, filter, bias, output_shape, output, scratch);
+        return TML_OK;
+    }
+#else
+    (void)scratch;
+#endif
     const int32_t in_h = input_shape->h, in_w = input_shape->w, in_c = input_shape->c;
     const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
     const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
@@ -123,8 +391,15 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
 int32_t tml_conv2d_s8_scratch_bytes(const tml_shape *input_shape, const tml_shape *filter_shape,
                                     const tml_shape *output_shape)
 {
-    (void)input_shape;
-    (void)filter_shape;
     (void)output_shape;
+    if (input_shape == NULL || filter_shape == NULL) {
+        return 0;
+    }
+#if defined(TML_DSP_SCRATCH)
+    /* two interleaved int16 columns, and an int8 staging copy when in_c is not a multiple of 4 */
+    const int32_t taps = (filter_shape->h * filter_shape->w * input_shape->c + 3) & ~3;
+    return 4 * taps + ((input_shape->c & 3) != 0 ? taps : 0);
+#else
     return 0;
+#endif
 }

@@ -6,6 +6,10 @@
  * Each window is cropped to the real input cells, so padded cells contribute nothing. With a
  * depth multiplier of 1, four adjacent channels are computed together: in NHWC input and
  * [k_h][k_w][out_c] weights they sit side by side, so they share the loop and pointer work.
+ *
+ * The DSP path (Cortex-M4, M7, M33) reads those four channels as one word of input and one of
+ * weights per tap: SXTAB16 widens the input bytes to int16 pairs with the input offset added,
+ * SXTB16 the weights, and SMLABB/SMLATT multiply-accumulate each channel on its own.
  */
 #include "tml_nn.h"
 #include "tml_support.h"
@@ -62,6 +66,51 @@ static inline void window_dot4(const int8_t *x, const int8_t *w, const window_ge
     acc[3] = a3;
 }
 
+#if defined(TML_USE_DSP)
+/* window_dot4 with one word of input and of weights per tap; offset2 is the input offset in both halves. */
+static inline void window_dot4_dsp(const int8_t *x, const int8_t *w, const window_geometry *g, int32_t offset2,
+                                   int32_t acc[4])
+{
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    const int32_t xs = g->input_step, ws = g->filter_step, w_span = g->cols * ws;
+    for (int32_t ky = 0; ky < g->rows; ky++) {
+        const int8_t *xk = x + ky * g->input_row;
+        const int8_t *wk = w + ky * g->filter_row;
+        const int8_t *const w_end = wk + w_span; /* the weights pointer counts the taps */
+        while (wk != w_end) {
+            const uint32_t xv = tml_read_u32(xk), wv = tml_read_u32(wk);
+            const int32_t xe = __sxtab16(offset2, (int32_t)xv), xo = tml_sxtab16_odd(offset2, xv);
+            const int32_t we = tml_sxtb16_even(wv), wo = tml_sxtb16_odd(wv);
+            a0 = __smlabb(xe, we, a0);
+            a2 = __smlatt(xe, we, a2);
+            a1 = __smlabb(xo, wo, a1);
+            a3 = __smlatt(xo, wo, a3);
+            xk += xs;
+            wk += ws;
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* The output step of four channels (tml_requantize_output), out of line so that its operands stay in
+ * registers; bias, mult and shift point at the first of the four channels (bias may be NULL). */
+__attribute__((noinline)) static void output4_dsp(int8_t *out, const int32_t acc[4], const int32_t *bias,
+                                                  const int32_t *mult, const int32_t *shift, const tml_conv_params *p)
+{
+    const int32_t offset = p->output_offset, lo = p->act_min - offset, hi = p->act_max - offset;
+    for (int32_t j = 0; j < 4; j++) {
+        const int32_t s = shift[j];
+        const uint32_t b = bias != NULL ? (uint32_t)bias[j] : 0u;
+        int32_t v = (int32_t)(((uint32_t)acc[j] + b) << (s > 0 ? s : 0));
+        v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, mult[j]), s > 0 ? 0 : -s);
+        out[j] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+    }
+}
+#endif
+
 tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
                            const tml_shape *input_shape, const int8_t *input,
                            const tml_shape *filter_shape, const int8_t *filter,
@@ -83,6 +132,9 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
     const int32_t *mult = quant->multiplier;
     const int32_t *shift = quant->shift;
     int8_t *out = output;
+#if defined(TML_USE_DSP)
+    const int32_t offset2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16));
+#endif
 
     for (int32_t oy = 0; oy < out_h; oy++) {
         const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, k_h, in_h);
@@ -99,6 +151,15 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
             const int8_t *x = input + (ky.origin + ky.begin) * g.input_row + (kx.origin + kx.begin) * in_c;
             const int8_t *w = filter + ky.begin * g.filter_row + kx.begin * out_c;
             int32_t o = 0;
+#if defined(TML_USE_DSP)
+            if (multiplier_step == 1) {
+                for (; o + 4 <= out_c; o += 4) {
+                    int32_t acc[4];
+                    window_dot4_dsp(x + o, w + o, &g, offset2, acc);
+                    output4_dsp(out + o, acc, bias != NULL ? bias + o : NULL, mult + o, shift + o, p);
+                }
+            }
+#endif
             if (multiplier_step == 1) {
                 for (; o + 4 <= out_c; o += 4) {
                     int32_t acc[4];

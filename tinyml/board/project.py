@@ -17,10 +17,11 @@ each layer). `build_firmware` turns it into a firmware directory::
 
 The project compiles the model, the kernel library (from the `tinyml_kernel_sources` hook), the
 test harness (`firmware/harness`) with the test inputs, and the board runtime (`boards/runtime`:
-reset, vector table, fault report, semihosting, instruction counter) with release flags (-O2,
-function and data sections, --gc-sections). It is built in a temporary folder with a plain path
-(PlatformIO cannot build where the path has `$`, spaces or quotes) and moved into place only
-when the build succeeds; `tinyml.staging` decides which output folders may be replaced.
+reset, vector table, fault report, semihosting, instruction counter) with release flags (-O2 unless
+`build_firmware` asks for another level, function and data sections, --gc-sections). It is built
+in a temporary folder with a plain path (PlatformIO cannot build where the path has `$`, spaces or
+quotes) and moved into place only when the build succeeds; `tinyml.staging` decides which output
+folders may be replaced.
 """
 
 from __future__ import annotations
@@ -73,14 +74,17 @@ def kernel_source_dirs() -> list[Path]:
     return plugins.kernel_source_dirs()
 
 
-def board_json(board: Board) -> dict[str, Any]:
-    """The PlatformIO board definition (project `boards/<name>.json`)."""
+OPTIMIZATION_LEVELS = ("-O2", "-O3", "-Os")
+
+
+def board_json(board: Board, optimization: str = "-O2") -> dict[str, Any]:
+    """The PlatformIO board definition (project `boards/<name>.json`), with the optimisation level to build at."""
     return {
         "build": {
             "cpu": board.core,
             "mcu": board.name,
             "f_cpu": f"{board.clock_hz}L",
-            "tinyml": {"cflags": board.cflags},
+            "tinyml": {"cflags": board.cflags, "optimization": optimization},
         },
         "frameworks": [],
         "name": board.description or board.name,
@@ -213,6 +217,7 @@ def write_project(
     test_inputs: np.ndarray,
     defines: Iterable[str] = (),
     pio_platform: str | None = None,
+    optimization: str = "-O2",
 ) -> None:
     """Write a complete PlatformIO project for `board` into the empty folder `project`."""
     src = project / "src"
@@ -220,7 +225,7 @@ def write_project(
     src.mkdir()
     defines = list(defines)
     (project / "platformio.ini").write_text(platformio_ini(board, defines, pio_platform))
-    (project / "boards" / f"{board.name}.json").write_text(json.dumps(board_json(board), indent=2) + "\n")
+    (project / "boards" / f"{board.name}.json").write_text(json.dumps(board_json(board, optimization), indent=2) + "\n")
     (project / "tinyml.ld").write_text(linker_script(board))
     for name in MODEL_FILES:
         shutil.copy2(model_dir / name, src / name)
@@ -242,6 +247,7 @@ def build_firmware(
     *,
     defines: Iterable[str] = (),
     pio_platform: str | None = None,
+    optimization: str = "-O2",
 ) -> FirmwareBuild:
     """Write the PlatformIO project for `board`, build it with `pio run`, and put it in `out_dir`.
 
@@ -249,7 +255,14 @@ def build_firmware(
     `defines` are extra preprocessor macros (e.g. TML_INJECT_FAULT, which makes the harness
     execute an undefined instruction). `pio_platform` replaces the offline tinyml platform with
     another PlatformIO platform spec (e.g. `ststm32`, which needs network access to install).
+    `optimization` is the compiler's optimisation level (one of OPTIMIZATION_LEVELS; the
+    benchmarks build at -O3, as CMSIS-NN's published counts are).
     """
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise BuildError(
+            f"Optimisation level {optimization!r} is not one tinyml builds at: use one of "
+            f"{', '.join(OPTIMIZATION_LEVELS)}."
+        )
     model_dir = Path(model_dir).resolve()
     out_dir = output_path(out_dir)
     defines = list(defines)
@@ -262,7 +275,7 @@ def build_firmware(
     reference = reference_outputs(model_dir, inputs)
     with staged_directory(out_dir) as staging, _plain_work_dir() as work:
         project = work / PROJECT_DIR_NAME
-        write_project(project, model_dir, board, inputs, defines, pio_platform)
+        write_project(project, model_dir, board, inputs, defines, pio_platform, optimization)
         log = platformio.run_pio(project, "run", "--environment", board.name)
         built = project / ".pio" / "build" / board.name / ELF_NAME
         if not built.is_file():
@@ -281,6 +294,7 @@ def build_firmware(
             "test_inputs": len(inputs),
             "reference_outputs": REFERENCE_OUTPUTS_NAME if reference is not None else None,
             "defines": defines,
+            "optimization": optimization,
             "model_sizes": model_sizes(model_dir),
         }
         write_manifest(staging, "firmware", manifest, files=files)

@@ -1,13 +1,15 @@
 """SCons builder of the tinyml-arm platform: compiles a project with the arm-none-eabi-gcc found
 on PATH, using the CPU flags of the board JSON (`build.tinyml.cflags`) and the project's linker
-script (`board_build.ldscript`). Release flags: -O2 (instruction counts are what tinyml
-reports), sections per function and datum, unused ones dropped at link."""
+script (`board_build.ldscript`). Release flags: the board JSON's optimisation level
+(`build.tinyml.optimization`, -O2 unless the build asks for another), sections per function and
+datum, unused ones dropped at link."""
 
 from SCons.Script import AlwaysBuild, Default, DefaultEnvironment
 
 env = DefaultEnvironment()
 board = env.BoardConfig()
 cpu_flags = list(board.get("build.tinyml.cflags"))
+optimization = board.get("build.tinyml.optimization", "-O2")
 
 env.Replace(
     AR="arm-none-eabi-gcc-ar",
@@ -28,7 +30,7 @@ env.Replace(
 )
 env.Append(
     ASFLAGS=cpu_flags + ["-x", "assembler-with-cpp"],
-    CCFLAGS=cpu_flags + ["-O2", "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra"],
+    CCFLAGS=cpu_flags + [optimization, "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra"],
     CFLAGS=["-std=c99"],
     LINKFLAGS=cpu_flags + ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections"],
     LIBS=["c", "gcc"],
