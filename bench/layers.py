@@ -1,14 +1,14 @@
-"""Instructions per call of the eight reference layers of issue 8, on Cortex-M4, M7 and M3 at -O3.
+"""Instructions per call of the eight reference layers (CMSIS-NN comparison), on Cortex-M4, M7 and M3 at -O3.
 
     .venv/bin/python bench/layers.py [--json] [--boards cortex-m4 ...] [--layers L1 L6 ...]
 
-Each layer is a one-node int8 graph with the issue's data (xorshift32 seeded 1000 + layer index,
+Each layer is a one-node int8 graph with the reference data (xorshift32 seeded 1000 + layer index,
 drawn in the order input, weights, bias, multipliers, shifts), compiled by the code generator for
 the board (so the kernel, its scratch and the constants the emitter precomputes are what a user
 gets), built at -O3 and run once in QEMU. The board's output must equal the numpy reference
 (`tinyml.reference`) byte for byte, else the script stops with an error. Counts are what
-`tinyml.board.qemu.run_firmware` reports for the layer: exact on the STM32 (TIM2), to one SysTick
-period on the MPS2 machines. `target` is 0.9x CMSIS-NN's count on Cortex-M4 at -O3.
+`tinyml.board.qemu.run_firmware` reports for the layer: exact on every board (the QEMU
+instruction-count plugin). `target` is 0.9x CMSIS-NN's count on Cortex-M4 at -O3.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Layer:
     padding: tuple[int, int] = (0, 0)
     shift_base: int = 0
     cmsis: int = 0  # CMSIS-NN's instructions on Cortex-M4 at -O3
-    target: int = 0  # 0.9x that, as the issue gives it
+    target: int = 0  # 0.9x that, the target
     per_tensor: bool = False  # one multiplier and shift for every channel (the first drawn)
 
     @property
@@ -85,7 +85,7 @@ LAYERS = (
 
 
 class XorShift32:
-    """The issue's generator: x ^= x << 13; x ^= x >> 17; x ^= x << 5 (32-bit)."""
+    """The data generator: x ^= x << 13; x ^= x >> 17; x ^= x << 5 (32-bit)."""
 
     def __init__(self, seed: int) -> None:
         self.x = seed & 0xFFFFFFFF
@@ -103,7 +103,7 @@ class XorShift32:
 
 
 def layer_data(layer: Layer, index: int) -> dict[str, np.ndarray]:
-    """Input, weights, bias, multipliers and shifts of `layer` (L1 has index 0), as the issue draws them."""
+    """Input, weights, bias, multipliers and shifts of `layer` (L1 has index 0), drawn in that order."""
     rng = XorShift32(1000 + index)
     h, w, c = layer.input
     data = {"input": rng.draw(h * w * c, lambda x: ((x >> 24) ^ 0x80) - 0x80).astype(np.int8).reshape(h, w, c)}
