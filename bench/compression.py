@@ -71,9 +71,23 @@ def float_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> floa
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def float32_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the float model's weights and biases (the paper's baseline)."""
-    return 4 * sum(p.numel() for p in model.parameters())
+def float32_bytes(build: Build) -> int:
+    """Bytes of the float model's weights and biases as float32 (the paper's baseline), batch norms folded."""
+    graph = build.float_graph
+    constants = {name for node in graph.nodes for name in node.inputs if graph.tensors[name].is_constant}
+    return 4 * sum(graph.tensors[name].size for name in constants)
+
+
+def encoded_weights(build: Build) -> list[Any]:
+    """The weight tensors the huffman technique gave a codebook (fc and conv2d layers)."""
+    from tinyml_plugins.huffman.kernels import FUSED_OPS
+
+    graph = build.graph
+    return [
+        (node.name, graph.tensors[node.inputs[1]])
+        for node in graph.nodes
+        if node.op in FUSED_OPS and graph.tensors[node.inputs[1]].codebook is not None
+    ]
 
 
 def train_stage(example: Example, spec: tuple[str, dict[str, Any]]) -> torch.nn.Module:
@@ -89,12 +103,9 @@ def fixed_width_choice(build: Build) -> dict[str, str]:
     """Per encoded layer, the smaller fixed-width storage (packed or sparse) of its shared weights."""
     from tinyml_plugins.huffman.technique import stored_bytes
 
-    choice = {}
-    for node in build.graph.nodes:
-        weight = build.graph.tensors[node.inputs[1]] if len(node.inputs) > 1 else None
-        if weight is not None and weight.encoding is not None and weight.codebook is not None:
-            choice[node.name] = min(FIXED_WIDTH, key=lambda e, w=weight: stored_bytes(w, e))
-    return choice
+    return {
+        name: min(FIXED_WIDTH, key=lambda e, w=weight: stored_bytes(w, e)) for name, weight in encoded_weights(build)
+    }
 
 
 def huffman_vs_packed(build: Build) -> dict[str, int]:
@@ -102,12 +113,10 @@ def huffman_vs_packed(build: Build) -> dict[str, int]:
     from tinyml_plugins.huffman.technique import stored_bytes
 
     totals = {"huffman_bytes": 0, "packed_bytes": 0, "fixed_width_bytes": 0}
-    for node in build.graph.nodes:
-        weight = build.graph.tensors[node.inputs[1]] if len(node.inputs) > 1 else None
-        if weight is not None and weight.codebook is not None and weight.encoding is not None:
-            totals["huffman_bytes"] += stored_bytes(weight, "huffman")
-            totals["packed_bytes"] += stored_bytes(weight, "packed")
-            totals["fixed_width_bytes"] += min(stored_bytes(weight, e) for e in FIXED_WIDTH)
+    for _name, weight in encoded_weights(build):
+        totals["huffman_bytes"] += stored_bytes(weight, "huffman")
+        totals["packed_bytes"] += stored_bytes(weight, "packed")
+        totals["fixed_width_bytes"] += min(stored_bytes(weight, e) for e in FIXED_WIDTH)
     return totals
 
 
@@ -184,7 +193,6 @@ def measure(
 def bench_model(name: str, config: BenchConfig, scratch: Path) -> tuple[dict[str, Any], list[dict], dict[str, Any]]:
     """The four stages of one model: its `models` entry, its stage rows and its Huffman-vs-packed totals."""
     example = get_example(name)
-    base = float32_bytes(example.model)
     log(f"{name}: pruning {config.prune[name]}")
     pruned = train_stage(example, ("prune", config.prune[name]))
     share = ("share-weights", config.share[name])
@@ -192,17 +200,17 @@ def bench_model(name: str, config: BenchConfig, scratch: Path) -> tuple[dict[str
 
     def stage(label: str, model: torch.nn.Module, techniques: list[Any]) -> Build:
         row, build = measure(name, label, model, example, techniques, config, scratch)
-        row["float32_bytes"] = base
-        row["compression_ratio"] = base / row["stored_bytes"]
         rows.append(row)
         return build
 
-    stage("int8", example.model, ["quantize-int8"])
+    base = float32_bytes(stage("int8", example.model, ["quantize-int8"]))
     stage("prune", pruned, ["quantize-int8"])
     huffman = stage("prune + share + huffman", pruned, ["quantize-int8", share, ("huffman", {"encoding": "auto"})])
     fixed = ("huffman", {"encoding": "packed", "layers": fixed_width_choice(huffman)})
     stage("prune + share", pruned, ["quantize-int8", share, fixed])
     rows[2], rows[3] = rows[3], rows[2]  # the paper's order; the Huffman build came first for its codebooks
+    for row in rows:
+        row["float32_bytes"], row["compression_ratio"] = base, base / row["stored_bytes"]
     int8, final = rows[0], rows[-1]
     entry = {
         "model": name,
