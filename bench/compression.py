@@ -181,6 +181,9 @@ def measure(
         outputs_match_reference=run.outputs_match_reference,
         elf_flash_bytes=sizes.flash_bytes - inputs.size,  # tml_test_inputs is int8 [N][input size] in flash
         ram_bytes=sizes.ram_bytes + run.stack_bytes,
+        ram_static_bytes=sizes.ram_bytes,
+        stack_bytes=run.stack_bytes,
+        arena_bytes=build.plan.arena_bytes,
         instructions=int(round(float(np.mean(run.instructions)))),
     )
     log(
@@ -225,7 +228,7 @@ def bench_model(name: str, config: BenchConfig, scratch: Path) -> tuple[dict[str
         "samples": final["samples"],
     }
     entry["accuracy_drop_points"] = 100 * (entry["float_accuracy"] - entry["device_accuracy"])
-    for key in ("elf_flash_bytes", "instructions", "ram_bytes"):
+    for key in ("elf_flash_bytes", "instructions", "ram_bytes", "ram_static_bytes", "stack_bytes", "arena_bytes"):
         entry[key] = final.get(key)
         entry[f"{key}_int8"] = int8.get(key)
     entry["scratch_bytes"] = final["scratch_bytes"]
