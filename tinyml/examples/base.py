@@ -29,9 +29,9 @@ class Example:
 
 
 def _registry() -> dict[str, Callable[..., Example]]:
-    from tinyml.examples import digits
+    from tinyml.examples import digits, mlp
 
-    return {"digits": digits.load}
+    return {"digits": digits.load, "mlp": mlp.load}
 
 
 def list_examples() -> list[str]:

@@ -68,7 +68,9 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_train, y_train, x_test, y_test
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = EPOCHS) -> nn.Module:
+def train(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = EPOCHS, label: str = "training digits CNN"
+) -> nn.Module:
     """Adam with a cosine schedule, seeded; shows a progress bar."""
     torch.manual_seed(SEED)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -76,7 +78,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = EPOCHS) 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(SEED)
     model.train()
-    with progress_bar("training digits CNN", total=epochs) as advance:
+    with progress_bar(label, total=epochs) as advance:
         for _ in range(epochs):
             order = torch.randperm(len(xt), generator=gen)
             for i in range(0, len(xt), BATCH):
