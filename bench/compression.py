@@ -152,6 +152,7 @@ def measure(
         model,
         example.calibration,
         techniques,
+        board=None if config.board is None else resolve_board(config.board),  # the board's kernels and scratch
         out_dir=model_dir,
         validation=(x_test, y_test),
         train_data=(example.x_train, example.y_train),
