@@ -22,6 +22,7 @@ from tinyml import compiler, host
 from tinyml.errors import RecipeError, TinymlError
 from tinyml.reference import run_int8
 from tinyml_plugins.huffman.csr import Csr, decode_csr, encode_csr
+from tinyml_plugins.huffman.kernels import SPARSE_CROSSOVER
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SPARSITIES = st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0])
@@ -178,25 +179,142 @@ def test_sparse_conv1x1_equals_the_dense_kernel(lib, h, w, in_c, out_c, stride, 
 
 
 def test_inconsistent_weights_are_refused(lib):
-    """Row counts that do not add up, or byte columns for rows longer than 256, are argument errors."""
+    """Row counts that do not add up, two column arrays, or byte columns for rows past 256 are argument errors."""
     ffi, c = lib.ffi, lib.lib
-    w = pruned(np.random.default_rng(4), (3, 10), 0.5)
-    csr = encode_csr(w)
-    weights, _keep = c_sparse(lib, csr)
     params = ffi.new("tml_fc_params *", {"input_offset": 0, "output_offset": 0, "act_min": -128, "act_max": 127})
     mult, shift = np.full(3, 1 << 30, np.int32), np.zeros(3, np.int32)
     quant = ffi.new("tml_quant_channels *", {"multiplier": ffi.from_buffer("int32_t[]", mult),
                                              "shift": ffi.from_buffer("int32_t[]", shift)})  # fmt: skip
-    x, out = np.zeros(10, np.int8), np.zeros(3, np.int8)
+    out = np.zeros(3, np.int8)
 
-    def run() -> int:
-        return c.tml_sparse_fc_s8(params, quant, 10, ffi.from_buffer("int8_t[]", x), weights, ffi.NULL, 3,
+    def run(weights: object, in_f: int) -> int:
+        x = np.zeros(in_f, np.int8)
+        return c.tml_sparse_fc_s8(params, quant, in_f, ffi.from_buffer("int8_t[]", x), weights, ffi.NULL, 3,
                                   ffi.from_buffer("int8_t[]", out))  # fmt: skip
 
-    assert run() == 0
-    weights.nonzeros += 1
-    assert run() != 0
-    weights.nonzeros -= 1
-    weights.columns16, weights.columns8 = ffi.cast("uint16_t *", weights.columns8), ffi.NULL
-    weights.columns8 = ffi.cast("uint8_t *", weights.columns16)  # both widths set
-    assert run() != 0
+    narrow, _keep = c_sparse(lib, encode_csr(pruned(np.random.default_rng(4), (3, 10), 0.5)))
+    assert run(narrow, 10) == 0
+    narrow.nonzeros += 1
+    assert run(narrow, 10) != 0
+    narrow.nonzeros -= 1
+    narrow.columns16 = ffi.cast("uint16_t *", narrow.columns8)
+    assert run(narrow, 10) != 0
+    wide, _keep2 = c_sparse(lib, encode_csr(pruned(np.random.default_rng(5), (3, 300), 0.5)))
+    assert run(wide, 300) == 0
+    wide.columns8, wide.columns16 = ffi.cast("uint8_t *", wide.columns16), ffi.NULL
+    assert run(wide, 300) != 0
+
+
+# --- the choice and a whole model ---------------------------------------------------------------
+
+
+def prune_(layer: torch.nn.Module, sparsity: float) -> torch.nn.Module:
+    """Zero the smallest-magnitude `sparsity` of the layer's weights, in place."""
+    with torch.no_grad():
+        w = layer.weight
+        k = int(round(sparsity * w.numel()))
+        if k:
+            w.mul_(w.abs() > w.abs().flatten().kthvalue(k).values)
+    return layer
+
+
+def model() -> torch.nn.Module:
+    """Every case of the choice: a 3x3 conv, 1x1 convs and fc layers below and past their crossovers."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(OrderedDict([
+        ("conv3x3", prune_(torch.nn.Conv2d(1, 8, 3, padding=1), 0.9)),  # sparse, but no sparse kernel
+        ("relu1", torch.nn.ReLU()),
+        ("pw_sparse", prune_(torch.nn.Conv2d(8, 16, 1), 0.9)),
+        ("relu2", torch.nn.ReLU()),
+        ("pw_dense", prune_(torch.nn.Conv2d(16, 8, 1), 0.1)),
+        ("flatten", torch.nn.Flatten()),
+        ("fc_sparse", prune_(torch.nn.Linear(8 * 8 * 8, 20), 0.9)),  # 512 columns: two bytes each
+        ("relu3", torch.nn.ReLU()),
+        ("fc_dense", prune_(torch.nn.Linear(20, 10), 0.05)),
+    ])).eval()  # fmt: skip
+
+
+def calibration(n: int = 32) -> np.ndarray:
+    return np.random.default_rng(3).normal(size=(n, 1, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speed_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
+    out = tmp_path_factory.mktemp("sparse") / "model"
+    return compiler.compile(model(), calibration(), ["quantize-int8", ("huffman", {"encoding": "speed"})],
+                            out_dir=out, progress=False)  # fmt: skip
+
+
+def sparsity(build: compiler.Build, layer: str) -> float:
+    node = next(n for n in build.graph.nodes if n.name == layer)
+    w = build.graph.tensors[node.inputs[1]].data
+    return 1.0 - np.count_nonzero(w) / w.size
+
+
+def test_speed_picks_the_sparse_kernels_past_the_crossover(speed_build):
+    graph, kernels = speed_build.graph, speed_build.generated.kernels
+    functions = {n.name: kernels[n.name].function for n in graph.nodes if n.op in ("fc", "conv2d")}
+    assert functions == {
+        "conv3x3": "tml_conv2d_s8", "pw_sparse": "tml_sparse_conv1x1_s8", "pw_dense": "tml_conv2d_s8",
+        "fc_sparse": "tml_sparse_fc_s8", "fc_dense": "tml_fc_s8",
+    }  # fmt: skip
+    # the choice is the measured crossover, not an accident of these sparsities
+    assert sparsity(speed_build, "pw_sparse") > SPARSE_CROSSOVER["conv1x1"] > sparsity(speed_build, "pw_dense")
+    assert sparsity(speed_build, "fc_sparse") > SPARSE_CROSSOVER["fc"] > sparsity(speed_build, "fc_dense")
+    assert sparsity(speed_build, "conv3x3") > 0.5
+    encodings = {n.name: graph.tensors[n.inputs[1]].encoding for n in graph.nodes if n.op in ("fc", "conv2d")}
+    assert encodings["fc_sparse"] == encodings["pw_sparse"] == "sparse-csr"
+    assert {encodings[k] for k in ("conv3x3", "pw_dense", "fc_dense")} == {"raw"}
+    assert "tml_sparse_weights" in speed_build.generated.files["model_data.c"]
+    assert speed_build.generated.weights["fc_sparse.weight"].nbytes < graph.tensors["fc_sparse.weight"].nbytes
+
+
+def test_a_layer_just_at_the_crossover_stays_dense():
+    from tinyml.technique import Context
+    from tinyml_plugins.huffman.technique import Huffman
+
+    graph = compiler.compile(model(), calibration(), ["quantize-int8"], progress=False).graph
+    w = graph.tensors["fc_dense.weight"]
+    shape, size = w.data.shape, w.data.size
+    at = int(np.floor(SPARSE_CROSSOVER["fc"] * size))  # as many zeros as the crossover allows, not past it
+    for zeros, expected in ((at, "raw"), (at + 1, "sparse-csr")):
+        flat = np.ones(size, np.int8)
+        flat[:zeros] = 0
+        w.data = flat.reshape(shape)
+        assert Huffman({"encoding": "speed"}).apply(graph, Context()).tensors[w.name].encoding == expected
+
+
+def test_the_model_equals_the_reference_on_the_host(speed_build):
+    graph = speed_build.graph
+    run = host.load_model(speed_build.out_dir)
+    x = np.random.default_rng(6).integers(-128, 128, size=(12, 8, 8, 1), dtype=np.int8)
+    np.testing.assert_array_equal(run(x), run_int8(graph, x)[graph.outputs[0]].reshape(12, -1))
+
+
+def test_sparse_csr_on_a_wider_convolution_is_one_paragraph():
+    bad = ("huffman", {"layers": {"conv3x3": "sparse-csr"}})
+    with pytest.raises(RecipeError, match=r"layer `conv3x3` as sparse-csr, but it is a 3x3 convolution.*`layers`"):
+        compiler.compile(model(), calibration(), ["quantize-int8", bad], progress=False)
+    graph = compiler.compile(model(), calibration(), ["quantize-int8"], progress=False).graph
+    graph.tensors["conv3x3.weight"].encoding = "sparse-csr"  # past the technique: the kernel choice refuses it
+    from tinyml import plugins
+    from tinyml.codegen import generate
+
+    with pytest.raises(TinymlError, match=r"Layer `conv3x3` \(conv2d, 3x3 kernel\) has sparse-csr weights"):
+        generate(graph, None, plugins.plugin_manager())
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["cortex-m3", "cortex-m4"])
+def test_sparse_kernels_run_on_the_board(speed_build, board, tmp_path: Path):
+    """tml_sparse_fc_s8 and tml_sparse_conv1x1_s8 in firmware: the board's outputs equal the numpy reference."""
+    from tinyml.board.boards import resolve_board
+    from tinyml.board.project import build_firmware
+    from tinyml.board.qemu import run_firmware
+
+    graph = speed_build.graph
+    x = np.random.default_rng(7).integers(-128, 128, size=(4, 8, 8, 1), dtype=np.int8)
+    firmware = build_firmware(speed_build.out_dir, resolve_board(board), tmp_path / board, x.reshape(4, -1))
+    result = run_firmware(firmware.out_dir, timeout=60)
+    assert result.outputs_match_reference is True
+    np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(4, -1))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
 from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
@@ -25,9 +27,28 @@ FUSED_OPS = ("fc", "conv2d")
 STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
 
 
+# The sparsity (share of zero int8 weights) past which the zero-skipping kernels run fewer
+# instructions than the dense ones, per layer kind. Measured on `stm32` (exact QEMU counts) with
+# `.venv/bin/python bench/sparse_crossover.py`, instructions dense / sparse at 0, 50, 70, 80, 90, 95%:
+#   fc 300x100:           173,021 / 196,623, 103,678, 66,127, 47,388, 28,637, 19,269 -> crossover 13.0%
+#   conv1x1 32->64, 8x8:  855,106 / 1,033,542, 723,849, 578,098, 506,582, 421,777, 373,364 -> 29.1%
+# The dense kernel's cost does not depend on the sparsity; the sparse one's falls with the nonzeros,
+# down to the requantization of every output, which both pay (hence the 1x1 conv's higher crossover).
+SPARSE_CROSSOVER = {"fc": 0.13, "conv1x1": 0.29}
+
+
 def reads_sparse_rows(node: Node, graph: Graph) -> bool:
     """Whether a zero-skipping kernel can run the node: an fc layer or a conv2d with a 1x1 kernel."""
     return node.op == "fc" or (node.op == "conv2d" and tuple(graph.tensors[node.inputs[1]].shape[1:3]) == (1, 1))
+
+
+def sparse_is_faster(node: Node, graph: Graph) -> bool:
+    """Whether the node's zero-skipping kernel beats its dense one: fc or 1x1 conv, sparsity past the crossover."""
+    if not reads_sparse_rows(node, graph):
+        return False
+    weights = graph.tensors[node.inputs[1]].data
+    sparsity = 1.0 - np.count_nonzero(weights) / weights.size
+    return sparsity > SPARSE_CROSSOVER["fc" if node.op == "fc" else "conv1x1"]
 
 
 def fc_scratch_bytes(in_features: int) -> int:
