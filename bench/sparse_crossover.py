@@ -151,8 +151,13 @@ def main() -> None:
                 f"{r['dense_bytes']:,}", f"{r['sparse_bytes']:,}",
             )  # fmt: skip
         console.print(table)
-        point = result["crossover"]
-        where = "never" if point is None else f"{point:.1%} sparsity"
+        point, first = result["crossover"], result["rows"][0]
+        if point is None:
+            where = "never (the dense kernel is faster at every sparsity measured)"
+        elif point == 0.0 and first["sparse_instructions"] < first["dense_instructions"]:
+            where = "0% (the sparse kernel is faster at every sparsity measured)"
+        else:
+            where = f"{point:.1%} sparsity"
         match = "yes" if result["outputs_match_reference"] else "NO"
         console.print(f"crossover: {where}   (outputs equal the numpy reference: {match})\n")
 

@@ -26,8 +26,10 @@ is built and read back by `csr`. The weights as a [rows][columns] matrix (fc [ou
 [out_c][in_c]): `values` int8 [nonzeros], the nonzero weights row by row, columns ascending;
 `columns` [nonzeros] the column of each, uint8 when a row has at most 256 weights, else uint16
 (rows of at most 65535); `row_counts` uint16 [rows], the nonzeros of each row, so row r starts
-after the counts of the rows before it. Flash: nonzeros x (1 + column bytes) + 2 x rows + the
-struct. Larger than `sparse` at the same sparsity, but one value and one column load per nonzero.
+after the counts of the rows before it; `row_sums` int32 [rows], the sum of each row's values, so
+the input offset costs one multiply a row instead of an add a nonzero. Flash: nonzeros x (1 +
+column bytes) + 6 x rows + the struct. Larger than `sparse` at the same sparsity, but a nonzero
+costs one value load, one column load, one input load and one multiply-accumulate.
 """
 
 from __future__ import annotations

@@ -14,16 +14,17 @@ import numpy as np
 
 MAX_COLUMNS = 65535  # columns and row counts are uint16
 BYTE_COLUMNS = 256  # rows this long or shorter store one byte per column
-STRUCT_BYTES = 28  # sizeof(tml_sparse_weights) on a 32-bit target: 4 pointers, 3 int32
+STRUCT_BYTES = 32  # sizeof(tml_sparse_weights) on a 32-bit target: 5 pointers, 3 int32
 
 
 @dataclass(frozen=True)
 class Csr:
-    """A [rows][columns] int8 matrix's nonzeros by row: values, their columns, each row's count."""
+    """A [rows][columns] int8 matrix's nonzeros by row: values, their columns, each row's count and sum."""
 
     values: np.ndarray  # int8 [nonzeros]
     columns: np.ndarray  # uint8 or uint16 [nonzeros], ascending within a row
     row_counts: np.ndarray  # uint16 [rows]
+    row_sums: np.ndarray  # int32 [rows]: the kernels take input_offset * row sum once per row
     shape: tuple[int, int]
 
     @property
@@ -36,8 +37,8 @@ class Csr:
 
     @property
     def nbytes(self) -> int:
-        """Flash in C: values, columns, row counts and the struct."""
-        return self.nonzeros * (1 + self.column_bytes) + 2 * self.shape[0] + STRUCT_BYTES
+        """Flash in C: values, columns, row counts and sums, and the struct."""
+        return self.nonzeros * (1 + self.column_bytes) + 6 * self.shape[0] + STRUCT_BYTES
 
 
 def as_matrix(values: np.ndarray) -> np.ndarray:
@@ -58,6 +59,7 @@ def encode_csr(values: np.ndarray) -> Csr:
         values=matrix[row_index, column_index].astype(np.int8),
         columns=column_index.astype(column_type),
         row_counts=np.bincount(row_index, minlength=rows).astype(np.uint16),
+        row_sums=matrix.astype(np.int32).sum(axis=1, dtype=np.int32),
         shape=(rows, columns),
     )
 

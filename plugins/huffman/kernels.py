@@ -30,11 +30,14 @@ STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
 # The sparsity (share of zero int8 weights) past which the zero-skipping kernels run fewer
 # instructions than the dense ones, per layer kind. Measured on `stm32` (exact QEMU counts) with
 # `.venv/bin/python bench/sparse_crossover.py`, instructions dense / sparse at 0, 50, 70, 80, 90, 95%:
-#   fc 300x100:           173,021 / 196,623, 103,678, 66,127, 47,388, 28,637, 19,269 -> crossover 13.0%
-#   conv1x1 32->64, 8x8:  855,106 / 1,033,542, 723,849, 578,098, 506,582, 421,777, 373,364 -> 29.1%
-# The dense kernel's cost does not depend on the sparsity; the sparse one's falls with the nonzeros,
-# down to the requantization of every output, which both pay (hence the 1x1 conv's higher crossover).
-SPARSE_CROSSOVER = {"fc": 0.13, "conv1x1": 0.29}
+#   fc 300x100:          173,021 / 160,424, 86,073, 56,017, 41,029, 26,031, 18,537 -> sparse always faster
+#   conv1x1 32->64, 8x8: 855,106 / 1,003,062, 691,149, 557,406, 489,397, 402,416, 353,028 -> crossover 24.0%
+# A nonzero costs the sparse kernels about 5 instructions (column, value and input loads, one
+# multiply-accumulate, a quarter of the loop), a weight the dense fc about 5.8, so for fc the sparse
+# kernel wins at any sparsity (flash is another matter: sparse-csr is larger than int8 below 50%
+# zeros, 67% with rows past 256). A 1x1 conv's dense loop hoists the input offset and both pay the
+# requantization of every output, so there the crossover is higher.
+SPARSE_CROSSOVER = {"fc": 0.0, "conv1x1": 0.24}
 
 
 def reads_sparse_rows(node: Node, graph: Graph) -> bool:

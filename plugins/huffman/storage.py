@@ -3,7 +3,7 @@
 Everything is `const` (flash). The tensor's symbol names the `tml_huffman_weights` struct; its
 parts are `<symbol>_stream`, `_codebook`, `_index_count`/`_index_symbols`/`_index_code` and the
 same for `_gap`, so a map file attributes every byte to the layer. A `sparse-csr` tensor's symbol
-names a `tml_sparse_weights`, with parts `<symbol>_values`, `_columns` and `_row_counts`.
+names a `tml_sparse_weights`, with parts `<symbol>_values`, `_columns`, `_row_counts` and `_row_sums`.
 """
 
 from __future__ import annotations
@@ -88,7 +88,10 @@ def csr_tensor(tensor: Tensor, csr: Csr) -> EncodedTensor:
         f"{tensor.name}: int8 {list(tensor.data.shape)} as {SPARSE_CSR} ({csr.nonzeros} nonzeros of {rows * columns}, "
         f"{csr.column_bytes}-byte columns): {csr.nbytes} bytes, raw {tensor.data.nbytes}"
     )
-    parts = [c_array("uint16_t", f"{symbol}_row_counts", csr.row_counts, "nonzeros of each row")]
+    parts = [
+        c_array("uint16_t", f"{symbol}_row_counts", csr.row_counts, "nonzeros of each row"),
+        c_array("int32_t", f"{symbol}_row_sums", csr.row_sums, "the sum of each row's values"),
+    ]
     values = columns8 = columns16 = "NULL"
     if csr.nonzeros:
         values = f"{symbol}_values"
@@ -106,6 +109,7 @@ def csr_tensor(tensor: Tensor, csr: Csr) -> EncodedTensor:
             f"    .columns8 = {columns8},",
             f"    .columns16 = {columns16},",
             f"    .row_counts = {symbol}_row_counts,",
+            f"    .row_sums = {symbol}_row_sums,",
             f"    .rows = {rows},",
             f"    .columns = {columns},",
             f"    .nonzeros = {csr.nonzeros},",

@@ -2,9 +2,10 @@
  * tml_sparse.h - int8 kernels over pruned weights stored as compressed sparse rows (CSR).
  *
  * A weight matrix [rows][columns] (fc [out][in], 1x1 conv [out_c][in_c]) keeps only its nonzero
- * values, row by row, each with its column; row_counts[r] says how many belong to row r. The
- * kernels walk those nonzeros and nothing else: an fc output is sum(w * (x[col] + input_offset))
- * over its row's nonzeros, so the work falls with the sparsity. The integers are the dense
+ * values, row by row, each with its column; row_counts[r] says how many belong to row r, and
+ * row_sums[r] what they add up to. The kernels walk those nonzeros and nothing else: an output is
+ * sum(w * (x[col] + input_offset)) = sum(w * x[col]) + input_offset * row_sums[r] over its row's
+ * nonzeros, so the work falls with the sparsity. The integers are the dense
  * kernels' own (zeros add nothing to a sum), and the requantization is theirs, so the outputs
  * equal tml_fc_s8 / tml_conv2d_s8 byte for byte. The format ("sparse-csr") is documented in
  * tinyml_plugins/huffman/codes.py; the code generator writes it (csr.py) and trusts nothing else.
@@ -29,6 +30,7 @@ typedef struct {
     const uint8_t *columns8;    /* [nonzeros] the column of each value, or NULL */
     const uint16_t *columns16;  /* [nonzeros] the column of each value, or NULL */
     const uint16_t *row_counts; /* [rows] nonzeros in each row */
+    const int32_t *row_sums;    /* [rows] the sum of each row's values */
     int32_t rows;               /* output channels */
     int32_t columns;            /* row length: fc in_features, 1x1 conv in_c; 1..65535 */
     int32_t nonzeros;           /* sum of row_counts */

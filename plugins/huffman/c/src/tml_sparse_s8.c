@@ -1,11 +1,12 @@
 /*
  * tml_sparse_s8.c - int8 fully connected and 1x1 convolution over CSR weights (tml_sparse_weights).
  *
- * Each output channel walks its row's nonzeros (value, column) and nothing else. Fully connected:
- * sum(w * (x[col] + input_offset)). 1x1 convolution: as tml_conv2d_s8 does, the offset term
- * input_offset * sum(w) is computed once per channel and each pixel adds sum(w * x[col]); a pixel
- * of the padding is 0. These are the dense kernels' integers (a zero weight adds nothing), and the
- * requantization is tml_requantize_output, so the outputs equal theirs byte for byte.
+ * Each output channel walks its row's nonzeros (value, column) and nothing else: its output is
+ * input_offset * row_sums[o] + sum(w * x[col]), the offset term taken once per channel as
+ * tml_conv2d_s8 takes it (the stored row sum saves a pass over the row, and an add per nonzero
+ * in a fully connected layer); a 1x1 convolution's pixel in the padding is 0. These are the dense
+ * kernels' integers (a zero weight adds nothing), and the requantization is tml_requantize_output,
+ * so the outputs equal theirs byte for byte.
  */
 #include "tml_sparse.h"
 #include "tml_nn.h"
@@ -13,22 +14,21 @@
 
 #include <stddef.h>
 
-/* sum((x[col[i]] + offset) * v[i]) over a row's n nonzeros, for one column width. Unrolled by
- * four as the dense dot product is; called with a constant 0 offset where the add is not needed. */
-#define TML_SPARSE_DOT(name, column_type)                                                              \
-    static inline int32_t name(const int8_t *v, const column_type *col, int32_t n, const int8_t *x,  \
-                               int32_t offset)                                                       \
-    {                                                                                                \
-        int32_t acc = 0;                                                                             \
-        int32_t i = 0;                                                                               \
-        for (; i + 4 <= n; i += 4) {                                                                 \
-            acc += (x[col[i]] + offset) * v[i] + (x[col[i + 1]] + offset) * v[i + 1]                 \
-                 + (x[col[i + 2]] + offset) * v[i + 2] + (x[col[i + 3]] + offset) * v[i + 3];        \
-        }                                                                                            \
-        for (; i < n; i++) {                                                                         \
-            acc += (x[col[i]] + offset) * v[i];                                                      \
-        }                                                                                            \
-        return acc;                                                                                  \
+/* sum(x[col[i]] * v[i]) over a row's n nonzeros, for one column width; unrolled by four. */
+#define TML_SPARSE_DOT(name, column_type)                                                          \
+    static inline int32_t name(const int8_t *v, const column_type *col, int32_t n, const int8_t *x) \
+    {                                                                                              \
+        int32_t acc = 0;                                                                           \
+        for (; n >= 4; n -= 4, v += 4, col += 4) {                                                 \
+            acc += x[col[0]] * v[0];                                                               \
+            acc += x[col[1]] * v[1];                                                               \
+            acc += x[col[2]] * v[2];                                                               \
+            acc += x[col[3]] * v[3];                                                               \
+        }                                                                                          \
+        for (; n > 0; n--) {                                                                       \
+            acc += x[*col++] * *v++;                                                               \
+        }                                                                                          \
+        return acc;                                                                                \
     }
 
 TML_SPARSE_DOT(dot_u8, uint8_t)
@@ -41,10 +41,9 @@ typedef struct {
     const uint16_t *columns16;
 } row_cursor;
 
-static inline int32_t row_dot(const row_cursor *r, int32_t n, const int8_t *x, int32_t offset)
+static inline int32_t row_dot(const row_cursor *r, int32_t n, const int8_t *x)
 {
-    return r->columns8 != NULL ? dot_u8(r->values, r->columns8, n, x, offset)
-                               : dot_u16(r->values, r->columns16, n, x, offset);
+    return r->columns8 != NULL ? dot_u8(r->values, r->columns8, n, x) : dot_u16(r->values, r->columns16, n, x);
 }
 
 static inline void next_row(row_cursor *r, int32_t n)
@@ -61,7 +60,7 @@ static inline void next_row(row_cursor *r, int32_t n)
  * width (bytes only for rows of at most 256), row counts that add up. O(rows), no column checked. */
 static int weights_valid(const tml_sparse_weights *w, int32_t rows, int32_t columns)
 {
-    if (w == NULL || w->row_counts == NULL || w->rows != rows || w->columns != columns || columns < 1
+    if (w == NULL || w->row_counts == NULL || w->row_sums == NULL || w->rows != rows || w->columns != columns || columns < 1
         || columns > 65535 || w->nonzeros < 0) {
         return 0;
     }
@@ -100,7 +99,7 @@ tml_status tml_sparse_fc_s8(const tml_fc_params *params, const tml_quant_channel
     row_cursor row = cursor_at(weights);
     for (int32_t o = 0; o < out_features; o++) {
         const int32_t n = weights->row_counts[o];
-        const int32_t acc = row_dot(&row, n, input, p.input_offset);
+        const int32_t acc = p.input_offset * weights->row_sums[o] + row_dot(&row, n, input);
         next_row(&row, n);
         output[o] = tml_requantize_output(acc, bias != NULL ? bias[o] : 0, quant->multiplier[o], quant->shift[o],
                                           p.output_offset, p.act_min, p.act_max);
@@ -128,11 +127,7 @@ tml_status tml_sparse_conv1x1_s8(const tml_conv_params *params, const tml_quant_
     row_cursor row = cursor_at(weights);
     for (int32_t o = 0; o < out_c; o++) {
         const int32_t n = weights->row_counts[o];
-        int32_t sum = 0;
-        for (int32_t i = 0; i < n; i++) {
-            sum += row.values[i];
-        }
-        const int32_t weight_offset = p.input_offset * sum;
+        const int32_t weight_offset = p.input_offset * weights->row_sums[o];
         const int32_t b = bias != NULL ? bias[o] : 0;
         const int32_t multiplier = quant->multiplier[o], shift = quant->shift[o];
         int8_t *out = output + o;
@@ -142,7 +137,7 @@ tml_status tml_sparse_conv1x1_s8(const tml_conv_params *params, const tml_quant_
                 const int32_t ix = ox * p.stride_w - p.pad_w;
                 int32_t acc = 0;
                 if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
-                    acc = weight_offset + row_dot(&row, n, input + (iy * in_w + ix) * in_c, 0);
+                    acc = weight_offset + row_dot(&row, n, input + (iy * in_w + ix) * in_c);
                 }
                 *out = tml_conv_output(acc, b, multiplier, shift, &p);
                 out += out_c;
