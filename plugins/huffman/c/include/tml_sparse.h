@@ -8,7 +8,8 @@
  * nonzeros, so the work falls with the sparsity. The integers are the dense
  * kernels' own (zeros add nothing to a sum), and the requantization is theirs, so the outputs
  * equal tml_fc_s8 / tml_conv2d_s8 byte for byte. The format ("sparse-csr") is documented in
- * tinyml_plugins/huffman/codes.py; the code generator writes it (csr.py) and trusts nothing else.
+ * tinyml_plugins/huffman/codes.py and written by its csr.py; the kernels check the shape and the
+ * row counts, not every column (O(rows), not O(nonzeros)).
  */
 #ifndef TML_SPARSE_H
 #define TML_SPARSE_H
