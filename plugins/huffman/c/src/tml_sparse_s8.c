@@ -124,6 +124,8 @@ tml_status tml_sparse_conv1x1_s8(const tml_conv_params *params, const tml_quant_
     const tml_conv_params p = *params;
     const int32_t in_h = input_shape->h, in_w = input_shape->w, in_c = input_shape->c;
     const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
+    const int pointwise = p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+    const int32_t pixels = out_h * out_w;
     row_cursor row = cursor_at(weights);
     for (int32_t o = 0; o < out_c; o++) {
         const int32_t n = weights->row_counts[o];
@@ -131,6 +133,16 @@ tml_status tml_sparse_conv1x1_s8(const tml_conv_params *params, const tml_quant_
         const int32_t b = bias != NULL ? bias[o] : 0;
         const int32_t multiplier = quant->multiplier[o], shift = quant->shift[o];
         int8_t *out = output + o;
+        if (pointwise) { /* the input is one [pixels][in_c] matrix, read in order */
+            const int8_t *x = input;
+            for (int32_t i = 0; i < pixels; i++) {
+                *out = tml_conv_output(weight_offset + row_dot(&row, n, x), b, multiplier, shift, &p);
+                x += in_c;
+                out += out_c;
+            }
+            next_row(&row, n);
+            continue;
+        }
         for (int32_t oy = 0; oy < out_h; oy++) {
             const int32_t iy = oy * p.stride_h - p.pad_h;
             for (int32_t ox = 0; ox < out_w; ox++) {
