@@ -6,7 +6,10 @@ A graph technique `huffman` chooses per layer how fc and conv2d weights are stor
 - `sparse`: nonzeros as (gap to the previous one, index) entries, a filler entry when a gap
   overflows its width (Han et al., Deep Compression);
 - `huffman`: canonical Huffman codes per layer over the indices, or over the sparse gaps and
-  indices, whichever is smaller.
+  indices, whichever is smaller;
+- `sparse-csr`: the nonzeros by row with their columns (compressed sparse rows), read as stored
+  by kernels that skip the zeros (`tml_sparse_fc_s8`, `tml_sparse_conv1x1_s8`): fc and 1x1
+  convolutions only, chosen by `auto` where the layer's sparsity is past the measured crossover.
 
 `tinyml_encode_weights` writes the stream, codebook and code tables as C arrays (see `codes`
 for the bit format, `storage` for the C); `tinyml_select_kernel` gives those layers kernels that
@@ -25,7 +28,7 @@ from tinyml.hookspecs import hookimpl
 from tinyml.ir import Graph, Node, Tensor
 from tinyml.kernels import Kernel
 from tinyml.weights import EncodedTensor
-from tinyml_plugins.huffman import codes, kernels, storage
+from tinyml_plugins.huffman import codes, csr, kernels, storage
 from tinyml_plugins.huffman.technique import Huffman
 
 if TYPE_CHECKING:
@@ -42,11 +45,16 @@ def tinyml_techniques() -> list[type[Technique]]:
 
 @hookimpl
 def tinyml_encode_weights(tensor: Tensor, board: Board | None) -> EncodedTensor | None:
-    """The C of a tensor whose `encoding` is packed, sparse or huffman; None for raw ones."""
-    if tensor.encoding not in codes.ENCODINGS:
+    """The C of a tensor whose `encoding` is packed, sparse, huffman or sparse-csr; None for raw ones."""
+    if tensor.encoding not in kernels.STORED:
         return None
     if tensor.dtype != "int8":
         raise TinymlError(f"Constant `{tensor.name}` is {tensor.dtype}; only int8 weights can be {tensor.encoding}.")
+    if tensor.encoding == codes.SPARSE_CSR:
+        try:
+            return storage.csr_tensor(tensor, csr.encode_csr(tensor.data))
+        except ValueError as err:
+            raise TinymlError(f"Constant `{tensor.name}` cannot be stored {tensor.encoding}: {err}.") from None
     try:
         encoded = codes.encode(tensor.data, tensor.codebook, tensor.encoding)
     except ValueError as err:

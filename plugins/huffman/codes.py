@@ -19,6 +19,17 @@ follows the last field, so a fixed-width read may load two bytes at any field.
 A canonical table is `count[length]` (codes of each length, count[0] = 0) and the symbols in code
 order (by length, then symbol). Codes are assigned as in DEFLATE: the first code of each length is
 (first code of the length before + its count) << 1; this is what `tml_huffman_symbol` walks.
+
+`sparse-csr` is no bitstream but compressed sparse rows, the form the zero-skipping kernels
+(`tml_sparse_fc_s8`, `tml_sparse_conv1x1_s8`, `c/include/tml_sparse.h`) walk without decoding; it
+is built and read back by `csr`. The weights as a [rows][columns] matrix (fc [out][in], 1x1 conv
+[out_c][in_c]): `values` int8 [nonzeros], the nonzero weights row by row, columns ascending;
+`columns` [nonzeros] the column of each, uint8 when a row has at most 256 weights, else uint16
+(rows of at most 65535); `row_counts` uint16 [rows], the nonzeros of each row, so row r starts
+after the counts of the rows before it; `row_sums` int32 [rows], the sum of each row's values, so
+the input offset costs one multiply a row instead of an add a nonzero. Flash: nonzeros x (1 +
+column bytes) + 6 x rows + the struct. Larger than `sparse` at the same sparsity, but a nonzero
+costs one value load, one column load, one input load and one multiply-accumulate.
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ import numpy as np
 MAX_CODE_BITS = 15  # TML_HUFFMAN_MAX_BITS: longer codes are avoided by flattening the frequencies
 STRUCT_BYTES = 36  # sizeof(tml_huffman_weights) on a 32-bit target: 4 pointers, 4 int32, 2 bytes, padding
 TABLE_STRUCT_BYTES = 12  # sizeof(tml_huffman_table): 2 pointers and an int32
-ENCODINGS = ("packed", "sparse", "huffman")
+ENCODINGS = ("packed", "sparse", "huffman")  # the bitstream encodings, decoded by tml_huffman_*
+SPARSE_CSR = "sparse-csr"  # compressed sparse rows, read by tml_sparse_* (see `csr`)
 
 
 class CorruptStreamError(ValueError):

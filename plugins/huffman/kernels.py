@@ -1,25 +1,57 @@
-"""Fused kernels for layers whose weights are encoded: `tml_huffman_fc_s8` and `tml_huffman_conv2d_s8`.
+"""Kernels for layers whose weights are encoded: fused decoding, or zero skipping over sparse rows.
 
-Each decodes one output channel's weights (an fc row, a conv filter) into scratch and uses them
-before decoding the next; the scratch is the one row or filter, sized here in Python as the C
-library's `tml_huffman_*_scratch_bytes` sizes it (code generation never compiles C). A layer whose
-weights are raw keeps the core's kernels.
+`tml_huffman_fc_s8` and `tml_huffman_conv2d_s8` decode one output channel's weights (an fc row, a
+conv filter) into scratch and use them before decoding the next; the scratch is the one row or
+filter, sized here in Python as the C library's `tml_huffman_*_scratch_bytes` sizes it (code
+generation never compiles C). `tml_sparse_fc_s8` and `tml_sparse_conv1x1_s8` read `sparse-csr`
+weights as they are stored and touch only the nonzeros, with no scratch. A layer whose weights
+are raw keeps the core's kernels.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
 from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
-from tinyml_plugins.huffman.codes import ENCODINGS
-from tinyml_plugins.huffman.storage import HEADER
+from tinyml_plugins.huffman.codes import ENCODINGS, SPARSE_CSR
+from tinyml_plugins.huffman.storage import HEADER, SPARSE_HEADER
 
 if TYPE_CHECKING:
     from tinyml.board.boards import Board
 
 FUSED_OPS = ("fc", "conv2d")
+STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
+
+
+# The sparsity (share of zero int8 weights) past which the zero-skipping kernels run fewer
+# instructions than the dense ones, per layer kind. Measured on `stm32` (exact QEMU counts) with
+# `.venv/bin/python bench/sparse_crossover.py`, instructions dense / sparse at 0, 50, 70, 80, 90, 95%:
+#   fc 300x100:          173,021 / 160,424, 86,073, 56,017, 41,029, 26,031, 18,537 -> sparse always faster
+#   conv1x1 32->64, 8x8: 855,106 / 914,071, 596,868, 465,187, 398,312, 329,840, 293,126 -> crossover 9.7%
+# A nonzero costs the sparse kernels about 5 instructions (column, value and input loads, one
+# multiply-accumulate, a quarter of the loop), a weight the dense fc about 5.8, so for fc the sparse
+# kernel wins at any sparsity (flash is another matter: sparse-csr is larger than int8 below 50%
+# zeros, 67% with rows past 256). A 1x1 conv's dense loop hoists the input offset and both pay the
+# requantization of every output, so there the crossover is higher.
+SPARSE_CROSSOVER = {"fc": 0.0, "conv1x1": 0.097}
+
+
+def reads_sparse_rows(node: Node, graph: Graph) -> bool:
+    """Whether a zero-skipping kernel can run the node: an fc layer or a conv2d with a 1x1 kernel."""
+    return node.op == "fc" or (node.op == "conv2d" and tuple(graph.tensors[node.inputs[1]].shape[1:3]) == (1, 1))
+
+
+def sparse_is_faster(node: Node, graph: Graph) -> bool:
+    """Whether the node's zero-skipping kernel beats its dense one: fc or 1x1 conv, sparsity past the crossover."""
+    if not reads_sparse_rows(node, graph):
+        return False
+    weights = graph.tensors[node.inputs[1]].data
+    sparsity = 1.0 - np.count_nonzero(weights) / weights.size
+    return sparsity > SPARSE_CROSSOVER["fc" if node.op == "fc" else "conv1x1"]
 
 
 def fc_scratch_bytes(in_features: int) -> int:
@@ -36,18 +68,23 @@ def conv2d_scratch_bytes(filter_shape: tuple[int, int, int]) -> int:
     return h * w * c
 
 
-def _emit_fc(call: CallSite) -> str:
+def _fc_params(call: CallSite) -> str:
     g, n, a = call.graph, call.node, call.node.attrs
-    x, w, b = n.inputs
-    out_f, in_f = g.tensors[w].shape
-    params = call.add_static(
+    return call.add_static(
         "tml_fc_params",
         "params",
         _fields(
-            input_offset=-g.tensors[x].zero_point, output_offset=g.tensors[n.outputs[0]].zero_point,
+            input_offset=-g.tensors[n.inputs[0]].zero_point, output_offset=g.tensors[n.outputs[0]].zero_point,
             act_min=a["act_min"], act_max=a["act_max"],
         ),
     )  # fmt: skip
+
+
+def _emit_fc(call: CallSite) -> str:
+    g, n = call.graph, call.node
+    x, w, b = n.inputs
+    out_f, in_f = g.tensors[w].shape
+    params = _fc_params(call)
     quant = _quant_channels(call)
     return (
         f"status = tml_huffman_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, &{call.tensor(w)}, "
@@ -55,19 +92,24 @@ def _emit_fc(call: CallSite) -> str:
     )
 
 
-def _emit_conv(call: CallSite) -> str:
+def _conv_params(call: CallSite) -> str:
     g, n, a = call.graph, call.node, call.node.attrs
-    x, w, b = n.inputs
-    out = n.outputs[0]
-    params = call.add_static(
+    return call.add_static(
         "tml_conv_params",
         "params",
         _fields(
             stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
-            depth_multiplier=1, input_offset=-g.tensors[x].zero_point,
-            output_offset=g.tensors[out].zero_point, act_min=a["act_min"], act_max=a["act_max"],
+            depth_multiplier=1, input_offset=-g.tensors[n.inputs[0]].zero_point,
+            output_offset=g.tensors[n.outputs[0]].zero_point, act_min=a["act_min"], act_max=a["act_max"],
         ),
     )  # fmt: skip
+
+
+def _emit_conv(call: CallSite) -> str:
+    g, n = call.graph, call.node
+    x, w, b = n.inputs
+    out = n.outputs[0]
+    params = _conv_params(call)
     quant = _quant_channels(call)
     kh, kw = g.tensors[w].shape[1:3]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
@@ -77,12 +119,49 @@ def _emit_conv(call: CallSite) -> str:
     )
 
 
+def _emit_sparse_fc(call: CallSite) -> str:
+    g, n = call.graph, call.node
+    x, w, b = n.inputs
+    out_f, in_f = g.tensors[w].shape
+    params = _fc_params(call)
+    quant = _quant_channels(call)
+    return (
+        f"status = tml_sparse_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, &{call.tensor(w)}, "
+        f"{call.tensor(b)}, {out_f}, {call.output()});"
+    )
+
+
+def _emit_sparse_conv1x1(call: CallSite) -> str:
+    x, w, b = call.node.inputs
+    out = call.node.outputs[0]
+    params = _conv_params(call)
+    quant = _quant_channels(call)
+    return (
+        f"status = tml_sparse_conv1x1_s8(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, "
+        f"&{call.tensor(w)}, {call.tensor(b)}, &{call.shape(out)}, {call.output()});"
+    )
+
+
+def _sparse_kernel(node: Node, graph: Graph) -> Kernel:
+    """The zero-skipping kernel of a node whose weights are sparse-csr; refused for a conv wider than 1x1."""
+    if not reads_sparse_rows(node, graph):
+        kh, kw = graph.tensors[node.inputs[1]].shape[1:3]
+        raise TinymlError(
+            f"Layer `{node.name}` ({node.op}, {kh}x{kw} kernel) has {SPARSE_CSR} weights, which only fc layers and "
+            "1x1 convolutions can read; store this layer's weights another way (technique `huffman`, option "
+            "`layers`)."
+        )
+    if node.op == "fc":
+        return Kernel(function="tml_sparse_fc_s8", emit=_emit_sparse_fc, headers=("tml_nn.h", SPARSE_HEADER))
+    return Kernel(function="tml_sparse_conv1x1_s8", emit=_emit_sparse_conv1x1, headers=("tml_nn.h", SPARSE_HEADER))
+
+
 def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
     """The fused kernel of an fc or conv2d node whose weight is encoded; None for every other node.
 
     A node of another op with an encoded constant is refused: no kernel of it reads encoded weights.
     """
-    encoded = [name for name in node.inputs if graph.tensors[name].encoding in ENCODINGS]
+    encoded = [name for name in node.inputs if graph.tensors[name].encoding in STORED]
     if not encoded:
         return None
     if node.op not in FUSED_OPS or encoded != [node.inputs[1]]:
@@ -92,6 +171,8 @@ def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | Non
             "layers can be read encoded; leave this layer's weights raw (technique `huffman`, option `layers`)."
         )
     w = graph.tensors[node.inputs[1]]
+    if w.encoding == SPARSE_CSR:
+        return _sparse_kernel(node, graph)
     if node.op == "fc":
         return Kernel(
             function="tml_huffman_fc_s8", emit=_emit_fc, scratch_bytes=fc_scratch_bytes(w.shape[1]),

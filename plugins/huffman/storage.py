@@ -2,7 +2,8 @@
 
 Everything is `const` (flash). The tensor's symbol names the `tml_huffman_weights` struct; its
 parts are `<symbol>_stream`, `_codebook`, `_index_count`/`_index_symbols`/`_index_code` and the
-same for `_gap`, so a map file attributes every byte to the layer.
+same for `_gap`, so a map file attributes every byte to the layer. A `sparse-csr` tensor's symbol
+names a `tml_sparse_weights`, with parts `<symbol>_values`, `_columns`, `_row_counts` and `_row_sums`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import numpy as np
 
 from tinyml.ir import Tensor
 from tinyml.weights import EncodedTensor, c_array, c_comment, symbol_for
-from tinyml_plugins.huffman.codes import Encoded, HuffmanTable
+from tinyml_plugins.huffman.codes import SPARSE_CSR, Encoded, HuffmanTable
+from tinyml_plugins.huffman.csr import Csr
 
 HEADER = "tml_huffman.h"
+SPARSE_HEADER = "tml_sparse.h"
 
 
 def _table(symbol: str, role: str, table: HuffmanTable | None) -> tuple[list[str], str]:
@@ -74,4 +77,50 @@ def encoded_tensor(tensor: Tensor, encoded: Encoded) -> EncodedTensor:
         definition=definition,
         nbytes=encoded.nbytes,
         encoding=encoded.kind,
+    )
+
+
+def csr_tensor(tensor: Tensor, csr: Csr) -> EncodedTensor:
+    """`csr` as the `tml_sparse_weights` the zero-skipping kernels read (NULL arrays when there are no nonzeros)."""
+    symbol = symbol_for(tensor)
+    rows, columns = csr.shape
+    summary = c_comment(
+        f"{tensor.name}: int8 {list(tensor.data.shape)} as {SPARSE_CSR} ({csr.nonzeros} nonzeros of {rows * columns}, "
+        f"{csr.column_bytes}-byte columns): {csr.nbytes} bytes, raw {tensor.data.nbytes}"
+    )
+    parts = [
+        c_array("uint16_t", f"{symbol}_row_counts", csr.row_counts, "nonzeros of each row"),
+        c_array("int32_t", f"{symbol}_row_sums", csr.row_sums, "the sum of each row's values"),
+    ]
+    values = columns8 = columns16 = "NULL"
+    if csr.nonzeros:
+        values = f"{symbol}_values"
+        column_type = "uint8_t" if csr.column_bytes == 1 else "uint16_t"
+        parts.append(c_array("int8_t", values, csr.values, "the nonzero weights, row by row"))
+        parts.append(c_array(column_type, f"{symbol}_columns", csr.columns, "the column of each value"))
+        columns8, columns16 = (f"{symbol}_columns", "NULL") if csr.column_bytes == 1 else ("NULL", f"{symbol}_columns")
+    definition = "\n".join(
+        [
+            f'#include "{SPARSE_HEADER}"',
+            f"/* {summary} */",
+            *parts,
+            f"const tml_sparse_weights {symbol} = {{",
+            f"    .values = {values},",
+            f"    .columns8 = {columns8},",
+            f"    .columns16 = {columns16},",
+            f"    .row_counts = {symbol}_row_counts,",
+            f"    .row_sums = {symbol}_row_sums,",
+            f"    .rows = {rows},",
+            f"    .columns = {columns},",
+            f"    .nonzeros = {csr.nonzeros},",
+            "};",
+            "",
+        ]
+    )
+    return EncodedTensor(
+        symbol=symbol,
+        declaration=f"extern const tml_sparse_weights {symbol};",
+        definition=definition,
+        nbytes=csr.nbytes,
+        encoding=SPARSE_CSR,
     )

@@ -3,6 +3,10 @@
 It runs after `quantize-int8` (and after `share-weights`, whose codebook it keeps) and only marks
 tensors: it sets `Tensor.encoding` and, when no technique set one, `Tensor.codebook` to the
 weights' distinct values. The bits are written at code generation by `tinyml_encode_weights`.
+
+Two choices are made per layer: `auto` keeps the smallest storage in bytes; `speed` gives an fc
+or 1x1 conv layer whose sparsity is past the measured crossover (`kernels.SPARSE_CROSSOVER`) the
+zero-skipping kernel over `sparse-csr`, and every other layer raw int8 and the dense kernels.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinyml.errors import RecipeError, TinymlError
-from tinyml.ir import Graph, Tensor
+from tinyml.ir import Graph, Node, Tensor
 from tinyml.technique import Context, Technique
-from tinyml_plugins.huffman.codes import ENCODINGS, encode, index_of
-from tinyml_plugins.huffman.kernels import FUSED_OPS
+from tinyml_plugins.huffman.codes import ENCODINGS, SPARSE_CSR, encode, index_of
+from tinyml_plugins.huffman.csr import encode_csr
+from tinyml_plugins.huffman.kernels import FUSED_OPS, reads_sparse_rows, sparse_is_faster
 
-Choice = Literal["huffman", "packed", "sparse", "auto", "raw"]
+Choice = Literal["huffman", "packed", "sparse", "sparse-csr", "auto", "speed", "raw"]
 
 
 class HuffmanOptions(BaseModel):
@@ -28,7 +33,10 @@ class HuffmanOptions(BaseModel):
         "huffman",
         description="storage of every fc and conv2d layer's weights: huffman (canonical Huffman codes over "
         "codebook indices, or over sparse gaps and indices, whichever is smaller), packed (fixed-width "
-        "indices), sparse (nonzeros with relative indices), raw, or auto (the smallest in bytes)",
+        "indices), sparse (nonzeros with relative indices), sparse-csr (nonzeros by row with their columns, "
+        "read by kernels that skip the zeros; fc and 1x1 conv2d only), raw, auto (the smallest in bytes) or "
+        "speed (sparse-csr where a layer's sparsity is past the measured crossover of the sparse kernels, "
+        "else raw)",
     )
     layers: dict[str, Choice] = Field(
         default_factory=dict, description="per-layer overrides of `encoding`, by layer name"
@@ -39,6 +47,8 @@ def stored_bytes(tensor: Tensor, encoding: str) -> int:
     """Flash the tensor's weights take as `encoding` (raw: the int8 array), tables and struct included."""
     if encoding == "raw":
         return int(tensor.data.nbytes)
+    if encoding == SPARSE_CSR:
+        return encode_csr(tensor.data).nbytes
     return encode(tensor.data, tensor.codebook, encoding).nbytes
 
 
@@ -77,5 +87,19 @@ class Huffman(Technique):
                     raise TinymlError(f"Layer `{name}`'s weights do not fit its codebook: {err}.") from None
             if choice == "auto":
                 choice = min(("raw", *ENCODINGS), key=lambda e: stored_bytes(weight, e))
+            elif choice == "speed":
+                choice = SPARSE_CSR if sparse_is_faster(node, graph) else "raw"
+            elif choice == SPARSE_CSR:
+                _check_sparse_rows(node, graph)
             weight.encoding = choice
         return graph
+
+
+def _check_sparse_rows(node: Node, graph: Graph) -> None:
+    if not reads_sparse_rows(node, graph):
+        kh, kw = graph.tensors[node.inputs[1]].shape[1:3]
+        raise RecipeError(
+            f"technique 'huffman' stores layer `{node.name}` as {SPARSE_CSR}, but it is a {kh}x{kw} convolution and "
+            f"only fc layers and 1x1 convolutions have kernels that read {SPARSE_CSR}; choose another encoding for it "
+            "(option `layers`), or `speed`, which uses the sparse kernels only where they run."
+        )
