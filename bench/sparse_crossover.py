@@ -92,7 +92,8 @@ def measure(name: str, board: str, scratch: Path) -> dict[str, Any]:
     model_dir = scratch / name.replace(" ", "_").replace(">", "")
     build = compile(
         Branches(layers).eval(), calibration,
-        ["quantize-int8", ("huffman", {"encoding": "raw", "layers": encodings})], out_dir=model_dir, progress=False,
+        ["quantize-int8", ("huffman", {"encoding": "raw", "layers": encodings})], board=resolve_board(board),
+        out_dir=model_dir, progress=False,
     )  # fmt: skip
     kernels = {n.name: build.generated.kernels[n.name].function for n in build.graph.nodes}
     firmware = build_firmware(model_dir, resolve_board(board), scratch / f"{model_dir.name}-fw",

@@ -269,8 +269,9 @@ def test_speed_picks_the_sparse_kernels_past_the_crossover(speed_build):
         "fc_sparse": "tml_sparse_fc_s8", "fc_dense": "tml_fc_s8",
     }  # fmt: skip
     # the choice is the measured crossover, not an accident of these sparsities
-    assert sparsity(speed_build, "pw_sparse") > SPARSE_CROSSOVER["conv1x1"] >= sparsity(speed_build, "pw_dense")
-    assert sparsity(speed_build, "fc_sparse") > SPARSE_CROSSOVER["fc"] >= sparsity(speed_build, "fc_dense")
+    crossover = SPARSE_CROSSOVER["portable"]  # compiled without a board: the portable kernels
+    assert sparsity(speed_build, "pw_sparse") > crossover["conv1x1"] >= sparsity(speed_build, "pw_dense")
+    assert sparsity(speed_build, "fc_sparse") > crossover["fc"] >= sparsity(speed_build, "fc_dense")
     assert sparsity(speed_build, "conv3x3") > 0.5
     encodings = {n.name: graph.tensors[n.inputs[1]].encoding for n in graph.nodes if n.op in ("fc", "conv2d")}
     assert encodings["fc_sparse"] == encodings["pw_sparse"] == "sparse-csr"
@@ -287,7 +288,7 @@ def test_a_layer_just_at_the_crossover_stays_dense(layer, kind):
     graph = compiler.compile(model(), calibration(), ["quantize-int8"], progress=False).graph
     w = graph.tensors[f"{layer}.weight"]
     shape, size = w.data.shape, w.data.size
-    at = int(np.floor(SPARSE_CROSSOVER[kind] * size))  # as many zeros as the crossover allows, not past it
+    at = int(np.floor(SPARSE_CROSSOVER["portable"][kind] * size))  # as many zeros as the crossover allows, not past it
     for zeros, expected in ((at, "raw"), (at + 1, "sparse-csr")):
         flat = np.ones(size, np.int8)
         flat[:zeros] = 0
@@ -329,3 +330,23 @@ def test_sparse_kernels_run_on_the_board(speed_build, board, tmp_path: Path):
     result = run_firmware(firmware.out_dir, timeout=60)
     assert result.outputs_match_reference is True
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(4, -1))
+
+
+def test_a_dsp_board_needs_more_zeros_for_the_sparse_kernels():
+    """The crossover follows the dense kernels the board runs: SMLAD makes dense fc cheaper per weight."""
+    from tinyml.board.boards import resolve_board
+    from tinyml.technique import Context
+    from tinyml_plugins.huffman.kernels import kernel_path
+    from tinyml_plugins.huffman.technique import Huffman
+
+    assert kernel_path(resolve_board("stm32")) == "dsp" and kernel_path(resolve_board("cortex-m3")) == "portable"
+    assert kernel_path(None) == "portable"
+    graph = compiler.compile(model(), calibration(), ["quantize-int8"], progress=False).graph
+    w = graph.tensors["fc_sparse.weight"]
+    flat = np.ones(w.data.size, np.int8)
+    flat[: w.data.size // 2] = 0  # 50% zeros: past the portable crossover, below the DSP one
+    w.data = flat.reshape(w.data.shape)
+    on = {name: Huffman({"encoding": "speed"}).apply(graph, Context(board=resolve_board(name))) for name in
+          ("cortex-m3", "stm32")}  # fmt: skip
+    assert on["cortex-m3"].tensors[w.name].encoding == "sparse-csr"
+    assert on["stm32"].tensors[w.name].encoding == "raw"

@@ -28,16 +28,23 @@ STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
 
 
 # The sparsity (share of zero int8 weights) past which the zero-skipping kernels run fewer
-# instructions than the dense ones, per layer kind. Measured on `stm32` (exact QEMU counts) with
-# `.venv/bin/python bench/sparse_crossover.py`, instructions dense / sparse at 0, 50, 70, 80, 90, 95%:
-#   fc 300x100:          173,021 / 160,424, 86,073, 56,017, 41,029, 26,031, 18,537 -> sparse always faster
-#   conv1x1 32->64, 8x8: 855,106 / 914,071, 596,868, 465,187, 398,312, 329,840, 293,126 -> crossover 9.7%
+# instructions than the dense ones, per kernel path and layer kind. Measured with exact QEMU counts by
+# `.venv/bin/python bench/sparse_crossover.py --board B`, instructions dense / sparse at 0, 50, 70, 80,
+# 90, 95% sparsity:
+#   DSP (stm32): the dense kernels use SMLAD, four rows (fc) or two channels by two pixels at a time
+#     fc 300x100:          53,007 / 159,471, 85,111, 55,081, 40,089, 25,105, 17,619 -> crossover 71.4%
+#     conv1x1 32->64, 8x8: 389,068 / 872,809, 555,775, 424,039, 357,235, 288,711, 251,989 -> 75.3%
+#   portable (the same kernels compiled without DSP, on stm32):
+#     fc 300x100:          173,021 / 160,424, 86,073, 56,017, 41,029, 26,031, 18,537 -> sparse always faster
+#     conv1x1 32->64, 8x8: 855,106 / 914,071, 596,868, 465,187, 398,312, 329,840, 293,126 -> 9.7%
 # A nonzero costs the sparse kernels about 5 instructions (column, value and input loads, one
-# multiply-accumulate, a quarter of the loop), a weight the dense fc about 5.8, so for fc the sparse
-# kernel wins at any sparsity (flash is another matter: sparse-csr is larger than int8 below 50%
-# zeros, 67% with rows past 256). A 1x1 conv's dense loop hoists the input offset and both pay the
-# requantization of every output, so there the crossover is higher.
-SPARSE_CROSSOVER = {"fc": 0.0, "conv1x1": 0.097}
+# multiply-accumulate, a quarter of the loop); a weight costs the portable dense fc about 5.8 and the
+# DSP one about 1.7, so on a DSP core sparse storage pays only past about 70% zeros. Flash is
+# another matter: sparse-csr is larger than int8 below 50% zeros (67% with rows past 256).
+SPARSE_CROSSOVER = {
+    "dsp": {"fc": 0.714, "conv1x1": 0.753},
+    "portable": {"fc": 0.0, "conv1x1": 0.097},
+}
 
 
 def reads_sparse_rows(node: Node, graph: Graph) -> bool:
@@ -45,13 +52,19 @@ def reads_sparse_rows(node: Node, graph: Graph) -> bool:
     return node.op == "fc" or (node.op == "conv2d" and tuple(graph.tensors[node.inputs[1]].shape[1:3]) == (1, 1))
 
 
-def sparse_is_faster(node: Node, graph: Graph) -> bool:
-    """Whether the node's zero-skipping kernel beats its dense one: fc or 1x1 conv, sparsity past the crossover."""
+def kernel_path(board: Board | None) -> str:
+    """"dsp" where the core kernels take their DSP path (a board with the DSP extension), else "portable"."""
+    return "dsp" if board is not None and board.dsp else "portable"
+
+
+def sparse_is_faster(node: Node, graph: Graph, board: Board | None) -> bool:
+    """Whether the node's zero-skipping kernel beats its dense one on `board`: fc or 1x1 conv, sparsity
+    past the crossover measured for the dense kernels that board runs."""
     if not reads_sparse_rows(node, graph):
         return False
     weights = graph.tensors[node.inputs[1]].data
     sparsity = 1.0 - np.count_nonzero(weights) / weights.size
-    return sparsity > SPARSE_CROSSOVER["fc" if node.op == "fc" else "conv1x1"]
+    return sparsity > SPARSE_CROSSOVER[kernel_path(board)]["fc" if node.op == "fc" else "conv1x1"]
 
 
 def fc_scratch_bytes(in_features: int) -> int:

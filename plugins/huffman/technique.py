@@ -88,7 +88,7 @@ class Huffman(Technique):
             if choice == "auto":
                 choice = min(("raw", *ENCODINGS), key=lambda e: stored_bytes(weight, e))
             elif choice == "speed":
-                choice = SPARSE_CSR if sparse_is_faster(node, graph) else "raw"
+                choice = SPARSE_CSR if sparse_is_faster(node, graph, context.board) else "raw"
             elif choice == SPARSE_CSR:
                 _check_sparse_rows(node, graph)
             weight.encoding = choice
