@@ -23,6 +23,7 @@ technique that removed channels (filter pruning): it is what a float build of th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -165,3 +166,14 @@ def compression_report(build: Build) -> CompressionReport:
         encoding="+".join(encodings) or RAW,
     )
     return CompressionReport(layers, total)
+
+
+def encoded_layers(model_summary: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The layers of a compiled model's summary (its manifest.json) whose constants are not stored raw:
+    name -> {"encoding", "kernel"}, the kernel being the one that decodes them as the layer runs."""
+    found = {}
+    for layer in model_summary.get("layers", []):
+        compression = layer.get("compression") if isinstance(layer, Mapping) else None
+        if isinstance(compression, Mapping) and compression.get("encoding", RAW) != RAW:
+            found[str(layer["name"])] = {"encoding": str(compression["encoding"]), "kernel": str(layer.get("kernel"))}
+    return found
