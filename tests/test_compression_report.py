@@ -180,6 +180,68 @@ def test_an_older_report_data_without_figures_has_no_compression_section(builds,
     assert 'id="compression"' not in write_report(folder).read_text()
 
 
+RECIPE = """
+[model]
+factory = "net.py:make_model"
+[data]
+calibration = "calib.npz"
+[[techniques]]
+name = "quantize-int8"
+[[techniques]]
+name = "huffman"
+"""
+NET = """
+import torch
+from torch import nn
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    (tmp_path / "net.py").write_text(NET)
+    np.savez(tmp_path / "calib.npz", x=CALIBRATION)
+    (tmp_path / "tinyml.toml").write_text(RECIPE)
+    return tmp_path / "tinyml.toml"
+
+
+def test_compile_json_and_text_hold_the_figures(recipe, tmp_path):
+    from tinyml.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["compile", "--recipe", str(recipe), "--out", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert [layer["compression"]["encoding"] for layer in summary["layers"]] == ["huffman", "huffman"]
+    assert summary["compression_total"]["stored_bytes"] == summary["weight_bytes"]
+    assert summary["compression_total"]["parameters"] == 64 * 24 + 24 + 24 * 10 + 10
+    result = runner.invoke(main, ["compile", "--recipe", str(recipe), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 120 for line in result.output.splitlines())
+    assert re.search(r"\W0\W.*tml_huffman_fc_s8", result.output) and "weights" in result.output
+
+
+@pytest.mark.qemu
+def test_build_prints_and_gives_the_figures(recipe, tmp_path):
+    from tinyml.cli import main
+
+    runner = CliRunner()
+    args = ["build", "--board", "cortex-m3", "--recipe", str(recipe), "--inputs", "1"]
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "fw"), "--json"])
+    assert result.exit_code == 0, result.output
+    compression = json.loads(result.output)["compression"]
+    assert set(compression["layers"]) == {"0", "2"}
+    assert compression["total"]["parameters"] == 64 * 24 + 24 + 24 * 10 + 10
+    assert compression["total"]["encoding"] == "huffman"
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "fw2")])
+    assert result.exit_code == 0, result.output
+    total = next(line for line in result.output.splitlines() if re.match(r"^\W*total\b", line))
+    assert f"{compression['total']['stored_bytes']:,}" in total and "huffman" in total
+
+
 @pytest.mark.qemu
 def test_run_marks_the_layers_that_decode(builds, tmp_path: Path, monkeypatch):
     from tinyml.board.boards import resolve_board
