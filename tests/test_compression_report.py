@@ -169,6 +169,16 @@ def test_html_report_has_a_self_contained_compression_section(builds, name):
     assert section.count(f"<td>{encoding}") == len(compression_report(build).layers) + 1
 
 
+def test_a_model_without_constants_has_no_table_and_no_section(tmp_path):
+    calibration = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    build = tinyml.compile(nn.Sequential(nn.MaxPool2d(2)), calibration, out_dir=tmp_path / "pool", progress=False)
+    assert compression_report(build).layers == []
+    assert build.summary()["compression_total"]["stored_bytes"] == 0
+    assert build.summary()["layers"][0]["compression"] is None
+    assert "stored B" not in build.report()
+    assert 'id="compression"' not in (build.out_dir / REPORT_HTML).read_text()
+
+
 def test_an_older_report_data_without_figures_has_no_compression_section(builds, tmp_path):
     folder = tmp_path / "old"
     shutil.copytree(builds["int8"].out_dir, folder)

@@ -109,7 +109,9 @@ class Build:
             )
         console = Console(width=120, record=True, file=io.StringIO())
         console.print(table)
-        console.print(compression_report(self).table())
+        compression = compression_report(self)
+        if compression.layers:  # a model without constants (pooling only) has nothing to compress
+            console.print(compression.table())
         console.print(f"techniques: {', '.join(t.name for t in self.techniques) or 'none'}")
         console.print(f"weights (flash): {self.generated.weight_bytes} bytes")
         console.print(self.plan.report())

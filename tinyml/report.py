@@ -448,6 +448,8 @@ def compression_section(folder: BuildFolder) -> Section | None:
     if model is None or not isinstance(total, dict):
         return None
     layers = [layer for layer in model["layers"] if isinstance(layer.get("compression"), dict)]
+    if not layers:
+        return None  # no layer has constants
     instructions: dict[str, float] = {}
     for layer in (folder.run or {}).get("layers", []):
         counts = layer.get("instructions") or []

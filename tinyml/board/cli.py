@@ -107,7 +107,7 @@ def build_command(
         build = compile_from_recipe(loaded, model_dir, progress=not as_json)
         estimate = check_build_fits(build, board)
         compression = compression_report(build)
-        if not as_json:
+        if not as_json and compression.layers:
             _print_table(compression.table())
             click.echo(
                 f"fits {board.name}: about {estimate.flash_bytes} of {board.flash_bytes} bytes of flash, "
