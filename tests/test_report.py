@@ -108,7 +108,7 @@ def test_compile_writes_a_self_contained_report_of_its_layers_and_plan(compiled)
     folder = compiled.out_dir
     assert (folder / "report.txt").is_file()
     page = _assert_self_contained((folder / REPORT_HTML).read_text())
-    assert len(page.images) == 1  # the memory timeline; no firmware yet
+    assert len(page.images) == 2  # the compression bars and the memory timeline; no firmware yet
     weights = compiled.layer_weight_bytes()
     live = []
     for i, node in enumerate(compiled.graph.nodes):

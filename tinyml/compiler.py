@@ -20,6 +20,7 @@ import numpy as np
 
 from tinyml import graphfile, plugins
 from tinyml.codegen import GeneratedModel, describe_fused, generate
+from tinyml.compression_report import compression_report
 from tinyml.errors import CalibrationError, DataError, PluginError, RecipeError, TinymlError
 from tinyml.ir import Graph
 from tinyml.manifest import read_manifest, write_manifest
@@ -66,6 +67,8 @@ class Build:
     def summary(self) -> dict[str, Any]:
         """The figures of the build, for scripts (`tinyml compile --json`) and the build's manifest.json."""
         weights = self.layer_weight_bytes()
+        compression = compression_report(self)
+        per_layer = compression.by_layer()
         return {
             "board": self.board.name if self.board else None,
             "techniques": [{"name": t.name, "options": t.options.model_dump()} for t in self.techniques],
@@ -81,13 +84,15 @@ class Build:
                     "source": n.source,
                     "fused": describe_fused(n),
                     "weight_bytes": weights[n.name],
+                    "compression": per_layer.get(n.name),
                 }
                 for n in self.graph.nodes
             ],
+            "compression_total": compression.total.as_dict(),
         }
 
     def report(self) -> str:
-        """Layers, kernels, weight and arena bytes, as a readable table."""
+        """Layers, kernels, weight and arena bytes, then each layer's weights against float32 and int8, as tables."""
         from rich.console import Console
         from rich.table import Table
 
@@ -104,6 +109,9 @@ class Build:
             )
         console = Console(width=120, record=True, file=io.StringIO())
         console.print(table)
+        compression = compression_report(self)
+        if compression.layers:  # a model without constants (pooling only) has nothing to compress
+            console.print(compression.table())
         console.print(f"techniques: {', '.join(t.name for t in self.techniques) or 'none'}")
         console.print(f"weights (flash): {self.generated.weight_bytes} bytes")
         console.print(self.plan.report())

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinyml.codegen import describe_fused
+from tinyml.compression_report import compression_report
 from tinyml.errors import ReportError, TinymlError
 from tinyml.planner import MemoryPlan
 
@@ -78,6 +79,8 @@ def model_data(build: Build) -> dict[str, Any]:
     """The figures of a compiled model that its report shows, as plain JSON values."""
     graph, generated, plan = build.graph, build.generated, build.plan
     weights = build.layer_weight_bytes()
+    compression = compression_report(build)
+    per_layer = compression.by_layer()
     live = live_bytes(plan, len(graph.nodes))
     layers = []
     for i, node in enumerate(graph.nodes):
@@ -94,6 +97,7 @@ def model_data(build: Build) -> dict[str, Any]:
                 "weight_bytes": weights[node.name],
                 "scratch_bytes": kernel.scratch_bytes,
                 "arena_bytes": live[i],
+                "compression": per_layer.get(node.name),
             }
         )
 
@@ -110,6 +114,7 @@ def model_data(build: Build) -> dict[str, Any]:
         "outputs": [tensor(n) for n in graph.outputs],
         "weight_bytes": generated.weight_bytes,
         "layers": layers,
+        "compression_total": compression.total.as_dict(),
         "plan": {
             "offsets": plan.offsets,
             "sizes": plan.sizes,
@@ -431,6 +436,109 @@ def memory_section(folder: BuildFolder) -> Section | None:
     return Section("Memory plan", figures + plot + table)
 
 
+def compression_section(folder: BuildFolder) -> Section | None:
+    """Each layer's constants as float32, int8 and stored (`tinyml.compression_report`), with a bar chart.
+
+    Shown for every build whose data has the figures, raw int8 ones too: the ratio to float32 is
+    then what quantization alone gives, and two builds of a model read side by side. With a run,
+    each layer's instructions stand beside its encoding, so what decoding costs shows.
+    """
+    model = folder.model
+    total = model.get("compression_total") if model else None
+    if model is None or not isinstance(total, dict):
+        return None
+    layers = [layer for layer in model["layers"] if isinstance(layer.get("compression"), dict)]
+    if not layers:
+        return None  # no layer has constants
+    instructions: dict[str, float] = {}
+    for layer in (folder.run or {}).get("layers", []):
+        counts = layer.get("instructions") or []
+        instructions[layer["name"]] = sum(counts) / len(counts) if counts else 0.0
+    rows = []
+    for i, layer in enumerate(layers):
+        c = layer["compression"]
+        encoding = c["encoding"] + (f" ({c['codebook_size']} values)" if c.get("codebook_size") else "")
+        count = instructions.get(layer["name"])
+        rows.append(
+            f"<tr><td class=num>{i}</td><td><code>{_e(layer['name'])}</code></td>{_compression_cells(c)}"
+            f"<td>{_e(encoding)}</td><td><code>{_e(c['kernel'])}</code></td>"
+            + ("" if not instructions else f"<td class=num>{'' if count is None else f'{count:,.0f}'}</td>")
+            + "</tr>"
+        )
+    table = (
+        "<table><thead><tr><th class=num>#</th><th>layer</th><th class=num>parameters</th>"
+        "<th class=num>nonzeros</th><th class=num>bits / weight</th><th class=num>float32 (B)</th>"
+        "<th class=num>int8 (B)</th><th class=num>stored (B)</th><th class=num>ratio</th><th>encoding</th>"
+        "<th>kernel</th>"
+        + ("<th class=num>instructions</th>" if instructions else "")
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + f"</tbody><tfoot><tr><td colspan=2>total</td>{_compression_cells(total)}<td>{_e(total['encoding'])}</td>"
+        + "<td></td>"
+        + ("<td></td>" if instructions else "")
+        + "</tr></tfoot></table>"
+    )
+    figures = (
+        f"<p>Constants <b>{total['stored_bytes']:,} B</b> stored, against {total['int8_bytes']:,} B as raw int8 and "
+        f"{total['float32_bytes']:,} B as float32: <b>{total['ratio']:.1f}&times;</b> smaller than float32, "
+        f"{total['bits_per_weight']:.2f} bits per parameter.</p>"
+    )
+    note = (
+        '<p class="note">Parameters count every element of a layer\'s constants (weights and biases); nonzeros are '
+        "those not zero in int8. <i>Stored</i> is the flash the constants take as generated, indices, values and "
+        "code tables included; <i>bits / weight</i> is stored bits over parameters. int8 is the constants stored "
+        "raw (int8 weights, int32 biases)."
+        + (
+            " <i>Instructions</i>: the layer's mean per inference in the last <code>tinyml run</code>; a layer "
+            "whose encoding is not raw decodes its weights inside that count."
+            if instructions
+            else ""
+        )
+        + "</p>"
+    )
+    plot = _png(_compression_bars(layers), "stored bytes per layer against int8 and float32")
+    return Section("Compression", figures + plot + table + note)
+
+
+def _compression_cells(c: Mapping[str, Any]) -> str:
+    return (
+        f"<td class=num>{c['parameters']:,}</td><td class=num>{c['nonzeros']:,}</td>"
+        f"<td class=num>{c['bits_per_weight']:.2f}</td><td class=num>{c['float32_bytes']:,}</td>"
+        f"<td class=num>{c['int8_bytes']:,}</td><td class=num>{c['stored_bytes']:,}</td>"
+        f"<td class=num>{c['ratio']:.1f}&times;</td>"
+    )
+
+
+def _compression_bars(layers: Sequence[Mapping[str, Any]]) -> Figure:
+    """Grouped horizontal bars per layer: float32, int8 and stored bytes, each labelled with its figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+
+    kinds = (("float32", "float32_bytes", "C7"), ("int8", "int8_bytes", "C0"), ("stored", "stored_bytes", "C2"))
+    fig = Figure(figsize=(10.0, 1.5 + 0.55 * max(len(layers), 1)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    height = 0.8 / len(kinds)
+    top = max((int(layer["compression"]["float32_bytes"]) for layer in layers), default=0) or 1
+    for k, (label, key, color) in enumerate(kinds):
+        values = [int(layer["compression"][key]) for layer in layers]
+        positions = [i + (k - 1) * height for i in range(len(layers))]
+        ax.barh(positions, values, height=height, color=color, label=label)
+        for y, value in zip(positions, values, strict=True):
+            ax.text(value + top * 0.01, y, f"{value:,}", va="center", fontsize=7)
+    ax.set_xlabel("bytes")
+    ax.set_xlim(0, top * 1.15)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_yticks(range(len(layers)), [f"{i}: {layer['name']}" for i, layer in enumerate(layers)], fontsize=8)
+    ax.invert_yaxis()
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(kinds), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def firmware_section(folder: BuildFolder) -> Section | None:
     """Per layer on the board: flash from the ELF (`tinyml size`) and instructions from the last `tinyml run`."""
     if folder.size is None:
@@ -519,7 +627,13 @@ def _layer_bars(names: Sequence[str], instructions: Mapping[str, float], flash: 
 
 SectionBuilder = Callable[[BuildFolder], "Section | None"]
 
-SECTIONS: list[SectionBuilder] = [summary_section, layers_section, memory_section, firmware_section]
+SECTIONS: list[SectionBuilder] = [
+    summary_section,
+    layers_section,
+    compression_section,
+    memory_section,
+    firmware_section,
+]
 """The page's sections in order. A technique with figures to show adds its builder here."""
 
 

@@ -93,6 +93,7 @@ def build_command(
     from tinyml.board.project import build_firmware, default_test_inputs
     from tinyml.board.size import size_report
     from tinyml.compiler import compile_from_recipe
+    from tinyml.compression_report import compression_report
     from tinyml.recipe import recipe_inputs
     from tinyml.report import refresh_report
     from tinyml.staging import check_output_dir
@@ -105,7 +106,9 @@ def build_command(
         model_dir = Path(scratch) / "model"
         build = compile_from_recipe(loaded, model_dir, progress=not as_json)
         estimate = check_build_fits(build, board)
-        if not as_json:
+        compression = compression_report(build)
+        if not as_json and compression.layers:
+            _print_table(compression.table())
             click.echo(
                 f"fits {board.name}: about {estimate.flash_bytes} of {board.flash_bytes} bytes of flash, "
                 f"{estimate.ram_bytes} of {board.ram_bytes} bytes of RAM"
@@ -115,7 +118,12 @@ def build_command(
     report = size_report(built.out_dir)
     refresh_report(built.out_dir)  # report.html with flash per layer from the ELF
     if as_json:
-        summary = {"elf": str(built.elf), "fit_estimate": asdict(estimate), "size": report.summary()}
+        summary = {
+            "elf": str(built.elf),
+            "fit_estimate": asdict(estimate),
+            "size": report.summary(),
+            "compression": {"layers": compression.by_layer(), "total": compression.total.as_dict()},
+        }
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(
@@ -143,12 +151,16 @@ def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
     from tinyml.report import record_run
 
     result = run_firmware(build_dir, timeout=timeout)
-    record_run(build_dir, result.summary())  # run.json, and report.html with instructions per layer
+    encoded = _encoded_layers(Path(build_dir))
+    summary = result.summary()
+    for layer in summary["layers"]:
+        layer.update(encoded.get(layer["name"], {}))  # an encoded layer's count includes its decoding
+    record_run(build_dir, summary)  # run.json, and report.html with instructions per layer
     matches = result.outputs_match_reference
     if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
+        click.echo(json.dumps(summary, indent=2))
     else:
-        _print_run_tables(result)
+        _print_run_tables(result, encoded)
     if matches is None and not as_json:
         click.echo(
             "no reference outputs: the firmware was built from a model folder without a graph, so the board's "
@@ -174,8 +186,23 @@ def run_command(build_dir: str, as_json: bool, timeout: float) -> None:
         sys.exit(1)
 
 
-def _print_run_tables(result: RunResult) -> None:
-    """Per-inference and per-layer tables of a QEMU run."""
+def _encoded_layers(build_dir: Path) -> dict[str, dict[str, str]]:
+    """The firmware's layers whose weights are encoded, from the model it was built from (none when that
+    model folder is not a tinyml compile, e.g. hand-written C)."""
+    from tinyml.compression_report import encoded_layers
+    from tinyml.errors import TinymlError
+    from tinyml.manifest import read_manifest
+    from tinyml.report import FIRMWARE_MODEL_DIR
+
+    try:
+        return encoded_layers(read_manifest(build_dir / FIRMWARE_MODEL_DIR, "model"))
+    except TinymlError:
+        return {}
+
+
+def _print_run_tables(result: RunResult, encoded: dict[str, dict[str, str]]) -> None:
+    """Per-inference and per-layer tables of a QEMU run; an encoded layer is marked with its encoding and
+    the kernel that decodes it, whose instructions include the decoding."""
     table = Table(title=f"{result.board} on qemu {result.machine}: per inference")
     for column in ("input", "output (argmax)", "= host", "instructions"):
         table.add_column(column, justify="right")
@@ -185,12 +212,18 @@ def _print_run_tables(result: RunResult) -> None:
         table.add_row(str(k), str(int(np.argmax(row))), same, f"{int(count):,}")
     _print_table(table)
     layers = Table(title="per layer (mean over inputs)")
-    for column in ("#", "layer", "instructions", "share"):
-        layers.add_column(column, justify="left" if column == "layer" else "right")
+    columns = (
+        ("#", "layer", "weights decoded by", "instructions", "share")
+        if encoded
+        else ("#", "layer", "instructions", "share")
+    )
+    for column in columns:
+        layers.add_column(column, justify="right" if column in ("#", "instructions", "share") else "left")
     means = result.layer_instructions.mean(axis=0) if len(result.outputs) else np.zeros(len(result.layer_names))
     total = max(float(means.sum()), 1.0)
     for i, (name, mean) in enumerate(zip(result.layer_names, means, strict=True)):
-        layers.add_row(str(i), name, f"{mean:,.0f}", f"{100 * mean / total:.1f}%")
+        decoded = [f"{encoded[name]['encoding']}: {encoded[name]['kernel']}" if name in encoded else "-"]
+        layers.add_row(str(i), name, *(decoded if encoded else []), f"{mean:,.0f}", f"{100 * mean / total:.1f}%")
     _print_table(layers)
     click.echo(f"stack high-water: {result.stack_bytes} bytes; instruction resolution: {result.instruction_resolution}")
     if result.plugin_counts is not None:
