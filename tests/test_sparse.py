@@ -240,7 +240,7 @@ def model() -> torch.nn.Module:
         ("flatten", torch.nn.Flatten()),
         ("fc_sparse", prune_(torch.nn.Linear(8 * 8 * 8, 20), 0.9)),  # 512 columns: two bytes each
         ("relu3", torch.nn.ReLU()),
-        ("fc_dense", no_zeros(torch.nn.Linear(20, 10))),  # the fc crossover is 0%: no zero weight at all
+        ("fc_dense", no_zeros(torch.nn.Linear(20, 10))),  # no zero weight: below every crossover
     ])).eval()  # fmt: skip
 
 

@@ -34,16 +34,16 @@ STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
 #   DSP (stm32): the dense kernels use SMLAD, four rows (fc) or two channels by two pixels at a time
 #     fc 300x100:          53,007 / 159,471, 85,111, 55,081, 40,089, 25,105, 17,619 -> crossover 71.4%
 #     conv1x1 32->64, 8x8: 389,068 / 872,809, 555,775, 424,039, 357,235, 288,711, 251,989 -> 75.3%
-#   portable (the same kernels compiled without DSP, on stm32):
-#     fc 300x100:          173,021 / 160,424, 86,073, 56,017, 41,029, 26,031, 18,537 -> sparse always faster
-#     conv1x1 32->64, 8x8: 855,106 / 914,071, 596,868, 465,187, 398,312, 329,840, 293,126 -> 9.7%
+#   portable (cortex-m3, no DSP extension):
+#     fc 300x100:          133,554 / 159,273, 84,913, 54,883, 39,891, 24,907, 17,421 -> crossover 17.6%
+#     conv1x1 32->64, 8x8: 820,383 / 866,088, 554,301, 421,668, 354,865, 286,853, 250,131 -> 7.8%
 # A nonzero costs the sparse kernels about 5 instructions (column, value and input loads, one
-# multiply-accumulate, a quarter of the loop); a weight costs the portable dense fc about 5.8 and the
-# DSP one about 1.7, so on a DSP core sparse storage pays only past about 70% zeros. Flash is
+# multiply-accumulate, a quarter of the loop); a weight costs the portable dense fc about 4.5 and the
+# DSP one about 1.8, so on a DSP core sparse storage pays only past about 70% zeros. Flash is
 # another matter: sparse-csr is larger than int8 below 50% zeros (67% with rows past 256).
 SPARSE_CROSSOVER = {
     "dsp": {"fc": 0.714, "conv1x1": 0.753},
-    "portable": {"fc": 0.0, "conv1x1": 0.097},
+    "portable": {"fc": 0.176, "conv1x1": 0.078},
 }
 
 
