@@ -94,14 +94,25 @@ def _fc_params(call: CallSite) -> str:
 
 
 def _emit_fc(call: CallSite) -> str:
+    """The Huffman/packed/sparse fc: decodes a row into scratch, then multiplies it."""
+    return _fc_call(call, "tml_huffman_fc_s8", scratch=True)
+
+
+def _emit_sparse_fc(call: CallSite) -> str:
+    """The CSR fc: walks each row's nonzeros, no scratch."""
+    return _fc_call(call, "tml_sparse_fc_s8", scratch=False)
+
+
+def _fc_call(call: CallSite, function: str, scratch: bool) -> str:
     g, n = call.graph, call.node
     x, w, b = n.inputs
     out_f, in_f = g.tensors[w].shape
     params = _fc_params(call)
     quant = _quant_channels(call)
+    last = f", {call.scratch}" if scratch else ""
     return (
-        f"status = tml_huffman_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, &{call.tensor(w)}, "
-        f"{call.tensor(b)}, {out_f}, {call.output()}, {call.scratch});"
+        f"status = {function}(&{params}, &{quant}, {in_f}, {call.input(0)}, &{call.tensor(w)}, "
+        f"{call.tensor(b)}, {out_f}, {call.output()}{last});"
     )
 
 
@@ -129,18 +140,6 @@ def _emit_conv(call: CallSite) -> str:
     return (
         f"status = tml_huffman_conv2d_s8(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, "
         f"&{call.tensor(w)}, {call.tensor(b)}, &{call.shape(out)}, {call.output()}, {call.scratch});"
-    )
-
-
-def _emit_sparse_fc(call: CallSite) -> str:
-    g, n = call.graph, call.node
-    x, w, b = n.inputs
-    out_f, in_f = g.tensors[w].shape
-    params = _fc_params(call)
-    quant = _quant_channels(call)
-    return (
-        f"status = tml_sparse_fc_s8(&{params}, &{quant}, {in_f}, {call.input(0)}, &{call.tensor(w)}, "
-        f"{call.tensor(b)}, {out_f}, {call.output()});"
     )
 
 
