@@ -41,8 +41,15 @@ OPTIMIZATION = "-O3"
 CALIBRATION_SAMPLES = 32
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int | tuple[int, int], stride: int | tuple[int, int] = 1,
-                 padding: int | tuple[int, int] = 0, groups: int = 1, relu: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def conv_bn_relu(
+    cin: int,
+    cout: int,
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    relu: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
     """Conv (no bias) + BN + activation: the block every architecture here is made of."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(cout), relu()
@@ -146,7 +153,15 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 def mobilenet_v2(alpha: float = 0.30, classes: int = 2) -> nn.Module:
     """MobileNetV2 (alpha 0.30, 3x80x80, 2 classes)."""
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     width = make_divisible(32 * alpha)
     layers: list[nn.Module] = [conv_bn_relu(3, width, 3, 2, 1, relu=nn.ReLU6)]
     for expand, channels, repeats, stride in settings:
@@ -238,8 +253,18 @@ def measure(name: str, board_name: str, scratch: Path) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> Table:
     out = Table(title=f"MLPerf Tiny architectures, random weights, int8, {OPTIMIZATION} (cycles estimated)")
-    for column in ("model", "board", "instructions", "est. cycles", "MLPerf M4 cycles", "ours / MLPerf",
-                   "flash", "peak RAM", "stack", "exact"):
+    for column in (
+        "model",
+        "board",
+        "instructions",
+        "est. cycles",
+        "MLPerf M4 cycles",
+        "ours / MLPerf",
+        "flash",
+        "peak RAM",
+        "stack",
+        "exact",
+    ):
         out.add_column(column, justify="left" if column in ("model", "board") else "right")
 
     def number(value: Any) -> str:
@@ -247,8 +272,9 @@ def table(rows: list[dict[str, Any]]) -> Table:
 
     for row in rows:
         if "error" in row:
-            out.add_row(row["task"], row["board"], "does not fit", "", number(row["reference_cycles"]),
-                        "", "", "", "", "")
+            out.add_row(
+                row["task"], row["board"], "does not fit", "", number(row["reference_cycles"]), "", "", "", "", ""
+            )
             continue
         out.add_row(
             row["task"],
