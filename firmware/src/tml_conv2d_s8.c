@@ -324,6 +324,45 @@ static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, 
 }
 #endif
 
+void tml_conv2d_s8_channel(const tml_conv_params *p, const tml_quant_channels *quant, int32_t o,
+                           const tml_shape *input_shape, const int8_t *input,
+                           const tml_shape *filter_shape, const int8_t *w, const int32_t *bias,
+                           const tml_shape *output_shape, int8_t *output)
+{
+    const int32_t in_h = input_shape->h, in_w = input_shape->w, in_c = input_shape->c;
+    const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
+    const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
+    const int32_t row_len = k_w * in_c;       /* one kernel row: contiguous in input and filter */
+    const int32_t input_row = in_w * in_c;
+    const int32_t weight_offset = p->input_offset * sum_s8(w, k_h * row_len);
+    const int32_t b = bias != NULL ? bias[o] : 0;
+    const int32_t multiplier = quant->multiplier[o];
+    const int32_t shift = quant->shift[o];
+    int8_t *out = output + o;
+    for (int32_t oy = 0; oy < out_h; oy++) {
+        const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, k_h, in_h);
+        for (int32_t ox = 0; ox < out_w; ox++) {
+            const tml_window_span kx = tml_window_span_at(ox, p->stride_w, p->pad_w, k_w, in_w);
+            int32_t acc = 0;
+            if (ky.begin == 0 && ky.end == k_h && kx.begin == 0 && kx.end == k_w) {
+                const int8_t *x = input + ky.origin * input_row + kx.origin * in_c;
+                acc = weight_offset;
+                for (int32_t row = 0; row < k_h; row++) {
+                    acc += dot_s8(x + row * input_row, w + row * row_len, row_len, 0);
+                }
+            } else if (kx.end > kx.begin) {
+                const int32_t n = (kx.end - kx.begin) * in_c;
+                for (int32_t row = ky.begin; row < ky.end; row++) {
+                    acc += dot_s8(input + (ky.origin + row) * input_row + (kx.origin + kx.begin) * in_c,
+                                 w + row * row_len + kx.begin * in_c, n, p->input_offset);
+                }
+            }
+            *out = tml_conv_output(acc, b, multiplier, shift, p);
+            out += out_c;
+        }
+    }
+}
+
 tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
                          const tml_shape *input_shape, const int8_t *input,
                          const tml_shape *filter_shape, const int8_t *filter,
@@ -345,45 +384,17 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
 #endif
     const int32_t in_h = input_shape->h, in_w = input_shape->w, in_c = input_shape->c;
     const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
-    const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
+    const int32_t out_c = output_shape->c;
 
     if (k_h == 1 && k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 && p->pad_w == 0) {
         conv_pointwise(p, quant, in_h * in_w, in_c, input, filter, bias, out_c, output);
         return TML_OK;
     }
 
-    const int32_t row_len = k_w * in_c;       /* one kernel row: contiguous in input and filter */
-    const int32_t kernel_len = k_h * row_len;
-    const int32_t input_row = in_w * in_c;
+    const int32_t kernel_len = k_h * k_w * in_c;
     for (int32_t o = 0; o < out_c; o++) {
-        const int8_t *w = filter + o * kernel_len;
-        const int32_t weight_offset = p->input_offset * sum_s8(w, kernel_len);
-        const int32_t b = bias != NULL ? bias[o] : 0;
-        const int32_t multiplier = quant->multiplier[o];
-        const int32_t shift = quant->shift[o];
-        int8_t *out = output + o;
-        for (int32_t oy = 0; oy < out_h; oy++) {
-            const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, k_h, in_h);
-            for (int32_t ox = 0; ox < out_w; ox++) {
-                const tml_window_span kx = tml_window_span_at(ox, p->stride_w, p->pad_w, k_w, in_w);
-                int32_t acc = 0;
-                if (ky.begin == 0 && ky.end == k_h && kx.begin == 0 && kx.end == k_w) {
-                    const int8_t *x = input + ky.origin * input_row + kx.origin * in_c;
-                    acc = weight_offset;
-                    for (int32_t row = 0; row < k_h; row++) {
-                        acc += dot_s8(x + row * input_row, w + row * row_len, row_len, 0);
-                    }
-                } else if (kx.end > kx.begin) {
-                    const int32_t n = (kx.end - kx.begin) * in_c;
-                    for (int32_t row = ky.begin; row < ky.end; row++) {
-                        acc += dot_s8(input + (ky.origin + row) * input_row + (kx.origin + kx.begin) * in_c,
-                                     w + row * row_len + kx.begin * in_c, n, p->input_offset);
-                    }
-                }
-                *out = tml_conv_output(acc, b, multiplier, shift, p);
-                out += out_c;
-            }
-        }
+        tml_conv2d_s8_channel(p, quant, o, input_shape, input, filter_shape, filter + o * kernel_len, bias,
+                              output_shape, output);
     }
     return TML_OK;
 }
