@@ -15,6 +15,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tinyml.compiler import Build
+    from tinyml.host import HostLibrary
 
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 ARM_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
@@ -37,6 +38,14 @@ def source_tree() -> Path:
 def tiny_model_dir() -> Path:
     """A hand-written generated model (model.h/.c/_data.c, 16 int8 in, 4 out) needing only the kernel library."""
     return SOURCE_TREE / "tests" / "fixtures" / "tiny_model"
+
+
+@pytest.fixture(scope="session")
+def lib() -> HostLibrary:
+    """The kernel library (core and plugin C) compiled for this machine, callable through cffi."""
+    from tinyml import host
+
+    return host.build_kernels()
 
 
 @pytest.fixture

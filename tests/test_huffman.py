@@ -26,10 +26,6 @@ from tinyml_plugins.huffman.kernels import conv2d_scratch_bytes, fc_scratch_byte
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def lib() -> host.HostLibrary:
-    return host.build_kernels()
-
 
 # --- encoded tensors in C ---------------------------------------------------------------------
 

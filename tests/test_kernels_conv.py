@@ -25,10 +25,6 @@ EXTREME_QUANT = [(INT32_MAX, -31), (INT32_MAX, 30), (1 << 30, -31), (1 << 30, 30
 FUZZ = settings(max_examples=150, deadline=None)
 
 
-@pytest.fixture(scope="module")
-def lib():
-    return host.build_kernels()
-
 
 # ---------------------------------------------------------------- strategies
 

@@ -31,10 +31,6 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 POOLS = {"maxpool": maxpool_s8, "avgpool": avgpool_s8}
 
 
-@pytest.fixture(scope="module")
-def kernels() -> host.HostLibrary:
-    return host.build_kernels()
-
 
 # --- strategies ------------------------------------------------------------------------------------
 
@@ -189,9 +185,9 @@ def c_flatten(lib: host.HostLibrary, x: np.ndarray):
 @pytest.mark.parametrize("op", sorted(POOLS))
 @FUZZ
 @given(case=pool_cases())
-def test_pool_c_matches_reference(kernels, op, case):
+def test_pool_c_matches_reference(lib, op, case):
     x, p = case
-    status, got = c_pool(kernels, op, x, p)
+    status, got = c_pool(lib, op, x, p)
     assert status == TML_OK
     np.testing.assert_array_equal(got, POOLS[op](x, **p))
 
@@ -199,9 +195,9 @@ def test_pool_c_matches_reference(kernels, op, case):
 @pytest.mark.parametrize("op", sorted(POOLS))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(x=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 6)).flatmap(int8_arrays))
-def test_global_pool(kernels, op, x):
+def test_global_pool(lib, op, x):
     p = dict(kernel=x.shape[:2], stride=(1, 1), padding=(0, 0), act_min=-128, act_max=127)
-    status, got = c_pool(kernels, op, x, p)
+    status, got = c_pool(lib, op, x, p)
     assert status == TML_OK and got.shape == (1, 1, x.shape[2])
     np.testing.assert_array_equal(got, POOLS[op](x, **p))
 
@@ -225,36 +221,36 @@ def test_pool_reference_matches_torch(case):
         np.testing.assert_array_equal(POOLS[op](x, **p), want, err_msg=op)
 
 
-def test_avgpool_rounds_half_away_from_zero(kernels):
+def test_avgpool_rounds_half_away_from_zero(lib):
     """Windows of two cells: sums 3, -3, 1, -1 give 1.5, -1.5, 0.5, -0.5 -> 2, -2, 1, -1."""
     x = np.array([[[1], [2], [-1], [-2], [0], [1], [0], [-1]]], dtype=np.int8)
     p = dict(kernel=(1, 2), stride=(1, 2), padding=(0, 0), act_min=-128, act_max=127)
     want = np.array([2, -2, 1, -1], dtype=np.int8).reshape(1, 4, 1)
     np.testing.assert_array_equal(avgpool_s8(x, **p), want)
-    np.testing.assert_array_equal(c_pool(kernels, "avgpool", x, p)[1], want)
+    np.testing.assert_array_equal(c_pool(lib, "avgpool", x, p)[1], want)
 
 
-def test_avgpool_divides_by_real_cells_only(kernels):
+def test_avgpool_divides_by_real_cells_only(lib):
     """A 3x3 window at a padded corner of a 2x2 input averages its 4 real cells, not 9."""
     x = np.array([[[10], [20]], [[30], [41]]], dtype=np.int8)
     p = dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), act_min=-128, act_max=127)
     want = np.full((2, 2, 1), round((10 + 20 + 30 + 41) / 4), dtype=np.int8)  # 25.25 -> 25
     np.testing.assert_array_equal(avgpool_s8(x, **p), want)
-    np.testing.assert_array_equal(c_pool(kernels, "avgpool", x, p)[1], want)
+    np.testing.assert_array_equal(c_pool(lib, "avgpool", x, p)[1], want)
 
 
 @pytest.mark.parametrize("op", sorted(POOLS))
-def test_pool_rejects_bad_arguments(kernels, op):
+def test_pool_rejects_bad_arguments(lib, op):
     x = np.zeros((4, 4, 2), dtype=np.int8)
     good = dict(kernel=(2, 2), stride=(2, 2), padding=(0, 0), act_min=-128, act_max=127)
-    assert c_pool(kernels, op, x, good)[0] == TML_OK
-    assert c_pool(kernels, op, x, good, out_hw=(3, 2))[0] == TML_ARG_ERROR
-    assert c_pool(kernels, op, x, {**good, "padding": (2, 0)})[0] == TML_ARG_ERROR
-    assert c_pool(kernels, op, x, {**good, "act_min": 5, "act_max": 4}, out_hw=(2, 2))[0] == TML_ARG_ERROR
-    assert c_pool(kernels, op, x, {**good, "stride": (0, 1)}, out_hw=(2, 2))[0] == TML_ARG_ERROR
-    ffi = kernels.ffi
+    assert c_pool(lib, op, x, good)[0] == TML_OK
+    assert c_pool(lib, op, x, good, out_hw=(3, 2))[0] == TML_ARG_ERROR
+    assert c_pool(lib, op, x, {**good, "padding": (2, 0)})[0] == TML_ARG_ERROR
+    assert c_pool(lib, op, x, {**good, "act_min": 5, "act_max": 4}, out_hw=(2, 2))[0] == TML_ARG_ERROR
+    assert c_pool(lib, op, x, {**good, "stride": (0, 1)}, out_hw=(2, 2))[0] == TML_ARG_ERROR
+    ffi = lib.ffi
     shape = ffi.new("tml_shape *", dict(h=4, w=4, c=2))
-    assert getattr(kernels.lib, f"tml_{op}_s8")(ffi.NULL, shape, _buf(kernels, x), shape, _buf(kernels, x)) == (
+    assert getattr(lib.lib, f"tml_{op}_s8")(ffi.NULL, shape, _buf(lib, x), shape, _buf(lib, x)) == (
         TML_ARG_ERROR
     )
     with pytest.raises(ValueError, match="padding 2 must be smaller than the kernel 2"):
@@ -305,9 +301,9 @@ def recipe_add_params(draw: st.DrawFn) -> tuple[dict[str, int], tuple]:
     shape=st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 3)),
     data=st.data(),
 )
-def test_add_c_matches_reference(kernels, params, shape, data):
+def test_add_c_matches_reference(lib, params, shape, data):
     a, b = data.draw(int8_arrays(shape)), data.draw(int8_arrays(shape))
-    status, got = c_add(kernels, a, b, params)
+    status, got = c_add(lib, a, b, params)
     assert status == TML_OK
     np.testing.assert_array_equal(got, add_s8(a, b, **params))
 
@@ -323,16 +319,16 @@ def test_add_reference_matches_float_add(pq, data):
     assert np.abs(got - want).max() <= 1
 
 
-def test_add_rejects_bad_arguments(kernels):
+def test_add_rejects_bad_arguments(lib):
     a = np.zeros(4, dtype=np.int8)
     params = add_params(0.1, 0, 0.2, 3, 0.25, -1)
-    assert c_add(kernels, a, a, params)[0] == TML_OK
-    assert c_add(kernels, a, a, {**params, "left_shift": 32})[0] == TML_ARG_ERROR
-    assert c_add(kernels, a, a, {**params, "act_min": 1, "act_max": 0})[0] == TML_ARG_ERROR
-    ffi = kernels.ffi
+    assert c_add(lib, a, a, params)[0] == TML_OK
+    assert c_add(lib, a, a, {**params, "left_shift": 32})[0] == TML_ARG_ERROR
+    assert c_add(lib, a, a, {**params, "act_min": 1, "act_max": 0})[0] == TML_ARG_ERROR
+    ffi = lib.ffi
     p = ffi.new("tml_add_params *", params)
-    assert kernels.lib.tml_add_s8(p, ffi.NULL, _buf(kernels, a), _buf(kernels, a), 4) == TML_ARG_ERROR
-    assert kernels.lib.tml_add_s8(p, _buf(kernels, a), _buf(kernels, a), _buf(kernels, a), 0) == TML_ARG_ERROR
+    assert lib.lib.tml_add_s8(p, ffi.NULL, _buf(lib, a), _buf(lib, a), 4) == TML_ARG_ERROR
+    assert lib.lib.tml_add_s8(p, _buf(lib, a), _buf(lib, a), _buf(lib, a), 0) == TML_ARG_ERROR
     with pytest.raises(ValueError, match="different shapes"):
         add_s8(a, a[:3], **params)
     with pytest.raises(ValueError, match="output scale"):
@@ -348,18 +344,18 @@ def test_add_rejects_bad_arguments(kernels):
     shape=st.tuples(st.integers(1, 4), st.one_of(st.just(1), st.integers(1, 40))),
     data=st.data(),
 )
-def test_softmax_c_matches_reference(kernels, scale, shape, data):
+def test_softmax_c_matches_reference(lib, scale, shape, data):
     x = data.draw(int8_arrays(shape))
     table = softmax_exp_table(scale)
-    status, got = c_softmax(kernels, x, table)
+    status, got = c_softmax(lib, x, table)
     assert status == TML_OK
     np.testing.assert_array_equal(got, softmax_s8(x, table))
 
 
-def test_softmax_long_row(kernels):
+def test_softmax_long_row(lib):
     x = np.random.default_rng(1).integers(-128, 128, size=(2, 3000), dtype=np.int8)
     table = softmax_exp_table(0.05)
-    np.testing.assert_array_equal(c_softmax(kernels, x, table)[1], softmax_s8(x, table))
+    np.testing.assert_array_equal(c_softmax(lib, x, table)[1], softmax_s8(x, table))
 
 
 @settings(max_examples=80, deadline=None)
@@ -384,18 +380,18 @@ def test_softmax_exp_table_is_q16_exponential():
     assert (np.diff(table.astype(np.int64)) <= 0).all()
 
 
-def test_softmax_rejects_bad_arguments(kernels):
+def test_softmax_rejects_bad_arguments(lib):
     x = np.zeros((2, 3), dtype=np.int8)
     table = softmax_exp_table(0.1)
-    assert c_softmax(kernels, x, table)[0] == TML_OK
+    assert c_softmax(lib, x, table)[0] == TML_OK
     zero_head = table.copy()
     zero_head[0] = 0
-    assert c_softmax(kernels, x, zero_head)[0] == TML_ARG_ERROR
-    ffi = kernels.ffi
-    t = _buf(kernels, table, "uint32_t[]")
-    assert kernels.lib.tml_softmax_s8(t, _buf(kernels, x), 2, 0, _buf(kernels, x)) == TML_ARG_ERROR
-    assert kernels.lib.tml_softmax_s8(t, _buf(kernels, x), 1, 65536, _buf(kernels, x)) == TML_ARG_ERROR
-    assert kernels.lib.tml_softmax_s8(ffi.NULL, _buf(kernels, x), 2, 3, _buf(kernels, x)) == TML_ARG_ERROR
+    assert c_softmax(lib, x, zero_head)[0] == TML_ARG_ERROR
+    ffi = lib.ffi
+    t = _buf(lib, table, "uint32_t[]")
+    assert lib.lib.tml_softmax_s8(t, _buf(lib, x), 2, 0, _buf(lib, x)) == TML_ARG_ERROR
+    assert lib.lib.tml_softmax_s8(t, _buf(lib, x), 1, 65536, _buf(lib, x)) == TML_ARG_ERROR
+    assert lib.lib.tml_softmax_s8(ffi.NULL, _buf(lib, x), 2, 3, _buf(lib, x)) == TML_ARG_ERROR
     with pytest.raises(ValueError, match="positive"):
         softmax_exp_table(0.0)
     with pytest.raises(ValueError, match="int8"):
@@ -431,9 +427,9 @@ def concat_cases(draw: st.DrawFn) -> tuple[list, int]:
 
 @FUZZ
 @given(case=concat_cases())
-def test_concat_c_matches_reference(kernels, case):
+def test_concat_c_matches_reference(lib, case):
     inputs, output_offset = case
-    status, got = c_concat(kernels, inputs, output_offset)
+    status, got = c_concat(lib, inputs, output_offset)
     assert status == TML_OK
     np.testing.assert_array_equal(got, concat_s8(inputs, output_offset))
 
@@ -453,35 +449,35 @@ def test_concat_reference_matches_float_rescale(qs, out_q, data):
     assert np.abs(got - want).max() <= 1
 
 
-def test_concat_of_same_quantization_is_plain_concatenation(kernels):
+def test_concat_of_same_quantization_is_plain_concatenation(lib):
     rng = np.random.default_rng(3)
     xs = [rng.integers(-128, 128, size=(3, 2, c), dtype=np.int8) for c in (1, 4, 3)]
     want = np.concatenate(xs, axis=2)
     inputs = [(x, 5, *IDENTITY) for x in xs]
     np.testing.assert_array_equal(concat_s8(inputs, -5), want)
-    np.testing.assert_array_equal(c_concat(kernels, inputs, -5)[1], want)
+    np.testing.assert_array_equal(c_concat(lib, inputs, -5)[1], want)
 
 
 @pytest.mark.parametrize("input_offset", [2**30, -(2**30), 2**31 - 1])
-def test_concat_identity_with_offsets_beyond_int8_wraps_like_reference(kernels, input_offset):
+def test_concat_identity_with_offsets_beyond_int8_wraps_like_reference(lib, input_offset):
     """Offsets that cancel but overflow the doubling must not take the plain-copy path."""
     x = np.arange(-128, 128, dtype=np.int8).reshape(4, 8, 8)
     inputs = [(x, input_offset, *IDENTITY)]
     want = concat_s8(inputs, -input_offset)
     assert not np.array_equal(want, x)  # the wrap makes this no identity
-    np.testing.assert_array_equal(c_concat(kernels, inputs, -input_offset)[1], want)
+    np.testing.assert_array_equal(c_concat(lib, inputs, -input_offset)[1], want)
 
 
-def test_concat_rejects_bad_arguments(kernels):
+def test_concat_rejects_bad_arguments(lib):
     x = np.zeros((2, 2, 3), dtype=np.int8)
-    assert c_concat(kernels, [(x, 0, *IDENTITY)], 0)[0] == TML_OK
-    ffi = kernels.ffi
-    out = _buf(kernels, np.zeros(12, dtype=np.int8))
-    bad_channels = ffi.new("tml_concat_input[]", [dict(data=_buf(kernels, x), channels=0, multiplier=2**30, shift=1)])
-    assert kernels.lib.tml_concat_s8(bad_channels, 1, 4, 0, out) == TML_ARG_ERROR
+    assert c_concat(lib, [(x, 0, *IDENTITY)], 0)[0] == TML_OK
+    ffi = lib.ffi
+    out = _buf(lib, np.zeros(12, dtype=np.int8))
+    bad_channels = ffi.new("tml_concat_input[]", [dict(data=_buf(lib, x), channels=0, multiplier=2**30, shift=1)])
+    assert lib.lib.tml_concat_s8(bad_channels, 1, 4, 0, out) == TML_ARG_ERROR
     null_data = ffi.new("tml_concat_input[]", [dict(data=ffi.NULL, channels=3, multiplier=2**30, shift=1)])
-    assert kernels.lib.tml_concat_s8(null_data, 1, 4, 0, out) == TML_ARG_ERROR
-    assert kernels.lib.tml_concat_s8(ffi.NULL, 1, 4, 0, out) == TML_ARG_ERROR
+    assert lib.lib.tml_concat_s8(null_data, 1, 4, 0, out) == TML_ARG_ERROR
+    assert lib.lib.tml_concat_s8(ffi.NULL, 1, 4, 0, out) == TML_ARG_ERROR
     with pytest.raises(ValueError, match="one H and W"):
         concat_s8([(x, 0, *IDENTITY), (x[:1], 0, *IDENTITY)], 0)
 
@@ -491,20 +487,20 @@ def test_concat_rejects_bad_arguments(kernels):
 
 @FUZZ
 @given(x=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)).flatmap(int8_arrays))
-def test_flatten_matches_reference_and_torch(kernels, x):
+def test_flatten_matches_reference_and_torch(lib, x):
     want = torch.flatten(torch.from_numpy(x).permute(2, 0, 1)).numpy()  # NCHW flatten, as PyTorch models do
     np.testing.assert_array_equal(flatten_s8(x), want)
-    status, got = c_flatten(kernels, x)
+    status, got = c_flatten(lib, x)
     assert status == TML_OK
     np.testing.assert_array_equal(got, want)
 
 
-def test_flatten_rejects_bad_arguments(kernels):
+def test_flatten_rejects_bad_arguments(lib):
     x = np.zeros((2, 2, 2), dtype=np.int8)
-    ffi = kernels.ffi
+    ffi = lib.ffi
     bad = ffi.new("tml_shape *", dict(h=2, w=0, c=2))
-    assert kernels.lib.tml_flatten_s8(bad, _buf(kernels, x), _buf(kernels, x)) == TML_ARG_ERROR
+    assert lib.lib.tml_flatten_s8(bad, _buf(lib, x), _buf(lib, x)) == TML_ARG_ERROR
     good = ffi.new("tml_shape *", dict(h=2, w=2, c=2))
-    assert kernels.lib.tml_flatten_s8(good, ffi.NULL, _buf(kernels, x)) == TML_ARG_ERROR
+    assert lib.lib.tml_flatten_s8(good, ffi.NULL, _buf(lib, x)) == TML_ARG_ERROR
     with pytest.raises(ValueError, match=r"\[H, W, C\]"):
         flatten_s8(x[0])

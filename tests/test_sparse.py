@@ -28,10 +28,6 @@ SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[Healt
 SPARSITIES = st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0])
 
 
-@pytest.fixture(scope="module")
-def lib() -> host.HostLibrary:
-    return host.build_kernels()
-
 
 def c_sparse(lib: host.HostLibrary, csr: Csr) -> tuple[object, list[object]]:
     """A `tml_sparse_weights` for `csr`, with the arrays it points to kept alive in the returned list."""
