@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +28,28 @@ class Example:
     @property
     def example_input(self) -> torch.Tensor:
         return torch.from_numpy(self.calibration[:1])
+
+
+def trained(model: torch.nn.Module, name: str, sources: list[Path], train: Callable[[], None],
+            retrain: bool = False) -> torch.nn.Module:
+    """`model` with the weights cached for `name`, or trained by `train()` and cached.
+
+    The cache key is the content of `sources` (the files that define the model and its training)
+    and the torch version, so editing either retrains once.
+    """
+    from tinyml.host import cache_dir
+
+    content = b"".join(path.read_bytes() for path in sources) + torch.__version__.encode()
+    cache = cache_dir().parent / "examples" / f"{name}-{hashlib.sha256(content).hexdigest()[:16]}.pt"
+    if cache.exists() and not retrain:
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval()
+    train()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".tmp")
+    torch.save(model.state_dict(), partial)
+    partial.replace(cache)
+    return model
 
 
 def _registry() -> dict[str, Callable[..., Example]]:

@@ -6,7 +6,6 @@ and the trained weights are cached (keyed by this file's content), so a second r
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyml.examples.base import Example
+from tinyml.examples.base import Example, trained
 from tinyml.progress import progress_bar
 
 SEED = 0
@@ -92,28 +91,12 @@ def train(
     return model.eval()
 
 
-def _cache_path() -> Path:
-    from tinyml.host import cache_dir
-
-    key = hashlib.sha256(Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    return cache_dir().parent / "examples" / f"digits-{key}.pt"
-
-
 def load(retrain: bool = False) -> Example:
     """The trained digits example (trained on first use, then cached)."""
     x_train, y_train, x_test, y_test = load_data()
     torch.manual_seed(SEED)
     model = make_model()
-    cache = _cache_path()
-    if cache.exists() and not retrain:
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        model.eval()
-    else:
-        train(model, x_train, y_train)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(cache)
+    model = trained(model, "digits", [Path(__file__)], lambda: train(model, x_train, y_train), retrain)
     rng = np.random.default_rng(SEED)
     calibration = x_train[rng.choice(len(x_train), size=min(256, len(x_train)), replace=False)]
     return Example("digits", model, calibration, x_test, y_test, x_train, y_train)

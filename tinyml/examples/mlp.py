@@ -8,7 +8,6 @@ The trained weights are cached (keyed by this file and `digits.py`), so a second
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from tinyml.examples import digits
-from tinyml.examples.base import Example
+from tinyml.examples.base import Example, trained
 
 EPOCHS = 40
 
@@ -41,29 +40,15 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_train.reshape(len(x_train), -1), y_train, x_test.reshape(len(x_test), -1), y_test
 
 
-def _cache_path() -> Path:
-    from tinyml.host import cache_dir
-
-    source = Path(__file__).read_bytes() + Path(digits.__file__).read_bytes()
-    key = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
-    return cache_dir().parent / "examples" / f"mlp-{key}.pt"
-
-
 def load(retrain: bool = False) -> Example:
     """The trained MLP example (trained on first use, then cached)."""
     x_train, y_train, x_test, y_test = load_data()
     torch.manual_seed(digits.SEED)
     model = make_model()
-    cache = _cache_path()
-    if cache.exists() and not retrain:
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        model.eval()
-    else:
-        digits.train(model, x_train, y_train, EPOCHS, label="training digits MLP")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(cache)
+    model = trained(
+        model, "mlp", [Path(__file__), Path(digits.__file__)],
+        lambda: digits.train(model, x_train, y_train, EPOCHS, label="training digits MLP"), retrain,
+    )  # fmt: skip
     rng = np.random.default_rng(digits.SEED)
     calibration = x_train[rng.choice(len(x_train), size=min(256, len(x_train)), replace=False)]
     return Example("mlp", model, calibration, x_test, y_test, x_train, y_train)
