@@ -57,27 +57,13 @@ def encoded_tensor(tensor: Tensor, encoded: Encoded) -> EncodedTensor:
         f"    .index_bits = {encoded.index_bits},",
         f"    .gap_bits = {encoded.gap_bits},",
     ]
-    definition = "\n".join(
-        [
-            f'#include "{HEADER}"',
-            f"/* {summary} */",
-            c_array("uint8_t", f"{symbol}_stream", np.frombuffer(encoded.stream, dtype=np.uint8), "bitstream"),
-            c_array("int8_t", f"{symbol}_codebook", encoded.codebook, "the value of each index"),
-            *index_parts,
-            *gap_parts,
-            f"const tml_huffman_weights {symbol} = {{",
-            *fields,
-            "};",
-            "",
-        ]
-    )
-    return EncodedTensor(
-        symbol=symbol,
-        declaration=f"extern const tml_huffman_weights {symbol};",
-        definition=definition,
-        nbytes=encoded.nbytes,
-        encoding=encoded.kind,
-    )
+    parts = [
+        c_array("uint8_t", f"{symbol}_stream", np.frombuffer(encoded.stream, dtype=np.uint8), "bitstream"),
+        c_array("int8_t", f"{symbol}_codebook", encoded.codebook, "the value of each index"),
+        *index_parts,
+        *gap_parts,
+    ]
+    return _struct_tensor(symbol, HEADER, "tml_huffman_weights", summary, parts, fields, encoded.nbytes, encoded.kind)
 
 
 def csr_tensor(tensor: Tensor, csr: Csr) -> EncodedTensor:
@@ -99,28 +85,31 @@ def csr_tensor(tensor: Tensor, csr: Csr) -> EncodedTensor:
         parts.append(c_array("int8_t", values, csr.values, "the nonzero weights, row by row"))
         parts.append(c_array(column_type, f"{symbol}_columns", csr.columns, "the column of each value"))
         columns8, columns16 = (f"{symbol}_columns", "NULL") if csr.column_bytes == 1 else ("NULL", f"{symbol}_columns")
+    fields = [
+        f"    .values = {values},",
+        f"    .columns8 = {columns8},",
+        f"    .columns16 = {columns16},",
+        f"    .row_counts = {symbol}_row_counts,",
+        f"    .row_sums = {symbol}_row_sums,",
+        f"    .rows = {rows},",
+        f"    .columns = {columns},",
+        f"    .nonzeros = {csr.nonzeros},",
+    ]
+    return _struct_tensor(symbol, SPARSE_HEADER, "tml_sparse_weights", summary, parts, fields, csr.nbytes, SPARSE_CSR)
+
+
+def _struct_tensor(
+    symbol: str, header: str, c_type: str, summary: str, parts: list[str], fields: list[str], nbytes: int,
+    encoding: str,
+) -> EncodedTensor:
+    """The arrays in `parts` and a `const c_type symbol` struct of `fields` pointing at them."""
     definition = "\n".join(
-        [
-            f'#include "{SPARSE_HEADER}"',
-            f"/* {summary} */",
-            *parts,
-            f"const tml_sparse_weights {symbol} = {{",
-            f"    .values = {values},",
-            f"    .columns8 = {columns8},",
-            f"    .columns16 = {columns16},",
-            f"    .row_counts = {symbol}_row_counts,",
-            f"    .row_sums = {symbol}_row_sums,",
-            f"    .rows = {rows},",
-            f"    .columns = {columns},",
-            f"    .nonzeros = {csr.nonzeros},",
-            "};",
-            "",
-        ]
+        [f'#include "{header}"', f"/* {summary} */", *parts, f"const {c_type} {symbol} = {{", *fields, "};", ""]
     )
     return EncodedTensor(
         symbol=symbol,
-        declaration=f"extern const tml_sparse_weights {symbol};",
+        declaration=f"extern const {c_type} {symbol};",
         definition=definition,
-        nbytes=csr.nbytes,
-        encoding=SPARSE_CSR,
+        nbytes=nbytes,
+        encoding=encoding,
     )
