@@ -454,3 +454,61 @@ def test_kernel_and_weight_hooks_answering_wrongly_are_named(
     assert result.stderr.rstrip().endswith(error) and "Traceback" not in result.output
     assert re.search(expected, error), error
     assert not (user_project / "out").exists()
+
+
+def _command_plugin(name: str) -> types.SimpleNamespace:
+    def register(cli):
+        @cli.command(name)
+        def hello() -> None:
+            """Say hello."""
+            print("hello from a plugin")
+
+    return types.SimpleNamespace(tinyml_register_commands=hookimpl(register))
+
+
+def _fresh_group():
+    import click
+
+    @click.group()
+    def group() -> None:
+        pass
+
+    @group.command("compile")
+    def compile_() -> None:
+        pass
+
+    return group
+
+
+def test_plugin_command_is_added_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    pm = manager_with(_command_plugin("hello"))
+    monkeypatch.setattr(plugins, "plugin_manager", lambda: pm)
+    group = _fresh_group()
+    plugins.register_commands(group)
+    result = CliRunner().invoke(group, ["hello"])
+    assert result.exit_code == 0 and "hello from a plugin" in result.output
+
+
+def test_plugin_command_taking_a_builtin_name_is_left_out_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = manager_with(_command_plugin("compile"))
+    monkeypatch.setattr(plugins, "plugin_manager", lambda: pm)
+    group = _fresh_group()
+    builtin = group.commands["compile"]
+    with pytest.warns(plugins.TinymlPluginWarning, match="'plugin-0'.*compile.*already exist"):
+        plugins.register_commands(group)
+    assert group.commands["compile"] is builtin
+
+
+def test_plugin_failing_to_add_commands_is_named_and_leaves_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    def register(cli):
+        cli.add_command(cli.commands["compile"], "half-added")
+        raise RuntimeError("no commands today")
+
+    pm = manager_with(types.SimpleNamespace(tinyml_register_commands=hookimpl(register)))
+    monkeypatch.setattr(plugins, "plugin_manager", lambda: pm)
+    group = _fresh_group()
+    with pytest.warns(plugins.TinymlPluginWarning, match="'plugin-0'.*RuntimeError: no commands today"):
+        plugins.register_commands(group)
+    assert sorted(group.commands) == ["compile"]

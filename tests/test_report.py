@@ -112,13 +112,14 @@ def test_compile_writes_a_self_contained_report_of_its_layers_and_plan(compiled)
     weights = compiled.layer_weight_bytes()
     live = []
     for i, node in enumerate(compiled.graph.nodes):
-        kernel = compiled.generated.kernels[node.name].function
+        kernel = compiled.generated.kernels[node.name]
         shape = "×".join(map(str, compiled.graph.tensors[node.outputs[0]].shape))
         cell = node.name + (node.source if node.source != node.name else "")
         fused = describe_fused(node)
         cell += f"fused: {', '.join(fused)}" if fused else ""
         row = _row(page, [str(i), cell])
-        assert row[3:6] == [kernel, shape, f"{weights[node.name]:,}"]
+        assert kernel.reason  # every layer says why it got its kernel
+        assert row[3:6] == [kernel.function + kernel.reason, shape, f"{weights[node.name]:,}"]
         live.append(int(row[7].replace(",", "")))
     # the busiest step holds exactly the bytes of the plan's lower bound
     assert max(live) == compiled.plan.lower_bound

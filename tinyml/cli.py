@@ -157,6 +157,7 @@ def report_command(build_dir: str, no_open: bool) -> None:
 
 
 register_board_commands(main)
+plugins.register_commands(main)
 
 if __name__ == "__main__":
     sys.exit(main())

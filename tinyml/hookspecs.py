@@ -20,6 +20,8 @@ import pluggy
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import click
+
     from tinyml.board.boards import Board
     from tinyml.ir import Graph, Node, Tensor
     from tinyml.kernels import Kernel
@@ -82,4 +84,18 @@ def tinyml_encode_weights(tensor: Tensor, board: Board | None) -> EncodedTensor 
     Return a `tinyml.weights.EncodedTensor` (the C definitions, the symbol kernels receive, the flash bytes) or
     None to leave it to another plugin; `board` is None for a host-only build. The first non-None
     answer wins; raw int8 arrays are the core's answer of last resort (``trylast``).
+    """
+
+
+# Commands
+
+
+@hookspec
+def tinyml_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``tinyml`` command line, as datasette's ``register_commands`` does.
+
+    `cli` is the top-level click group; call ``cli.command()`` or ``cli.add_command(cmd)`` on it. A
+    command that raises `tinyml.errors.TinymlError` gets the same one-paragraph error, exit code 1
+    and ``--debug`` traceback as the built-in commands. Command names must not collide with the
+    built-in ones (``compile``, ``build``, ``run``, ...); a collision is reported by plugin name.
     """

@@ -90,6 +90,8 @@ class Kernel:
     emit: Callable[[CallSite], str]
     scratch_bytes: int = 0
     headers: tuple[str, ...] = ("tml_nn.h",)
+    # why this kernel got the node, for the report: "direct kernel (default)", "weights Huffman-coded", ...
+    reason: str = ""
 
 
 def _fields(**values: int) -> str:
@@ -266,7 +268,7 @@ def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kerne
     if emit is None:
         return None
     scratch = conv_scratch_bytes(graph, node, board) if node.op in ("conv2d", "dwconv2d") else 0
-    return Kernel(function=f"tml_{node.op}_s8", emit=emit, scratch_bytes=scratch)
+    return Kernel(function=f"tml_{node.op}_s8", emit=emit, scratch_bytes=scratch, reason="direct int8 kernel (default)")
 
 
 @hookimpl

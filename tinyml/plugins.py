@@ -210,6 +210,36 @@ def plugin_infos() -> list[PluginInfo]:
     return infos
 
 
+def register_commands(cli: Any) -> None:
+    """Let every plugin add its commands to the click group `cli` (hook ``tinyml_register_commands``).
+
+    A plugin that raises, or that adds a command under a name already taken, is named in a
+    `TinymlPluginWarning`; its commands are left out and the others are kept.
+    """
+    hook = plugin_manager().hook.tinyml_register_commands
+    for impl in hook.get_hookimpls():
+        before = dict(cli.commands)
+        try:
+            impl.function(*({"cli": cli}[name] for name in impl.argnames))
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not take the command line down
+            cli.commands = before
+            warnings.warn(
+                f"{describe_plugin(impl.plugin_name)} failed to add its commands: {type(err).__name__}: {err}",
+                TinymlPluginWarning,
+                stacklevel=2,
+            )
+            continue
+        taken = sorted(name for name in before if cli.commands.get(name) is not before[name])
+        if taken:
+            cli.commands = before
+            warnings.warn(
+                f"{describe_plugin(impl.plugin_name)} tried to add command(s) {', '.join(taken)}, which already "
+                "exist; its commands are left out.",
+                TinymlPluginWarning,
+                stacklevel=2,
+            )
+
+
 def describe_plugin(name: str) -> str:
     """How an error names a plugin: its name and the distribution (and version) it came from."""
     distribution, version = _origins.get(name, ("-", "-"))

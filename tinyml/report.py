@@ -93,6 +93,7 @@ def model_data(build: Build) -> dict[str, Any]:
                 "activation": node.attrs.get("activation") or "none",
                 "fused": describe_fused(node),
                 "kernel": kernel.function,
+                "kernel_reason": kernel.reason,
                 "output_shape": list(graph.tensors[node.outputs[0]].shape),
                 "weight_bytes": weights[node.name],
                 "scratch_bytes": kernel.scratch_bytes,
@@ -379,8 +380,10 @@ def layers_section(folder: BuildFolder) -> Section | None:
             name += f'<div class="sub">fused: {_e(", ".join(layer["fused"]))}</div>'
         op = layer["op"] + (f" + {layer['activation']}" if layer.get("activation", "none") != "none" else "")
         share = 100 * layer["arena_bytes"] / peak
+        why = f'<div class="sub">{_e(layer["kernel_reason"])}</div>' if layer.get("kernel_reason") else ""
         rows.append(
-            f"<tr><td class=num>{i}</td><td>{name}</td><td>{_e(op)}</td><td><code>{_e(layer['kernel'])}</code></td>"
+            f"<tr><td class=num>{i}</td><td>{name}</td><td>{_e(op)}</td>"
+            f"<td><code>{_e(layer['kernel'])}</code>{why}</td>"
             f"<td>{_e(_shape(layer['output_shape']))}</td><td class=num>{layer['weight_bytes']:,}</td>"
             f"<td class=num>{layer.get('scratch_bytes', 0):,}</td>"
             f'<td class="num bar" style="--share:{share:.1f}%">{layer["arena_bytes"]:,}</td></tr>'

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 FUSED_OPS = ("fc", "conv2d")
 STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
+SPARSE_REASON = "weights stored sparse-csr: only the nonzeros are read"
 
 
 # The sparsity (share of zero int8 weights) past which the zero-skipping kernels run fewer
@@ -164,8 +165,14 @@ def _sparse_kernel(node: Node, graph: Graph) -> Kernel:
             "`layers`)."
         )
     if node.op == "fc":
-        return Kernel(function="tml_sparse_fc_s8", emit=_emit_sparse_fc, headers=("tml_nn.h", SPARSE_HEADER))
-    return Kernel(function="tml_sparse_conv1x1_s8", emit=_emit_sparse_conv1x1, headers=("tml_nn.h", SPARSE_HEADER))
+        return Kernel(
+            function="tml_sparse_fc_s8", emit=_emit_sparse_fc, headers=("tml_nn.h", SPARSE_HEADER),
+            reason=SPARSE_REASON,
+        )  # fmt: skip
+    return Kernel(
+        function="tml_sparse_conv1x1_s8", emit=_emit_sparse_conv1x1, headers=("tml_nn.h", SPARSE_HEADER),
+        reason=SPARSE_REASON,
+    )  # fmt: skip
 
 
 def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
@@ -188,10 +195,10 @@ def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | Non
     if node.op == "fc":
         return Kernel(
             function="tml_huffman_fc_s8", emit=_emit_fc, scratch_bytes=fc_scratch_bytes(w.shape[1]),
-            headers=("tml_nn.h", HEADER),
+            headers=("tml_nn.h", HEADER), reason=f"weights stored {w.encoding}: decoded row by row inside the kernel",
         )  # fmt: skip
     kh, kw, in_c = w.shape[1:]
     return Kernel(
         function="tml_huffman_conv2d_s8", emit=_emit_conv, scratch_bytes=conv2d_scratch_bytes((kh, kw, in_c)),
-        headers=("tml_nn.h", HEADER),
+        headers=("tml_nn.h", HEADER), reason=f"weights stored {w.encoding}: decoded filter by filter inside the kernel",
     )  # fmt: skip
