@@ -95,6 +95,41 @@ static inline int32_t tml_requantize(int32_t val, int32_t multiplier, int32_t sh
     return tml_divide_by_power_of_two(tml_doubling_high_mult(shifted, multiplier), right);
 }
 
+/* One output channel's requantization prepared once (bias, multiplier, shifts and rounding terms), so that
+ * the step per output has no shift set-up: tml_requant_apply(q, acc) is tml_requantize(acc + bias, ...)
+ * exactly. The rounding division by 2^right adds 2^(right-1) to values >= 0 (unsigned: no overflow) and
+ * 2^(right-1) - 1 to negative ones before the shift, which is rounding half away from zero. */
+typedef struct {
+    uint32_t bias;     /* added to the accumulator with wrap-around */
+    int32_t multiplier;
+    int32_t left;      /* 0..31 */
+    int32_t right;     /* 0..31 */
+    uint32_t half;     /* 2^(right-1), or 0 when right = 0 */
+    uint32_t half_neg; /* half - 1, or 0 when right = 0 */
+} tml_requant;
+
+static inline tml_requant tml_requant_make(int32_t bias, int32_t multiplier, int32_t shift)
+{
+    tml_requant q;
+    q.bias = (uint32_t)bias;
+    q.multiplier = multiplier;
+    q.left = shift > 0 ? shift : 0;
+    q.right = shift > 0 ? 0 : -shift;
+    q.half = q.right > 0 ? 1u << (q.right - 1) : 0u;
+    q.half_neg = q.right > 0 ? q.half - 1u : 0u;
+    return q;
+}
+
+static inline int32_t tml_requant_apply(const tml_requant *q, int32_t acc)
+{
+    const int32_t v = (int32_t)(((uint32_t)acc + q->bias) << q->left);
+    const int32_t t = tml_doubling_high_mult(v, q->multiplier);
+    if (t < 0) {
+        return (int32_t)((uint32_t)t + q->half_neg) >> q->right;
+    }
+    return (int32_t)(((uint32_t)t + q->half) >> q->right);
+}
+
 /* A window geometry is consistent: out == (in + 2 * pad - kernel) / stride + 1, every size positive. */
 static inline int tml_window_fits(int32_t in, int32_t kernel, int32_t stride, int32_t pad, int32_t out)
 {

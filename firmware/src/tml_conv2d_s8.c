@@ -24,6 +24,13 @@
 
 #include <stddef.h>
 
+/* A 1x1 kernel, stride 1, no padding: the input is one [h * w][c] matrix of columns. */
+static int is_pointwise(const tml_conv_params *p, const tml_shape *filter_shape)
+{
+    return filter_shape->h == 1 && filter_shape->w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0
+        && p->pad_w == 0;
+}
+
 /* sum((x + offset) * w) over n bytes. Called with a constant 0 offset on the interior path,
  * where the compiler drops the add. */
 static inline int32_t dot_s8(const int8_t *x, const int8_t *w, int32_t n, int32_t offset)
@@ -121,6 +128,175 @@ static void copy_s8(int8_t *dst, const int8_t *src, int32_t n)
     }
 }
 
+/* The output byte of a requantized value: offset added with saturation, then clamped to int8 and the
+ * activation range (the same byte as clamping to [act_min - offset, act_max - offset] before the offset).
+ * `full_range` (act_min = -128, act_max = 127, a constant at each call) leaves only QADD and SSAT. */
+static inline __attribute__((always_inline)) int8_t dsp_output(int32_t v, int32_t offset, int32_t act_min,
+                                                                int32_t act_max, int full_range)
+{
+    int32_t r = __ssat(__qadd(v, offset), 8);
+    if (!full_range) {
+        r = tml_clamp(r, act_min, act_max);
+    }
+    return (int8_t)r;
+}
+
+/* The inner loop of the 1x1 path over `groups` (at least one) four-tap groups: pixel A at x, pixel B at
+ * x + stride (int8, widened here by SXTB16), the two channels' widened weights at w (four words per group:
+ * channel 0 taps (0, 2), (1, 3), channel 1 likewise). acc[0..3] = a00, a01, a10, a11 (channel, pixel),
+ * added to. Sixteen multiply-accumulates in sixteen instructions; two groups per step after an odd one. */
+void tml_conv_1x1_mac_dsp(const int8_t *x, const uint32_t *w, int32_t groups, int32_t stride, int32_t acc[4]);
+#define TML_MAC_1X1_GROUP                                                                                     \
+    "    ldr r9, [r0, r3]\n"         /* pixel B: four input channels */                                        \
+    "    ldr r8, [r0], #4\n"         /* pixel A */                                                             \
+    "    sxtb16 r10, r8\n"                                                                                    \
+    "    sxtb16 r8, r8, ror #8\n"                                                                             \
+    "    sxtb16 r11, r9\n"                                                                                    \
+    "    sxtb16 r9, r9, ror #8\n"                                                                             \
+    "    ldrd r12, lr, [r1], #16\n"  /* channel 0: taps (0, 2), (1, 3) */                                      \
+    "    smlad r4, r10, r12, r4\n"                                                                            \
+    "    smlad r4, r8, lr, r4\n"                                                                              \
+    "    smlad r5, r11, r12, r5\n"                                                                            \
+    "    smlad r5, r9, lr, r5\n"                                                                              \
+    "    ldrd r12, lr, [r1, #-8]\n"  /* channel 1 */                                                           \
+    "    smlad r6, r10, r12, r6\n"                                                                            \
+    "    smlad r6, r8, lr, r6\n"                                                                              \
+    "    smlad r7, r11, r12, r7\n"                                                                            \
+    "    smlad r7, r9, lr, r7\n"
+__asm__(
+    "    .section .text.tml_conv_1x1_mac_dsp,\"ax\",%progbits\n"
+    "    .syntax unified\n"
+    "    .thumb\n"
+    "    .align 2\n"
+    "    .global tml_conv_1x1_mac_dsp\n"
+    "    .type tml_conv_1x1_mac_dsp, %function\n"
+    "    .thumb_func\n"
+    "tml_conv_1x1_mac_dsp:\n"
+    "    push {r4-r11, lr}\n"
+    "    ldr r12, [sp, #36]\n"
+    "    ldm r12, {r4-r7}\n"
+    "    tst r2, #1\n"
+    "    beq 1f\n"
+    TML_MAC_1X1_GROUP
+    "    subs r2, r2, #1\n"
+    "    beq 2f\n"
+    "1:\n"
+    TML_MAC_1X1_GROUP
+    TML_MAC_1X1_GROUP
+    "    subs r2, r2, #2\n"
+    "    bne 1b\n"
+    "2:\n"
+    "    ldr r12, [sp, #36]\n"
+    "    stm r12, {r4-r7}\n"
+    "    pop {r4-r11, pc}\n"
+    "    .size tml_conv_1x1_mac_dsp, .-tml_conv_1x1_mac_dsp\n"
+    "    .text\n");
+#undef TML_MAC_1X1_GROUP
+
+/* The last, partial group of a row (1..3 bytes), zero-padded to a word. */
+static uint32_t tail_word(const int8_t *w, int32_t n)
+{
+    uint32_t v = (uint8_t)w[0];
+    if (n > 1) {
+        v |= (uint32_t)(uint8_t)w[1] << 8;
+    }
+    if (n > 2) {
+        v |= (uint32_t)(uint8_t)w[2] << 16;
+    }
+    return v;
+}
+
+/* Widen the filter rows w0, w1 (n taps) into dst as the 1x1 loop reads them, the last group zero-padded;
+ * returns their sums in sums[0], sums[1]. */
+static void widen_pair(uint32_t *dst, const int8_t *w0, const int8_t *w1, int32_t n, int32_t sums[2])
+{
+    const int32_t ones = 0x00010001;
+    int32_t s0 = 0, s1 = 0;
+    for (int32_t i = 0; i < n; i += 4) {
+        const uint32_t a = i + 4 <= n ? tml_read_u32(w0 + i) : tail_word(w0 + i, n - i);
+        const uint32_t b = i + 4 <= n ? tml_read_u32(w1 + i) : tail_word(w1 + i, n - i);
+        const int32_t ae = tml_sxtb16_even(a), ao = tml_sxtb16_odd(a);
+        const int32_t be = tml_sxtb16_even(b), bo = tml_sxtb16_odd(b);
+        dst[0] = (uint32_t)ae;
+        dst[1] = (uint32_t)ao;
+        dst[2] = (uint32_t)be;
+        dst[3] = (uint32_t)bo;
+        dst += 4;
+        s0 = __smlad(ae, ones, __smlad(ao, ones, s0));
+        s1 = __smlad(be, ones, __smlad(bo, ones, s1));
+    }
+    sums[0] = s0;
+    sums[1] = s1;
+}
+
+/* 1x1, stride 1, no padding: the input rows are the columns, read in place. Two output channels at a time
+ * (a lone last channel computed twice): their filter rows widened once into scratch, their input offset
+ * folded into the bias (sum((x + offset) * w) = sum(x * w) + offset * sum(w), mod 2^32), then two pixels
+ * at a time (a lone last pixel read twice). */
+static inline __attribute__((always_inline)) void conv_1x1_dsp_range(
+    const tml_conv_params *p, const tml_quant_channels *quant, int32_t pixels, int32_t in_c, const int8_t *input,
+    const int8_t *filter, const int32_t *bias, int32_t out_c, int8_t *output, uint32_t *wide, int full_range)
+{
+    const int32_t groups = in_c >> 2, rest = in_c & 3;
+    const int32_t offset = p->output_offset, act_min = p->act_min, act_max = p->act_max;
+    for (int32_t o = 0; o < out_c; o += 2) {
+        const int32_t pair = o + 1 < out_c;
+        const int8_t *w0 = filter + o * in_c;
+        int32_t sums[2];
+        widen_pair(wide, w0, pair ? w0 + in_c : w0, in_c, sums);
+        const int32_t o1 = pair ? o + 1 : o;
+        const uint32_t b0 = bias != NULL ? (uint32_t)bias[o] : 0u, b1 = bias != NULL ? (uint32_t)bias[o1] : 0u;
+        const tml_requant q0 = tml_requant_make((int32_t)(b0 + (uint32_t)p->input_offset * (uint32_t)sums[0]),
+                                                quant->multiplier[o], quant->shift[o]);
+        const tml_requant q1 = tml_requant_make((int32_t)(b1 + (uint32_t)p->input_offset * (uint32_t)sums[1]),
+                                                quant->multiplier[o1], quant->shift[o1]);
+        const int8_t *x = input;
+        int8_t *out = output + o;
+        for (int32_t pixel = 0; pixel < pixels; pixel += 2) {
+            const int32_t second = pixel + 1 < pixels;
+            const int32_t stride = second ? in_c : 0;
+            int32_t acc[4] = {0, 0, 0, 0};
+            if (groups > 0) {
+                tml_conv_1x1_mac_dsp(x, wide, groups, stride, acc);
+            }
+            if (rest != 0) {
+                const uint32_t *w = wide + groups * 4;
+                const uint32_t a = tail_word(x + groups * 4, rest), b = tail_word(x + stride + groups * 4, rest);
+                const int32_t ae = tml_sxtb16_even(a), ao = tml_sxtb16_odd(a);
+                const int32_t be = tml_sxtb16_even(b), bo = tml_sxtb16_odd(b);
+                acc[0] = __smlad(ao, (int32_t)w[1], __smlad(ae, (int32_t)w[0], acc[0]));
+                acc[1] = __smlad(bo, (int32_t)w[1], __smlad(be, (int32_t)w[0], acc[1]));
+                acc[2] = __smlad(ao, (int32_t)w[3], __smlad(ae, (int32_t)w[2], acc[2]));
+                acc[3] = __smlad(bo, (int32_t)w[3], __smlad(be, (int32_t)w[2], acc[3]));
+            }
+            out[0] = dsp_output(tml_requant_apply(&q0, acc[0]), offset, act_min, act_max, full_range);
+            if (pair) {
+                out[1] = dsp_output(tml_requant_apply(&q1, acc[2]), offset, act_min, act_max, full_range);
+            }
+            if (second) {
+                out[out_c] = dsp_output(tml_requant_apply(&q0, acc[1]), offset, act_min, act_max, full_range);
+                if (pair) {
+                    out[out_c + 1] = dsp_output(tml_requant_apply(&q1, acc[3]), offset, act_min, act_max,
+                                                full_range);
+                }
+            }
+            x += 2 * in_c;
+            out += 2 * out_c;
+        }
+    }
+}
+
+static void conv_1x1_dsp(const tml_conv_params *p, const tml_quant_channels *quant, int32_t pixels, int32_t in_c,
+                         const int8_t *input, const int8_t *filter, const int32_t *bias, int32_t out_c,
+                         int8_t *output, void *scratch)
+{
+    if (p->act_min == INT8_MIN && p->act_max == INT8_MAX) {
+        conv_1x1_dsp_range(p, quant, pixels, in_c, input, filter, bias, out_c, output, scratch, 1);
+    } else {
+        conv_1x1_dsp_range(p, quant, pixels, in_c, input, filter, bias, out_c, output, scratch, 0);
+    }
+}
+
 /* The geometry the DSP path gathers windows with. */
 typedef struct {
     const tml_conv_params *p;
@@ -171,19 +347,6 @@ __attribute__((noinline)) static void im2col(const dsp_geometry *g, int32_t pixe
     const int32_t kernel_len = g->k_h * row_len;
     fill_s8(s + kernel_len, zero_point, g->taps - kernel_len);
     widen_groups(col, 4, s, g->taps, g->offset2);
-}
-
-/* The last, partial group of a weight row (1..3 bytes), zero-padded to a word. */
-static uint32_t tail_word(const int8_t *w, int32_t n)
-{
-    uint32_t v = (uint8_t)w[0];
-    if (n > 1) {
-        v |= (uint32_t)(uint8_t)w[1] << 8;
-    }
-    if (n > 2) {
-        v |= (uint32_t)(uint8_t)w[2] << 16;
-    }
-    return v;
 }
 
 /* The inner loop of mac_2x2 over `groups` (at least one) whole four-tap groups, in assembly so that all
@@ -241,7 +404,8 @@ __asm__(
 #undef TML_MAC_2X2_GROUP
 
 /* Two channels (w0, w1) by two pixels (interleaved columns): acc[channel * 2 + pixel]. */
-static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len, int32_t acc[4])
+static inline void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len,
+                           int32_t acc[4])
 {
     const int32_t groups = kernel_len >> 2;
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
@@ -274,9 +438,14 @@ static void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int
     acc[3] = a11;
 }
 
-static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, const tml_shape *in,
-                     const int8_t *input, const tml_shape *filter_shape, const int8_t *filter, const int32_t *bias,
-                     const tml_shape *out, int8_t *output, void *scratch)
+/* The general DSP path for rows of `full_range` (a constant at each call: see dsp_output). Two pixels'
+ * windows are gathered, then two channels at a time run over them. The column is zero-padded to whole
+ * four-tap groups, so where a pair's weight rows are followed by another row in the filter (every pair but
+ * the last), the inner loop reads the padding taps' weights too (they multiply 0) and needs no tail. */
+static inline __attribute__((always_inline)) void conv_dsp_range(
+    const tml_conv_params *p, const tml_quant_channels *quant, const tml_shape *in, const int8_t *input,
+    const tml_shape *filter_shape, const int8_t *filter, const int32_t *bias, const tml_shape *out, int8_t *output,
+    void *scratch, int full_range)
 {
     const int32_t kernel_len = filter_shape->h * filter_shape->w * in->c;
     const int32_t taps = column_taps(kernel_len);
@@ -292,8 +461,7 @@ static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, 
     };
     const int32_t out_c = out->c;
     const int32_t pixels = out->h * out->w;
-    const int32_t offset = p->output_offset;
-    const int32_t lo = p->act_min - offset, hi = p->act_max - offset; /* the clamp before the offset */
+    const int32_t offset = p->output_offset, act_min = p->act_min, act_max = p->act_max;
     for (int32_t pixel = 0; pixel < pixels; pixel += 2) {
         const int32_t second = pixel + 1 < pixels; /* a lone last pixel is gathered twice */
         im2col(&g, pixel, cols);
@@ -304,22 +472,29 @@ static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, 
             const int32_t pair = o + 1 < out_c; /* a lone last channel is computed twice */
             const int8_t *w0 = filter + o * kernel_len;
             int32_t acc[4];
-            mac_2x2(cols, w0, pair ? w0 + kernel_len : w0, kernel_len, acc);
-            for (int32_t c = 0; c <= pair; c++) { /* tml_requantize_output, its per-channel steps shared */
+            mac_2x2(cols, w0, pair ? w0 + kernel_len : w0, o + 2 < out_c ? taps : kernel_len, acc);
+            for (int32_t c = 0; c <= pair; c++) {
                 const int32_t ch = o + c;
-                const uint32_t b = bias != NULL ? (uint32_t)bias[ch] : 0u;
-                const int32_t multiplier = quant->multiplier[ch], shift = quant->shift[ch];
-                const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-                int32_t v = (int32_t)(((uint32_t)acc[c * 2] + b) << left);
-                v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, multiplier), right);
-                out_a[ch] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+                const tml_requant q = tml_requant_make(bias != NULL ? bias[ch] : 0, quant->multiplier[ch],
+                                                       quant->shift[ch]);
+                out_a[ch] = dsp_output(tml_requant_apply(&q, acc[c * 2]), offset, act_min, act_max, full_range);
                 if (second) {
-                    v = (int32_t)(((uint32_t)acc[c * 2 + 1] + b) << left);
-                    v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, multiplier), right);
-                    out_b[ch] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+                    out_b[ch] = dsp_output(tml_requant_apply(&q, acc[c * 2 + 1]), offset, act_min, act_max,
+                                           full_range);
                 }
             }
         }
+    }
+}
+
+static void conv_dsp(const tml_conv_params *p, const tml_quant_channels *quant, const tml_shape *in,
+                     const int8_t *input, const tml_shape *filter_shape, const int8_t *filter, const int32_t *bias,
+                     const tml_shape *out, int8_t *output, void *scratch)
+{
+    if (p->act_min == INT8_MIN && p->act_max == INT8_MAX) {
+        conv_dsp_range(p, quant, in, input, filter_shape, filter, bias, out, output, scratch, 1);
+    } else {
+        conv_dsp_range(p, quant, in, input, filter_shape, filter, bias, out, output, scratch, 0);
     }
 }
 #endif
@@ -376,6 +551,11 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
     const tml_conv_params *p = &local;
 #if defined(TML_USE_DSP)
     if (scratch != NULL) { /* without scratch (C generated for another target) the portable loop runs */
+        if (is_pointwise(p, filter_shape)) {
+            conv_1x1_dsp(p, quant, input_shape->h * input_shape->w, input_shape->c, input, filter, bias,
+                         output_shape->c, output, scratch);
+            return TML_OK;
+        }
         conv_dsp(p, quant, input_shape, input, filter_shape, filter, bias, output_shape, output, scratch);
         return TML_OK;
     }
@@ -386,7 +566,7 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
     const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
     const int32_t out_c = output_shape->c;
 
-    if (k_h == 1 && k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 && p->pad_w == 0) {
+    if (is_pointwise(p, filter_shape)) {
         conv_pointwise(p, quant, in_h * in_w, in_c, input, filter, bias, out_c, output);
         return TML_OK;
     }
