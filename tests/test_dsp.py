@@ -1,4 +1,5 @@
-"""The DSP kernel paths (Cortex-M4, M7, M33: convolution, depthwise, fully connected, average pooling) and
+"""The DSP kernel paths (Cortex-M4, M7, M33: convolution with its 1x1 and general variants, depthwise, fully
+connected, average and max pooling, add, softmax) and
 the portable path (Cortex-M3) on the boards, byte for byte against the numpy reference.
 
 The host has no DSP extension, so these paths only run in QEMU. To keep that cheap, one firmware per board
@@ -22,24 +23,28 @@ from tinyml.board.boards import resolve_board
 from tinyml.kernels import conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes, folded_bias
 from tinyml.numbers import quantize_multiplier
 from tinyml.reference.conv import conv2d_s8, conv_output_size, dwconv2d_s8, fc_s8
-from tinyml.reference.pool import avgpool_s8
+from tinyml.reference.elementwise import ADD_PARAM_FIELDS, add_s8, softmax_exp_table, softmax_s8
+from tinyml.reference.pool import avgpool_s8, maxpool_s8
 from tinyml.weights import c_values
 
 BOARDS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m3")
 GUARD_BYTES = 16
 GUARD = 0xA5
 SCRATCH_OVERRUN = 99  # the status a case reports when its kernel wrote past its scratch
-CASES = 70
+CASES = 90
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+POOLS = {"avgpool": avgpool_s8, "maxpool": maxpool_s8}
 
 
 @dataclass
 class Case:
     """One kernel call: its data, arguments and the reference's output."""
 
-    op: str  # conv2d, dwconv2d, fc or avgpool
+    op: str  # conv2d, dwconv2d, fc, avgpool, maxpool, add or softmax
     x: np.ndarray
-    w: np.ndarray | None
+    w: np.ndarray | None  # add: the second input; softmax: the exp table
     bias: np.ndarray | None
     kw: dict
     fold: bool = False  # fc: pass the code generator's folded bias
@@ -49,8 +54,12 @@ class Case:
     def expected(self) -> np.ndarray:
         if self.op == "fc":
             return fc_s8(self.x, self.w, self.bias, **self.kw)
-        if self.op == "avgpool":
-            return avgpool_s8(self.x, **self.kw)
+        if self.op in POOLS:
+            return POOLS[self.op](self.x, **self.kw)
+        if self.op == "add":
+            return add_s8(self.x, self.w, **self.kw)
+        if self.op == "softmax":
+            return softmax_s8(self.x, self.w)
         if self.op == "dwconv2d":
             return dwconv2d_s8(self.x, self.w, self.bias, **self.kw)
         return conv2d_s8(self.x, self.w, self.bias, **self.kw)
@@ -58,7 +67,9 @@ class Case:
     def out_shape(self) -> tuple[int, ...]:
         if self.op == "fc":
             return (self.w.shape[0],)
-        if self.op == "avgpool":
+        if self.op in ("add", "softmax"):
+            return self.x.shape
+        if self.op in POOLS:
             (kh, kw), (sh, sw), (ph, pw) = self.kw["kernel"], self.kw["stride"], self.kw["padding"]
             h, w = conv_output_size(self.x.shape[0], kh, sh, ph), conv_output_size(self.x.shape[1], kw, sw, pw)
             return (h, w, self.x.shape[2])
@@ -69,7 +80,7 @@ class Case:
         return (h, w, out_c)
 
     def scratch(self, board) -> int:
-        if self.op in ("fc", "avgpool") or self.no_scratch:
+        if self.op not in ("conv2d", "dwconv2d") or self.no_scratch:
             return 0
         if self.op == "dwconv2d":
             return dwconv2d_s8_scratch_bytes(
@@ -121,7 +132,26 @@ def random_cases(seed: int, count: int) -> list[Case]:
     rng = np.random.default_rng(seed)
     cases = []
     for k in range(count):
-        if k % 7 == 6:  # average pooling, windows of 1 .. 300 cells (the DSP path sums up to 255)
+        if k % 9 == 8:  # add (inputs of 1 .. 40 elements, words and tails) and softmax (rows of 1 .. 40)
+            shape = (int(rng.integers(1, 5)), int(rng.integers(1, 11)))
+            if k % 18 == 17:
+                table = softmax_exp_table(float(10.0 ** rng.uniform(-3, 0)))
+                cases.append(Case("softmax", _int8(rng, shape), table, None, {}))
+                continue
+            quant = [quantize_multiplier(float(10.0 ** rng.uniform(-3, 0))) for _ in range(3)]
+            if rng.integers(4) == 0:
+                quant[int(rng.integers(3))] = [(INT32_MAX, -31), (INT32_MAX, 30), (1, 0)][rng.integers(3)]
+            clamp = sorted(rng.integers(-128, 128, size=2).tolist()) if rng.integers(3) == 0 else [-128, 127]
+            zero_points = [-128, 127, 0, int(rng.integers(-128, 128))]
+            kw = dict(
+                in1_offset=-zero_points[rng.integers(4)], in1_multiplier=quant[0][0], in1_shift=quant[0][1],
+                in2_offset=-zero_points[rng.integers(4)], in2_multiplier=quant[1][0], in2_shift=quant[1][1],
+                left_shift=int(rng.choice([0, 20, 31])), output_offset=zero_points[rng.integers(4)],
+                out_multiplier=quant[2][0], out_shift=quant[2][1], act_min=int(clamp[0]), act_max=int(clamp[1]),
+            )  # fmt: skip
+            cases.append(Case("add", _int8(rng, shape), _int8(rng, shape), None, kw))
+            continue
+        if k % 7 == 6:  # pooling, windows of 1 .. 300 cells (the DSP average pool sums up to 255)
             h, w, c = int(rng.integers(1, 19)), int(rng.integers(1, 19)), int(rng.choice([1, 4, 5, 8, 12]))
             kernel = (int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1)))
             if k % 21 == 20:  # global, over 256 .. 324 cells
@@ -131,7 +161,7 @@ def random_cases(seed: int, count: int) -> list[Case]:
             stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
             clamp = sorted(rng.integers(-128, 128, size=2).tolist()) if rng.integers(3) == 0 else [-128, 127]
             kw = dict(kernel=kernel, stride=stride, padding=padding, act_min=int(clamp[0]), act_max=int(clamp[1]))
-            cases.append(Case("avgpool", _int8(rng, (h, w, c)), None, None, kw))
+            cases.append(Case("maxpool" if k % 14 == 13 else "avgpool", _int8(rng, (h, w, c)), None, None, kw))
             continue
         if k % 5 == 4:  # depthwise: channel counts around multiples of four, depth multipliers 1 .. 3
             h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
@@ -180,7 +210,19 @@ def _case_c(i: int, case: Case, out_offset: int) -> tuple[list[str], str]:
     """The constants of case i, and the statements that run it into out[out_offset...]."""
     p = f"case{i}"
     kw = case.kw
-    if case.op == "avgpool":
+    if case.op == "add":
+        fields = ", ".join(str(int(kw[k])) for k in ADD_PARAM_FIELDS)
+        lines = [
+            _array("int8_t", f"{p}_x", case.x),
+            _array("int8_t", f"{p}_x2", case.w),
+            f"static const tml_add_params {p}_params = {{{fields}}};",
+        ]
+        return lines, f"tml_add_s8(&{p}_params, {p}_x, {p}_x2, out + {out_offset}, {case.x.size})"
+    if case.op == "softmax":
+        lines = [_array("int8_t", f"{p}_x", case.x), _array("uint32_t", f"{p}_table", case.w)]
+        rows, row = case.x.shape
+        return lines, f"tml_softmax_s8({p}_table, {p}_x, {rows}, {row}, out + {out_offset})"
+    if case.op in POOLS:
         (kh, kw_), (sh, sw), (ph, pw) = kw["kernel"], kw["stride"], kw["padding"]
         oh, ow, oc = case.out_shape()
         lines = [
@@ -190,7 +232,7 @@ def _case_c(i: int, case: Case, out_offset: int) -> tuple[list[str], str]:
             f"static const tml_shape {p}_in = {{{case.x.shape[0]}, {case.x.shape[1]}, {case.x.shape[2]}}};",
             f"static const tml_shape {p}_out = {{{oh}, {ow}, {oc}}};",
         ]
-        return lines, f"tml_avgpool_s8(&{p}_params, &{p}_in, {p}_x, &{p}_out, out + {out_offset})"
+        return lines, f"tml_{case.op}_s8(&{p}_params, &{p}_in, {p}_x, &{p}_out, out + {out_offset})"
     lines = [
         _array("int8_t", f"{p}_x", case.x),
         _array("int8_t", f"{p}_w", case.w),
@@ -348,15 +390,26 @@ def test_dsp_objects_use_smlad_only_where_the_core_has_it(board_runs, board):
 
 
 def test_cases_cover_the_dsp_variants(cases):
-    """The generated cases reach every branch of the DSP paths: staging copy, odd channels, 1x1, fc fold."""
+    """The generated cases reach every branch of the DSP paths: staging copy, odd channels, the 1x1 variant with
+    and without a tail, whole-group weight rows, both output clamps, fc fold, max pooling, add, softmax."""
     convs = [c for c in cases if c.op == "conv2d"]
     assert any(c.x.shape[2] % 4 for c in convs) and any(c.x.shape[2] % 4 == 0 for c in convs)
     assert any(c.w.shape[0] % 2 for c in convs) and any(np.prod(c.out_shape()[:2]) % 2 for c in convs)
-    assert any(c.w.shape[1:3] == (1, 1) for c in convs)
+    pointwise = [c for c in convs if c.w.shape[1:3] == (1, 1) and c.kw["stride"] == (1, 1)
+                 and c.kw["padding"] == (0, 0) and not c.no_scratch]  # fmt: skip
+    assert any(c.x.shape[2] < 4 for c in pointwise) and any(c.x.shape[2] > 4 and c.x.shape[2] % 4 for c in pointwise)
+    assert any(c.x.shape[2] % 4 == 0 for c in pointwise) and any(c.w.shape[0] % 2 for c in pointwise)
+    general = [c for c in convs if all(c is not q for q in pointwise) and not c.no_scratch]
+    assert any(np.prod(c.w.shape[1:]) % 4 and c.w.shape[0] >= 3 for c in general)  # whole groups over the padding
+    assert any((c.kw["act_min"], c.kw["act_max"]) == (-128, 127) for c in general + pointwise)
+    assert any((c.kw["act_min"], c.kw["act_max"]) != (-128, 127) for c in general + pointwise)
     assert any(c.kw["padding"] != (0, 0) for c in convs) and any(c.no_scratch for c in convs)
     dws = [c for c in cases if c.op == "dwconv2d"]
     assert any(c.kw["depth_multiplier"] == 1 and c.x.shape[2] >= 4 for c in dws)
     assert any(c.kw["depth_multiplier"] > 1 for c in dws) and any(c.x.shape[2] % 4 for c in dws)
+    maxpools = [c for c in cases if c.op == "maxpool"]
+    assert any(c.x.shape[2] % 4 == 0 for c in maxpools) and any(c.x.shape[2] % 4 for c in maxpools)
+    assert any(c.op == "softmax" for c in cases) and any(c.op == "add" and c.x.size >= 4 for c in cases)
     pools = [c for c in cases if c.op == "avgpool"]
     assert any(c.kw["kernel"][0] * c.kw["kernel"][1] > 255 for c in pools)
     assert any(c.x.shape[2] % 4 == 0 for c in pools) and any(c.x.shape[2] % 4 for c in pools)

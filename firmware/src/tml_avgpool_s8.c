@@ -8,16 +8,39 @@
  * The DSP path (Cortex-M4, M7, M33) sums four channels per word: SXTAB16 adds bytes 0 and 2, and
  * (rotated) bytes 1 and 3, to two int16 pairs, exact while a window has at most 255 cells
  * (|sum| <= 128 * 255 fits int16); larger windows take the portable loop.
+ *
+ * No division per output: a window's mean is |sum| + count / 2 divided by count, which is
+ * (n * m) >> 32 with m = floor((2^32 - 1) / count) + 1, computed once per distinct count (interior
+ * windows share one). Exact: m * count = 2^32 + e with 0 <= e <= count - 1, so n * m / 2^32 is n / count
+ * plus n * e / (count * 2^32), below the next integer while n * e < 2^32; n <= 128.5 * count makes that
+ * hold for every count up to TML_AVGPOOL_RECIPROCAL_MAX (129 * 5770 * 5769 < 2^32). Larger windows divide.
  */
 #include "tml_nn.h"
 #include "tml_support.h"
 
 #include <stddef.h>
 
-/* The rounded mean of `count` cells summing to `sum`, clamped. */
-static inline int8_t mean_output(int32_t sum, int32_t count, int32_t act_min, int32_t act_max)
+#define TML_AVGPOOL_RECIPROCAL_MAX 5770
+
+/* The reciprocal of a window's cell count: see the file comment (0 when count must divide). */
+static inline uint32_t count_reciprocal(int32_t count)
 {
-    const int32_t mean = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count;
+    return count >= 2 && count <= TML_AVGPOOL_RECIPROCAL_MAX ? 0xFFFFFFFFu / (uint32_t)count + 1u : 0u;
+}
+
+/* The mean of `count` cells summing to `sum`, rounded half away from zero, clamped. */
+static inline int8_t mean_output(int32_t sum, int32_t count, uint32_t reciprocal, int32_t act_min, int32_t act_max)
+{
+    const uint32_t n = (uint32_t)(sum < 0 ? -sum : sum) + (uint32_t)(count / 2);
+    uint32_t q;
+    if (reciprocal != 0u) {
+        q = (uint32_t)(((uint64_t)n * reciprocal) >> 32);
+    } else if (count == 1) {
+        q = n;
+    } else {
+        q = n / (uint32_t)count;
+    }
+    const int32_t mean = sum < 0 ? -(int32_t)q : (int32_t)q;
     return (int8_t)tml_clamp(mean, act_min, act_max);
 }
 
@@ -29,6 +52,8 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
         return TML_ARG_ERROR;
     }
     const int32_t channels = input_shape->c;
+    int32_t reciprocal_count = 0;
+    uint32_t reciprocal = 0u;
     for (int32_t oy = 0; oy < output_shape->h; oy++) {
         const tml_window_span ky = tml_window_span_at(oy, params->stride_h, params->pad_h, params->kernel_h,
                                                       input_shape->h);
@@ -38,6 +63,10 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
                                                           input_shape->w);
             const int32_t x_begin = kx.origin + kx.begin, x_end = kx.origin + kx.end;
             const int32_t count = (y_end - y_begin) * (x_end - x_begin);
+            if (count != reciprocal_count) {
+                reciprocal_count = count;
+                reciprocal = count_reciprocal(count);
+            }
             int8_t *out = output + (oy * output_shape->w + ox) * channels;
             int32_t c = 0;
 #if defined(TML_USE_DSP)
@@ -55,10 +84,10 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
                             s13 = tml_sxtab16_odd(s13, v);
                         }
                     }
-                    out[c] = mean_output((int16_t)s02, count, params->act_min, params->act_max);
-                    out[c + 1] = mean_output((int16_t)s13, count, params->act_min, params->act_max);
-                    out[c + 2] = mean_output(s02 >> 16, count, params->act_min, params->act_max);
-                    out[c + 3] = mean_output(s13 >> 16, count, params->act_min, params->act_max);
+                    out[c] = mean_output((int16_t)s02, count, reciprocal, params->act_min, params->act_max);
+                    out[c + 1] = mean_output((int16_t)s13, count, reciprocal, params->act_min, params->act_max);
+                    out[c + 2] = mean_output(s02 >> 16, count, reciprocal, params->act_min, params->act_max);
+                    out[c + 3] = mean_output(s13 >> 16, count, reciprocal, params->act_min, params->act_max);
                 }
             }
 #endif
@@ -70,7 +99,7 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
                         sum += *cell;
                     }
                 }
-                out[c] = mean_output(sum, count, params->act_min, params->act_max);
+                out[c] = mean_output(sum, count, reciprocal, params->act_min, params->act_max);
             }
         }
     }
