@@ -24,6 +24,9 @@
 
 #include <stddef.h>
 
+/* Pixels whose sums the DSP 1x1 path holds in scratch at once (int32 per pixel and channel of a pair). */
+#define TML_CONV_1X1_CHUNK 16
+
 /* A 1x1 kernel, stride 1, no padding: the input is one [h * w][c] matrix of columns. */
 static int is_pointwise(const tml_conv_params *p, const tml_shape *filter_shape)
 {
@@ -141,11 +144,14 @@ static inline __attribute__((always_inline)) int8_t dsp_output(int32_t v, int32_
     return (int8_t)r;
 }
 
-/* The inner loop of the 1x1 path over `groups` (at least one) four-tap groups: pixel A at x, pixel B at
- * x + stride (int8, widened here by SXTB16), the two channels' widened weights at w (four words per group:
- * channel 0 taps (0, 2), (1, 3), channel 1 likewise). acc[0..3] = a00, a01, a10, a11 (channel, pixel),
- * added to. Sixteen multiply-accumulates in sixteen instructions; two groups per step after an odd one. */
-void tml_conv_1x1_mac_dsp(const int8_t *x, const uint32_t *w, int32_t groups, int32_t stride, int32_t acc[4]);
+/* The 1x1 path's accumulation for `pairs` pixel pairs: pair k's pixel A at x + k * step, its pixel B `stride`
+ * bytes further (int8, widened here by SXTB16), both channels' widened weights at w (four words per group:
+ * channel 0 taps (0, 2), (1, 3), channel 1 likewise), `groups` (at least one) four-tap groups. Writes four
+ * sums per pair to acc: a00, a01, a10, a11 (channel, pixel). Sixteen multiply-accumulates in sixteen
+ * instructions per group, two groups per step after an odd one; the loop over pairs is here too, so that
+ * nothing but the sums leaves the registers. */
+void tml_conv_1x1_pairs_dsp(const int8_t *x, const uint32_t *w, int32_t groups, int32_t stride, int32_t pairs,
+                            int32_t *acc, int32_t step);
 #define TML_MAC_1X1_GROUP                                                                                     \
     "    ldr r9, [r0, r3]\n"         /* pixel B: four input channels */                                        \
     "    ldr r8, [r0], #4\n"         /* pixel A */                                                             \
@@ -164,17 +170,26 @@ void tml_conv_1x1_mac_dsp(const int8_t *x, const uint32_t *w, int32_t groups, in
     "    smlad r7, r11, r12, r7\n"                                                                            \
     "    smlad r7, r9, lr, r7\n"
 __asm__(
-    "    .section .text.tml_conv_1x1_mac_dsp,\"ax\",%progbits\n"
+    "    .section .text.tml_conv_1x1_pairs_dsp,\"ax\",%progbits\n"
     "    .syntax unified\n"
     "    .thumb\n"
     "    .align 2\n"
-    "    .global tml_conv_1x1_mac_dsp\n"
-    "    .type tml_conv_1x1_mac_dsp, %function\n"
+    "    .global tml_conv_1x1_pairs_dsp\n"
+    "    .type tml_conv_1x1_pairs_dsp, %function\n"
     "    .thumb_func\n"
-    "tml_conv_1x1_mac_dsp:\n"
+    "tml_conv_1x1_pairs_dsp:\n"
     "    push {r4-r11, lr}\n"
-    "    ldr r12, [sp, #36]\n"
-    "    ldm r12, {r4-r7}\n"
+    "    sub sp, sp, #12\n"          /* [sp] w, [sp, #4] groups, [sp, #8] step - 4 * groups */
+    "    ldr r12, [sp, #56]\n"       /* step */
+    "    sub r12, r12, r2, lsl #2\n"
+    "    strd r1, r2, [sp]\n"
+    "    str r12, [sp, #8]\n"
+    "3:\n"
+    "    movs r4, #0\n"
+    "    movs r5, #0\n"
+    "    movs r6, #0\n"
+    "    movs r7, #0\n"
+    "    ldrd r1, r2, [sp]\n"
     "    tst r2, #1\n"
     "    beq 1f\n"
     TML_MAC_1X1_GROUP
@@ -186,10 +201,16 @@ __asm__(
     "    subs r2, r2, #2\n"
     "    bne 1b\n"
     "2:\n"
-    "    ldr r12, [sp, #36]\n"
-    "    stm r12, {r4-r7}\n"
+    "    ldrd r8, r9, [sp, #48]\n"   /* pairs, acc */
+    "    ldr r10, [sp, #8]\n"
+    "    stm r9!, {r4-r7}\n"
+    "    add r0, r0, r10\n"
+    "    subs r8, r8, #1\n"
+    "    strd r8, r9, [sp, #48]\n"
+    "    bne 3b\n"
+    "    add sp, sp, #12\n"
     "    pop {r4-r11, pc}\n"
-    "    .size tml_conv_1x1_mac_dsp, .-tml_conv_1x1_mac_dsp\n"
+    "    .size tml_conv_1x1_pairs_dsp, .-tml_conv_1x1_pairs_dsp\n"
     "    .text\n");
 #undef TML_MAC_1X1_GROUP
 
@@ -229,59 +250,79 @@ static void widen_pair(uint32_t *dst, const int8_t *w0, const int8_t *w1, int32_
     sums[1] = s1;
 }
 
+/* Requantize one channel of a chunk: pixel i's sum at sums[(i / 2) * 4 + i % 2], its output byte at
+ * out + i * out_c. */
+static inline __attribute__((always_inline)) void requantize_chunk(tml_requant q, const int32_t *sums, int32_t n,
+                                                                   int8_t *out, int32_t out_c, int32_t offset,
+                                                                   int32_t act_min, int32_t act_max,
+                                                                   int full_range)
+{
+    for (int32_t i = 0; i + 1 < n; i += 2) {
+        out[0] = dsp_output(tml_requant_apply(&q, sums[0]), offset, act_min, act_max, full_range);
+        out[out_c] = dsp_output(tml_requant_apply(&q, sums[1]), offset, act_min, act_max, full_range);
+        sums += 4;
+        out += 2 * out_c;
+    }
+    if (n & 1) {
+        out[0] = dsp_output(tml_requant_apply(&q, sums[0]), offset, act_min, act_max, full_range);
+    }
+}
+
 /* 1x1, stride 1, no padding: the input rows are the columns, read in place. Two output channels at a time
  * (a lone last channel computed twice): their filter rows widened once into scratch, their input offset
- * folded into the bias (sum((x + offset) * w) = sum(x * w) + offset * sum(w), mod 2^32), then two pixels
- * at a time (a lone last pixel read twice). */
+ * folded into the bias (sum((x + offset) * w) = sum(x * w) + offset * sum(w), mod 2^32); then chunks of
+ * pixels, two at a time (a lone last pixel read twice), summed into scratch and requantized channel by
+ * channel. Scratch: the widened rows (4 * taps bytes), then 8 * TML_CONV_1X1_CHUNK bytes of sums. */
 static inline __attribute__((always_inline)) void conv_1x1_dsp_range(
     const tml_conv_params *p, const tml_quant_channels *quant, int32_t pixels, int32_t in_c, const int8_t *input,
-    const int8_t *filter, const int32_t *bias, int32_t out_c, int8_t *output, uint32_t *wide, int full_range)
+    const int8_t *filter, const int32_t *bias, int32_t out_c, int8_t *output, void *scratch, int full_range)
 {
     const int32_t groups = in_c >> 2, rest = in_c & 3;
+    uint32_t *wide = (uint32_t *)scratch;
+    int32_t *sums = (int32_t *)scratch + column_taps(in_c);
     const int32_t offset = p->output_offset, act_min = p->act_min, act_max = p->act_max;
     for (int32_t o = 0; o < out_c; o += 2) {
         const int32_t pair = o + 1 < out_c;
         const int8_t *w0 = filter + o * in_c;
-        int32_t sums[2];
-        widen_pair(wide, w0, pair ? w0 + in_c : w0, in_c, sums);
+        int32_t weight_sums[2];
+        widen_pair(wide, w0, pair ? w0 + in_c : w0, in_c, weight_sums);
         const int32_t o1 = pair ? o + 1 : o;
         const uint32_t b0 = bias != NULL ? (uint32_t)bias[o] : 0u, b1 = bias != NULL ? (uint32_t)bias[o1] : 0u;
-        const tml_requant q0 = tml_requant_make((int32_t)(b0 + (uint32_t)p->input_offset * (uint32_t)sums[0]),
+        const tml_requant q0 = tml_requant_make((int32_t)(b0 + (uint32_t)p->input_offset * (uint32_t)weight_sums[0]),
                                                 quant->multiplier[o], quant->shift[o]);
-        const tml_requant q1 = tml_requant_make((int32_t)(b1 + (uint32_t)p->input_offset * (uint32_t)sums[1]),
+        const tml_requant q1 = tml_requant_make((int32_t)(b1 + (uint32_t)p->input_offset * (uint32_t)weight_sums[1]),
                                                 quant->multiplier[o1], quant->shift[o1]);
-        const int8_t *x = input;
-        int8_t *out = output + o;
-        for (int32_t pixel = 0; pixel < pixels; pixel += 2) {
-            const int32_t second = pixel + 1 < pixels;
-            const int32_t stride = second ? in_c : 0;
-            int32_t acc[4] = {0, 0, 0, 0};
+        for (int32_t pixel = 0; pixel < pixels; pixel += TML_CONV_1X1_CHUNK) {
+            const int32_t n = pixels - pixel < TML_CONV_1X1_CHUNK ? pixels - pixel : TML_CONV_1X1_CHUNK;
+            const int32_t pairs = n >> 1;
+            const int8_t *x = input + pixel * in_c;
             if (groups > 0) {
-                tml_conv_1x1_mac_dsp(x, wide, groups, stride, acc);
-            }
-            if (rest != 0) {
-                const uint32_t *w = wide + groups * 4;
-                const uint32_t a = tail_word(x + groups * 4, rest), b = tail_word(x + stride + groups * 4, rest);
-                const int32_t ae = tml_sxtb16_even(a), ao = tml_sxtb16_odd(a);
-                const int32_t be = tml_sxtb16_even(b), bo = tml_sxtb16_odd(b);
-                acc[0] = __smlad(ao, (int32_t)w[1], __smlad(ae, (int32_t)w[0], acc[0]));
-                acc[1] = __smlad(bo, (int32_t)w[1], __smlad(be, (int32_t)w[0], acc[1]));
-                acc[2] = __smlad(ao, (int32_t)w[3], __smlad(ae, (int32_t)w[2], acc[2]));
-                acc[3] = __smlad(bo, (int32_t)w[3], __smlad(be, (int32_t)w[2], acc[3]));
-            }
-            out[0] = dsp_output(tml_requant_apply(&q0, acc[0]), offset, act_min, act_max, full_range);
-            if (pair) {
-                out[1] = dsp_output(tml_requant_apply(&q1, acc[2]), offset, act_min, act_max, full_range);
-            }
-            if (second) {
-                out[out_c] = dsp_output(tml_requant_apply(&q0, acc[1]), offset, act_min, act_max, full_range);
-                if (pair) {
-                    out[out_c + 1] = dsp_output(tml_requant_apply(&q1, acc[3]), offset, act_min, act_max,
-                                                full_range);
+                if (pairs > 0) {
+                    tml_conv_1x1_pairs_dsp(x, wide, groups, in_c, pairs, sums, 2 * in_c);
+                }
+                if (n & 1) { /* a lone last pixel: its pair partner is itself */
+                    tml_conv_1x1_pairs_dsp(x + 2 * pairs * in_c, wide, groups, 0, 1, sums + 4 * pairs, 0);
+                }
+            } else {
+                for (int32_t i = 0; i < 4 * ((n + 1) >> 1); i++) {
+                    sums[i] = 0;
                 }
             }
-            x += 2 * in_c;
-            out += 2 * out_c;
+            if (rest != 0) { /* the last, partial group of every pixel */
+                const uint32_t *w = wide + groups * 4;
+                for (int32_t i = 0; i < n; i++) {
+                    const uint32_t v = tail_word(x + i * in_c + groups * 4, rest);
+                    const int32_t e = tml_sxtb16_even(v), od = tml_sxtb16_odd(v);
+                    int32_t *s = sums + (i >> 1) * 4 + (i & 1);
+                    s[0] = __smlad(od, (int32_t)w[1], __smlad(e, (int32_t)w[0], s[0]));
+                    s[2] = __smlad(od, (int32_t)w[3], __smlad(e, (int32_t)w[2], s[2]));
+                }
+            }
+            int8_t *out = output + pixel * out_c + o;
+            requantize_chunk(q0, sums, n, out, out_c, offset, act_min, act_max, full_range);
+            if (pair) {
+                requantize_chunk(q1, sums + 2, n, out + 1, out_c, offset, act_min, act_max, full_range);
+            }
         }
     }
 }
@@ -587,9 +628,16 @@ int32_t tml_conv2d_s8_scratch_bytes(const tml_shape *input_shape, const tml_shap
         return 0;
     }
 #if defined(TML_DSP_SCRATCH)
-    /* two interleaved int16 columns, and an int8 staging copy when in_c is not a multiple of 4 */
+    /* The general path: two interleaved int16 columns, and an int8 staging copy when in_c is not a multiple
+     * of 4. The 1x1 path (stride 1, no padding, which the shapes alone cannot tell, so a 1x1 filter gets the
+     * larger of the two): two widened filter rows and the sums of a chunk of pixels. */
     const int32_t taps = (filter_shape->h * filter_shape->w * input_shape->c + 3) & ~3;
-    return 4 * taps + ((input_shape->c & 3) != 0 ? taps : 0);
+    const int32_t general = 4 * taps + ((input_shape->c & 3) != 0 ? taps : 0);
+    if (filter_shape->h == 1 && filter_shape->w == 1) {
+        const int32_t pointwise = 4 * taps + 8 * TML_CONV_1X1_CHUNK;
+        return pointwise > general ? pointwise : general;
+    }
+    return general;
 #else
     return 0;
 #endif
