@@ -8,7 +8,9 @@ the board (so the kernel, its scratch and the constants the emitter precomputes 
 gets), built at -O3 and run once in QEMU. The board's output must equal the numpy reference
 (`tinyml.reference`) byte for byte, else the script stops with an error. Counts are what
 `tinyml.board.qemu.run_firmware` reports for the layer: exact on every board (the QEMU
-instruction-count plugin). `target` is 0.9x CMSIS-NN's count on Cortex-M4 at -O3.
+instruction-count plugin). `target` is 0.9x CMSIS-NN's count on Cortex-M4 at -O3. Kernel code bytes
+are the linked sizes, from the ELF's symbol table, of the functions the kernel's object file defines
+(its entry point, the variants the wrapper may pick, their helpers), as built for that board.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from elftools.elf.elffile import ELFFile
 from rich.console import Console
 from rich.table import Table
 
 from tinyml import graphfile, plugins
 from tinyml.board.boards import resolve_board
-from tinyml.board.project import build_firmware
+from tinyml.board.project import FirmwareBuild, build_firmware
 from tinyml.board.qemu import run_firmware
 from tinyml.codegen import generate
 from tinyml.ir import Graph, Node, Tensor
@@ -148,8 +151,38 @@ def layer_graph(layer: Layer, data: dict[str, np.ndarray]) -> Graph:
     return Graph(tensors, [Node(layer.name, layer.op, ["x", "w", "b"], ["y"], attrs)], ["x"], ["y"])
 
 
-def write_model(graph: Graph, board_name: str, folder: Path) -> int:
-    """Generate the C of `graph` for the board into `folder` as a compiled model; returns its scratch bytes."""
+def _functions(path: Path) -> list[tuple[str, str, str, int]]:
+    """(source file, name, binding, size) of every function symbol of an ELF or object file, in table order.
+
+    A local symbol's source file is the STT_FILE symbol before it; globals carry none ("")."""
+    functions, source = [], ""
+    with path.open("rb") as f:
+        for symbol in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
+            kind, bind = symbol["st_info"]["type"], symbol["st_info"]["bind"]
+            if kind == "STT_FILE":
+                source = symbol.name
+            elif kind == "STT_FUNC" and symbol["st_shndx"] != "SHN_UNDEF":
+                functions.append((source if bind == "STB_LOCAL" else "", symbol.name, bind, symbol["st_size"]))
+    return functions
+
+
+def kernel_code_bytes(firmware: FirmwareBuild, function: str) -> int:
+    """Linked bytes of the functions that the kernel's object file (`<function>.o`) defines."""
+    objects = sorted(firmware.out_dir.glob(f"project/.pio/build/**/{function}.o"))
+    if len(objects) != 1:
+        raise SystemExit(f"{function}: expected one object file {function}.o in the build, found {len(objects)}")
+    defined = {(bind, name) for _, name, bind, _ in _functions(objects[0])}
+    source = f"{function}.c"
+    return sum(
+        size
+        for file, name, bind, size in _functions(firmware.elf)
+        if (bind, name) in defined and (bind != "STB_LOCAL" or file == source)
+    )
+
+
+def write_model(graph: Graph, board_name: str, folder: Path) -> tuple[int, str]:
+    """Generate the C of `graph` for the board into `folder` as a compiled model; returns its scratch bytes
+    and the C function of its one kernel."""
     board = resolve_board(board_name)
     generated = generate(graph, board, plugins.plugin_manager())
     folder.mkdir(parents=True)
@@ -158,7 +191,8 @@ def write_model(graph: Graph, board_name: str, folder: Path) -> int:
     graphfile.save_graph(graph, folder)
     files = [p.name for p in folder.iterdir()]
     write_manifest(folder, "model", {"board": board.name}, files=files)
-    return sum(k.scratch_bytes for k in generated.kernels.values())
+    (kernel,) = generated.kernels.values()
+    return kernel.scratch_bytes, kernel.function
 
 
 def measure(layer: Layer, index: int, board_name: str, work: Path) -> dict:
@@ -166,7 +200,7 @@ def measure(layer: Layer, index: int, board_name: str, work: Path) -> dict:
     data = layer_data(layer, index)
     graph = layer_graph(layer, data)
     model_dir = work / f"{layer.name}-{board_name}-model"
-    scratch = write_model(graph, board_name, model_dir)
+    scratch, function = write_model(graph, board_name, model_dir)
     inputs = data["input"].reshape(1, -1)
     firmware = build_firmware(model_dir, resolve_board(board_name), work / f"{layer.name}-{board_name}", inputs,
                               optimization="-O3")  # fmt: skip
@@ -185,6 +219,8 @@ def measure(layer: Layer, index: int, board_name: str, work: Path) -> dict:
         "instructions_per_mac": round(instructions / layer.macs, 3),
         "macs": layer.macs,
         "scratch_bytes": scratch,
+        "kernel_function": function,
+        "kernel_code_bytes": kernel_code_bytes(firmware, function),
         "instruction_resolution": result.instruction_resolution,
         "matches_reference": True,
     }
@@ -192,7 +228,8 @@ def measure(layer: Layer, index: int, board_name: str, work: Path) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     table = Table(title="reference layers at -O3: instructions per call (target = 0.9x CMSIS-NN on Cortex-M4)")
-    for column in ("layer", "board", "instructions", "target", "ours / target", "instr/MAC", "scratch B", "±"):
+    columns = ("layer", "board", "instructions", "target", "ours / target", "instr/MAC", "code B", "scratch B", "±")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("layer", "board") else "right")
     for row in rows:
         ratio = row["instructions"] / row["target_instructions"]
@@ -204,6 +241,7 @@ def print_table(rows: list[dict]) -> None:
             f"{row['target_instructions']:,}",
             f"[{style}]{ratio:.2f}x[/{style}]",
             f"{row['instructions_per_mac']:.2f}",
+            f"{row['kernel_code_bytes']:,}",
             f"{row['scratch_bytes']:,}",
             str(row["instruction_resolution"]),
         )
