@@ -20,7 +20,7 @@ import pytest
 
 from tinyml import host
 from tinyml.board.boards import resolve_board
-from tinyml.kernels import CONV_1X1_CHUNK, conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes, folded_bias
+from tinyml.kernels import CONV_SUMS, conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes, folded_bias
 from tinyml.numbers import quantize_multiplier
 from tinyml.reference.conv import conv2d_s8, conv_output_size, dwconv2d_s8, fc_s8
 from tinyml.reference.elementwise import ADD_PARAM_FIELDS, add_s8, softmax_exp_table, softmax_s8
@@ -400,7 +400,8 @@ def test_cases_cover_the_dsp_variants(cases):
     assert any(c.x.shape[2] < 4 for c in pointwise) and any(c.x.shape[2] > 4 and c.x.shape[2] % 4 for c in pointwise)
     assert any(c.x.shape[2] % 4 == 0 for c in pointwise) and any(c.w.shape[0] % 2 for c in pointwise)
     pixels = [c.x.shape[0] * c.x.shape[1] for c in pointwise if c.x.shape[2] >= 4]
-    assert any(n > CONV_1X1_CHUNK and n % CONV_1X1_CHUNK % 2 for n in pixels)  # chunks, a lone last pixel
+    chunk = CONV_SUMS // 2  # pixels the 1x1 variant sums at once
+    assert any(n > chunk and n % chunk % 2 for n in pixels)  # chunks, a lone last pixel
     general = [c for c in convs if all(c is not q for q in pointwise) and not c.no_scratch]
     assert any(np.prod(c.w.shape[1:]) % 4 and c.w.shape[0] >= 3 for c in general)  # whole groups over the padding
     assert any((c.kw["act_min"], c.kw["act_max"]) == (-128, 127) for c in general + pointwise)

@@ -231,27 +231,22 @@ EMITTERS: dict[str, Callable[[CallSite], str]] = {
 
 
 Dims = tuple[int, int, int]  # (h, w, c), as a `tml_shape`
-CONV_1X1_CHUNK = 16  # TML_CONV_1X1_CHUNK in firmware/src/tml_conv2d_s8.c: pixels the DSP 1x1 path sums at once
+CONV_SUMS = 32  # TML_CONV_SUMS in firmware/src/tml_conv2d_s8.c: the int32 sums the DSP paths hold at once
 
 
 def conv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
     """Scratch bytes of `tml_conv2d_s8` on `board`; mirrors `tml_conv2d_s8_scratch_bytes` in firmware/src.
 
-    The portable direct loop (the host, boards without the DSP extension) needs none. The DSP path's
-    general variant gathers two output pixels' windows as int16 columns rounded up to whole four-tap
-    groups, plus an int8 staging copy of one window when the input channels are not a multiple of four.
-    Its 1x1 variant (stride 1, no padding) widens two filter rows and keeps the int32 sums of
-    `CONV_1X1_CHUNK` pixels by two channels; a 1x1 filter gets the larger of the two, as the C does
-    (the shapes alone do not say which variant runs).
+    The portable direct loop (the host, boards without the DSP extension) needs none. The DSP paths hold
+    `CONV_SUMS` int32 sums; the general variant gathers two output pixels' windows as int16 columns rounded
+    up to whole four-tap groups, plus an int8 staging copy of one window when the input channels are not a
+    multiple of four; the 1x1 variant (stride 1, no padding) widens two filter rows into the columns' room.
     """
     if board is None or not board.dsp:
         return 0
     in_c = input_shape[2]
     taps = (filter_shape[0] * filter_shape[1] * in_c + 3) & ~3
-    general = 4 * taps + (taps if in_c % 4 else 0)
-    if filter_shape[:2] == (1, 1):
-        return max(general, 4 * taps + 8 * CONV_1X1_CHUNK)
-    return general
+    return 4 * CONV_SUMS + 4 * taps + (taps if in_c % 4 else 0)
 
 
 def dwconv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:

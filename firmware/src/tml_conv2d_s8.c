@@ -24,8 +24,9 @@
 
 #include <stddef.h>
 
-/* Pixels whose sums the DSP 1x1 path holds in scratch at once (int32 per pixel and channel of a pair). */
-#define TML_CONV_1X1_CHUNK 16
+/* The int32 sums the DSP paths hold in scratch at once: the 1x1 path's two channels by TML_CONV_SUMS / 2
+ * pixels, the general path's two pixels by TML_CONV_SUMS / 2 channels. */
+#define TML_CONV_SUMS 32
 
 /* A 1x1 kernel, stride 1, no padding: the input is one [h * w][c] matrix of columns. */
 static int is_pointwise(const tml_conv_params *p, const tml_shape *filter_shape)
@@ -272,14 +273,14 @@ static inline __attribute__((always_inline)) void requantize_chunk(tml_requant q
  * (a lone last channel computed twice): their filter rows widened once into scratch, their input offset
  * folded into the bias (sum((x + offset) * w) = sum(x * w) + offset * sum(w), mod 2^32); then chunks of
  * pixels, two at a time (a lone last pixel read twice), summed into scratch and requantized channel by
- * channel. Scratch: the widened rows (4 * taps bytes), then 8 * TML_CONV_1X1_CHUNK bytes of sums. */
+ * channel. Scratch: the sums, then the widened rows (4 * taps bytes). */
 static inline __attribute__((always_inline)) void conv_1x1_dsp_range(
     const tml_conv_params *p, const tml_quant_channels *quant, int32_t pixels, int32_t in_c, const int8_t *input,
     const int8_t *filter, const int32_t *bias, int32_t out_c, int8_t *output, void *scratch, int full_range)
 {
     const int32_t groups = in_c >> 2, rest = in_c & 3;
-    uint32_t *wide = (uint32_t *)scratch;
-    int32_t *sums = (int32_t *)scratch + column_taps(in_c);
+    int32_t *sums = (int32_t *)scratch;
+    uint32_t *wide = (uint32_t *)scratch + TML_CONV_SUMS;
     const int32_t offset = p->output_offset, act_min = p->act_min, act_max = p->act_max;
     for (int32_t o = 0; o < out_c; o += 2) {
         const int32_t pair = o + 1 < out_c;
@@ -292,8 +293,8 @@ static inline __attribute__((always_inline)) void conv_1x1_dsp_range(
                                                 quant->multiplier[o], quant->shift[o]);
         const tml_requant q1 = tml_requant_make((int32_t)(b1 + (uint32_t)p->input_offset * (uint32_t)weight_sums[1]),
                                                 quant->multiplier[o1], quant->shift[o1]);
-        for (int32_t pixel = 0; pixel < pixels; pixel += TML_CONV_1X1_CHUNK) {
-            const int32_t n = pixels - pixel < TML_CONV_1X1_CHUNK ? pixels - pixel : TML_CONV_1X1_CHUNK;
+        for (int32_t pixel = 0; pixel < pixels; pixel += TML_CONV_SUMS / 2) {
+            const int32_t n = pixels - pixel < TML_CONV_SUMS / 2 ? pixels - pixel : TML_CONV_SUMS / 2;
             const int32_t pairs = n >> 1;
             const int8_t *x = input + pixel * in_c;
             if (groups > 0) {
@@ -390,11 +391,14 @@ __attribute__((noinline)) static void im2col(const dsp_geometry *g, int32_t pixe
     widen_groups(col, 4, s, g->taps, g->offset2);
 }
 
-/* The inner loop of mac_2x2 over `groups` (at least one) whole four-tap groups, in assembly so that all
- * fourteen operands stay in registers (GCC 12 spills some): per group two weight words, the two pixels'
- * column words, four SXTB16 and eight SMLAD. acc[0..3] = a00, a01, a10, a11 (channel, pixel).
- * Two groups per step after an odd one, so that the loop's own instructions are spread over 32 MACs. */
-void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t groups, int32_t acc[4]);
+/* The general path's accumulation for `pairs` channel pairs over two gathered columns (pixel A's and B's
+ * words interleaved, `groups` (at least one) four-tap groups): pair k's weight rows at w + 2 k row and
+ * w + (2 k + 1) row (int8, widened here by SXTB16). Writes four sums per pair to acc: a00, a01, a10, a11
+ * (channel, pixel). Per group two weight words, the two pixels' column words, four SXTB16 and eight SMLAD,
+ * two groups per step after an odd one; the loop over pairs is here too, so that nothing but the sums
+ * leaves the registers. */
+void tml_conv_mac_pairs_dsp(const uint32_t *col, const int8_t *w, int32_t groups, int32_t row, int32_t pairs,
+                            int32_t *acc);
 #define TML_MAC_2X2_GROUP                                                                                     \
     "    ldr r8, [r1], #4\n"         /* four weights of channel 0 */                                           \
     "    ldr r9, [r2], #4\n"         /* and of channel 1 */                                                    \
@@ -413,20 +417,29 @@ void tml_conv_mac_2x2_dsp(const uint32_t *col, const int8_t *w0, const int8_t *w
     "    smlad r7, r10, lr, r7\n"                                                                             \
     "    smlad r7, r11, r9, r7\n"
 __asm__(
-    "    .section .text.tml_conv_mac_2x2_dsp,\"ax\",%progbits\n"
+    "    .section .text.tml_conv_mac_pairs_dsp,\"ax\",%progbits\n"
     "    .syntax unified\n"
     "    .thumb\n"
     "    .align 2\n"
-    "    .global tml_conv_mac_2x2_dsp\n"
-    "    .type tml_conv_mac_2x2_dsp, %function\n"
+    "    .global tml_conv_mac_pairs_dsp\n"
+    "    .type tml_conv_mac_pairs_dsp, %function\n"
     "    .thumb_func\n"
-    "tml_conv_mac_2x2_dsp:\n"
+    "tml_conv_mac_pairs_dsp:\n"
     "    push {r4-r11, lr}\n"
-    "    movs r4, #0\n" /* a00: channel 0, pixel A */
-    "    movs r5, #0\n" /* a01: channel 0, pixel B */
-    "    movs r6, #0\n" /* a10 */
-    "    movs r7, #0\n" /* a11 */
-    "    tst r3, #1\n"  /* an odd group first, then two per step */
+    "    sub sp, sp, #16\n"          /* [sp] col, [sp, #4] groups, [sp, #8] the next pair's w, [sp, #12] row */
+    "    strd r0, r2, [sp]\n"
+    "    strd r1, r3, [sp, #8]\n"
+    "3:\n"
+    "    movs r4, #0\n"             /* a00: channel 0, pixel A */
+    "    movs r5, #0\n"             /* a01: channel 0, pixel B */
+    "    movs r6, #0\n"             /* a10 */
+    "    movs r7, #0\n"             /* a11 */
+    "    ldrd r0, r3, [sp]\n"
+    "    ldrd r1, r12, [sp, #8]\n"
+    "    add r2, r1, r12\n"
+    "    add r12, r2, r12\n"
+    "    str r12, [sp, #8]\n"
+    "    tst r3, #1\n"              /* an odd group first, then two per step */
     "    beq 1f\n"
     TML_MAC_2X2_GROUP
     "    subs r3, r3, #1\n"
@@ -437,22 +450,27 @@ __asm__(
     "    subs r3, r3, #2\n"
     "    bne 1b\n"
     "2:\n"
-    "    ldr r8, [sp, #36]\n"
-    "    stm r8, {r4-r7}\n"
+    "    ldrd r8, r9, [sp, #52]\n"  /* pairs, acc */
+    "    stm r9!, {r4-r7}\n"
+    "    subs r8, r8, #1\n"
+    "    strd r8, r9, [sp, #52]\n"
+    "    bne 3b\n"
+    "    add sp, sp, #16\n"
     "    pop {r4-r11, pc}\n"
-    "    .size tml_conv_mac_2x2_dsp, .-tml_conv_mac_2x2_dsp\n"
+    "    .size tml_conv_mac_pairs_dsp, .-tml_conv_mac_pairs_dsp\n"
     "    .text\n");
 #undef TML_MAC_2X2_GROUP
 
-/* Two channels (w0, w1) by two pixels (interleaved columns): acc[channel * 2 + pixel]. */
-static inline void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *w1, int32_t kernel_len,
-                           int32_t acc[4])
+/* Two channels (w0 and w0 + row; row 0 for a lone channel) by two pixels (interleaved columns), over
+ * kernel_len taps: acc[channel * 2 + pixel]. */
+static inline void mac_2x2(const uint32_t *col, const int8_t *w0, int32_t row, int32_t kernel_len, int32_t acc[4])
 {
     const int32_t groups = kernel_len >> 2;
+    const int8_t *w1 = w0 + row;
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
     if (groups > 0) {
         int32_t sums[4];
-        tml_conv_mac_2x2_dsp(col, w0, w1, groups, sums);
+        tml_conv_mac_pairs_dsp(col, w0, groups, row, 1, sums);
         a00 = sums[0];
         a01 = sums[1];
         a10 = sums[2];
@@ -480,9 +498,11 @@ static inline void mac_2x2(const uint32_t *col, const int8_t *w0, const int8_t *
 }
 
 /* The general DSP path for rows of `full_range` (a constant at each call: see dsp_output). Two pixels'
- * windows are gathered, then two channels at a time run over them. The column is zero-padded to whole
- * four-tap groups, so where a pair's weight rows are followed by another row in the filter (every pair but
- * the last), the inner loop reads the padding taps' weights too (they multiply 0) and needs no tail. */
+ * windows are gathered, then two channels at a time run over them, up to TML_CONV_SUMS / 4 pairs in one
+ * call, whose sums are then requantized channel by channel. The column is zero-padded to whole four-tap
+ * groups, so where a pair's weight rows are followed by another row in the filter (every pair but the
+ * last), the inner loop reads the padding taps' weights too (they multiply 0) and needs no tail.
+ * Scratch: the sums, the two columns, the staging copy (when in_c is not a multiple of four). */
 static inline __attribute__((always_inline)) void conv_dsp_range(
     const tml_conv_params *p, const tml_quant_channels *quant, const tml_shape *in, const int8_t *input,
     const tml_shape *filter_shape, const int8_t *filter, const int32_t *bias, const tml_shape *out, int8_t *output,
@@ -490,7 +510,8 @@ static inline __attribute__((always_inline)) void conv_dsp_range(
 {
     const int32_t kernel_len = filter_shape->h * filter_shape->w * in->c;
     const int32_t taps = column_taps(kernel_len);
-    uint32_t *cols = (uint32_t *)scratch;
+    int32_t *sums = (int32_t *)scratch;
+    uint32_t *cols = (uint32_t *)scratch + TML_CONV_SUMS;
     const dsp_geometry g = {
         .p = p,
         .input = input,
@@ -498,22 +519,37 @@ static inline __attribute__((always_inline)) void conv_dsp_range(
         .k_h = filter_shape->h, .k_w = filter_shape->w, .out_w = out->w,
         .taps = taps,
         .offset2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16)),
-        .staging = (in->c & 3) != 0 ? (int8_t *)scratch + 4 * taps : NULL,
+        .staging = (in->c & 3) != 0 ? (int8_t *)(cols + taps) : NULL,
     };
     const int32_t out_c = out->c;
     const int32_t pixels = out->h * out->w;
     const int32_t offset = p->output_offset, act_min = p->act_min, act_max = p->act_max;
+    /* the pairs whose rows may be read in whole groups: all of them when no row has a partial group */
+    const int32_t whole_pairs = (kernel_len & 3) == 0 ? out_c >> 1 : (out_c - 1) >> 1;
     for (int32_t pixel = 0; pixel < pixels; pixel += 2) {
         const int32_t second = pixel + 1 < pixels; /* a lone last pixel is gathered twice */
         im2col(&g, pixel, cols);
         im2col(&g, second ? pixel + 1 : pixel, cols + 2);
         int8_t *out_a = output + pixel * out_c;
         int8_t *out_b = out_a + out_c;
-        for (int32_t o = 0; o < out_c; o += 2) {
-            const int32_t pair = o + 1 < out_c; /* a lone last channel is computed twice */
-            const int8_t *w0 = filter + o * kernel_len;
+        for (int32_t first = 0; first < whole_pairs; first += TML_CONV_SUMS / 4) {
+            const int32_t pairs = whole_pairs - first < TML_CONV_SUMS / 4 ? whole_pairs - first : TML_CONV_SUMS / 4;
+            tml_conv_mac_pairs_dsp(cols, filter + 2 * first * kernel_len, taps >> 2, kernel_len, pairs, sums);
+            for (int32_t c = 0; c < 2 * pairs; c++) {
+                const int32_t ch = 2 * first + c;
+                const tml_requant q = tml_requant_make(bias != NULL ? bias[ch] : 0, quant->multiplier[ch],
+                                                       quant->shift[ch]);
+                const int32_t *sum = sums + (c >> 1) * 4 + (c & 1) * 2;
+                out_a[ch] = dsp_output(tml_requant_apply(&q, sum[0]), offset, act_min, act_max, full_range);
+                if (second) {
+                    out_b[ch] = dsp_output(tml_requant_apply(&q, sum[1]), offset, act_min, act_max, full_range);
+                }
+            }
+        }
+        for (int32_t o = 2 * whole_pairs; o < out_c; o += 2) { /* the last pair, or a lone last channel */
+            const int32_t pair = o + 1 < out_c;
             int32_t acc[4];
-            mac_2x2(cols, w0, pair ? w0 + kernel_len : w0, o + 2 < out_c ? taps : kernel_len, acc);
+            mac_2x2(cols, filter + o * kernel_len, pair ? kernel_len : 0, kernel_len, acc);
             for (int32_t c = 0; c <= pair; c++) {
                 const int32_t ch = o + c;
                 const tml_requant q = tml_requant_make(bias != NULL ? bias[ch] : 0, quant->multiplier[ch],
@@ -628,16 +664,10 @@ int32_t tml_conv2d_s8_scratch_bytes(const tml_shape *input_shape, const tml_shap
         return 0;
     }
 #if defined(TML_DSP_SCRATCH)
-    /* The general path: two interleaved int16 columns, and an int8 staging copy when in_c is not a multiple
-     * of 4. The 1x1 path (stride 1, no padding, which the shapes alone cannot tell, so a 1x1 filter gets the
-     * larger of the two): two widened filter rows and the sums of a chunk of pixels. */
+    /* The sums; the general path's two interleaved int16 columns and, when in_c is not a multiple of 4, its
+     * int8 staging copy of a window; the 1x1 path's two widened filter rows take no more than the columns. */
     const int32_t taps = (filter_shape->h * filter_shape->w * input_shape->c + 3) & ~3;
-    const int32_t general = 4 * taps + ((input_shape->c & 3) != 0 ? taps : 0);
-    if (filter_shape->h == 1 && filter_shape->w == 1) {
-        const int32_t pointwise = 4 * taps + 8 * TML_CONV_1X1_CHUNK;
-        return pointwise > general ? pointwise : general;
-    }
-    return general;
+    return 4 * TML_CONV_SUMS + 4 * taps + ((input_shape->c & 3) != 0 ? taps : 0);
 #else
     return 0;
 #endif
