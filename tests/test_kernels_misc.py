@@ -239,6 +239,38 @@ def test_avgpool_divides_by_real_cells_only(lib):
     np.testing.assert_array_equal(c_pool(lib, "avgpool", x, p)[1], want)
 
 
+AVGPOOL_RECIPROCAL_MAX = 5770  # TML_AVGPOOL_RECIPROCAL_MAX in firmware/src/tml_avgpool_s8.c
+
+
+def test_avgpool_reciprocal_is_exact_up_to_its_limit():
+    """The claim tml_avgpool_s8 divides by: (n * m) >> 32 with m = floor((2^32 - 1) / d) + 1 is floor(n / d)
+    for every n a window of d cells can give (n <= 128 d + d / 2), d = 2 .. the limit; past it, it is not."""
+    d = np.arange(2, AVGPOOL_RECIPROCAL_MAX + 2, dtype=np.uint64)
+    m = (np.uint64(2**32 - 1) // d) + np.uint64(1)
+    n_max = np.uint64(128) * d + d // np.uint64(2)
+    exact = []
+    for n in (n_max, n_max - np.uint64(1), (n_max // d) * d - np.uint64(1), (n_max // d) * d, d - np.uint64(1)):
+        exact.append((n * m) >> np.uint64(32) == n // d)
+    assert np.all(exact, axis=0)[:-1].all()
+    # the bound the proof uses: n * e < 2^32 with e = m d - 2^32 <= d - 1, up to the limit
+    e = m * d - np.uint64(2**32)
+    assert (e < d).all() and (n_max[:-1] * e[:-1] < np.uint64(2**32)).all()
+    assert 129 * AVGPOOL_RECIPROCAL_MAX * (AVGPOOL_RECIPROCAL_MAX - 1) < 2**32
+
+
+@pytest.mark.parametrize("cells", [(1, 2), (3, 3), (10, 577), (29, 199)])  # 2, 9, the limit 5770, 5771: divides
+@pytest.mark.parametrize("fill", [-128, 127, None])
+def test_avgpool_large_windows(lib, cells, fill):
+    """Global pools whose cell counts reach and pass the reciprocal's limit, at the extreme sums and random ones."""
+    rng = np.random.default_rng(sum(cells))
+    shape = (*cells, 4)
+    x = rng.integers(-128, 128, size=shape, dtype=np.int8) if fill is None else np.full(shape, fill, np.int8)
+    p = dict(kernel=cells, stride=(1, 1), padding=(0, 0), act_min=-128, act_max=127)
+    status, got = c_pool(lib, "avgpool", x, p)
+    assert status == TML_OK
+    np.testing.assert_array_equal(got, avgpool_s8(x, **p))
+
+
 @pytest.mark.parametrize("op", sorted(POOLS))
 def test_pool_rejects_bad_arguments(lib, op):
     x = np.zeros((4, 4, 2), dtype=np.int8)
@@ -356,6 +388,19 @@ def test_softmax_long_row(lib):
     x = np.random.default_rng(1).integers(-128, 128, size=(2, 3000), dtype=np.int8)
     table = softmax_exp_table(0.05)
     np.testing.assert_array_equal(c_softmax(lib, x, table)[1], softmax_s8(x, table))
+
+
+@pytest.mark.parametrize("row", [1, 2, 3, 255, 65535])
+def test_softmax_equal_values_up_to_the_longest_row(lib, row):
+    """Rows of equal values: every entry is table[0] = 65536, so the row sum reaches 65535 * 65536 (just
+    under 2^32), where the per-row reciprocal leaves the least room; the output is round(256 / row) - 128
+    (clamped: a row of one gives 128)."""
+    x = np.full((1, row), 5, np.int8)
+    table = softmax_exp_table(0.1)
+    status, got = c_softmax(lib, x, table)
+    assert status == TML_OK
+    np.testing.assert_array_equal(got, softmax_s8(x, table))
+    assert int(got[0, 0]) == min(127, math.floor(256 / row + 0.5) - 128)
 
 
 @settings(max_examples=80, deadline=None)
