@@ -20,7 +20,13 @@ import pytest
 
 from tinyml import host
 from tinyml.board.boards import resolve_board
-from tinyml.kernels import CONV_SUMS, conv2d_s8_scratch_bytes, dwconv2d_s8_scratch_bytes, folded_bias
+from tinyml.kernels import (
+    CONV_SUMS,
+    add_s8_scratch_bytes,
+    conv2d_s8_scratch_bytes,
+    dwconv2d_s8_scratch_bytes,
+    folded_bias,
+)
 from tinyml.numbers import quantize_multiplier
 from tinyml.reference.conv import conv2d_s8, conv_output_size, dwconv2d_s8, fc_s8
 from tinyml.reference.elementwise import ADD_PARAM_FIELDS, add_s8, softmax_exp_table, softmax_s8
@@ -80,6 +86,8 @@ class Case:
         return (h, w, out_c)
 
     def scratch(self, board) -> int:
+        if self.op == "add":
+            return add_s8_scratch_bytes(self.x.size)
         if self.op not in ("conv2d", "dwconv2d") or self.no_scratch:
             return 0
         if self.op == "dwconv2d":
@@ -134,6 +142,8 @@ def random_cases(seed: int, count: int) -> list[Case]:
     for k in range(count):
         if k % 9 == 8:  # add (inputs of 1 .. 40 elements, words and tails) and softmax (rows of 1 .. 40)
             shape = (int(rng.integers(1, 5)), int(rng.integers(1, 11)))
+            if k % 27 == 26:  # an add large enough for the tabled variant
+                shape = (int(rng.integers(32, 40)), 32)
             if k % 18 == 17:
                 table = softmax_exp_table(float(10.0 ** rng.uniform(-3, 0)))
                 cases.append(Case("softmax", _int8(rng, shape), table, None, {}))
@@ -185,6 +195,8 @@ def random_cases(seed: int, count: int) -> list[Case]:
         in_c, out_c = int(rng.integers(1, 10)), int(rng.integers(1, 6))
         if k % 4 == 2:  # pointwise
             kernel, stride, padding = (1, 1), (1, 1), (0, 0)
+            if k % 20 == 10:  # more pixels than one chunk of sums, an odd number left, a partial group
+                h, w, in_c = 7, 3, int(rng.integers(5, 8))
         else:
             padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
             kernel = (int(rng.integers(1, min(5, h + 2 * padding[0]) + 1)),
@@ -217,7 +229,7 @@ def _case_c(i: int, case: Case, out_offset: int) -> tuple[list[str], str]:
             _array("int8_t", f"{p}_x2", case.w),
             f"static const tml_add_params {p}_params = {{{fields}}};",
         ]
-        return lines, f"tml_add_s8(&{p}_params, {p}_x, {p}_x2, out + {out_offset}, {case.x.size})"
+        return lines, f"tml_add_s8(&{p}_params, {p}_x, {p}_x2, out + {out_offset}, {case.x.size}, {{scratch}})"
     if case.op == "softmax":
         lines = [_array("int8_t", f"{p}_x", case.x), _array("uint32_t", f"{p}_table", case.w)]
         rows, row = case.x.shape
@@ -413,6 +425,7 @@ def test_cases_cover_the_dsp_variants(cases):
     maxpools = [c for c in cases if c.op == "maxpool"]
     assert any(c.x.shape[2] % 4 == 0 for c in maxpools) and any(c.x.shape[2] % 4 for c in maxpools)
     assert any(c.op == "softmax" for c in cases) and any(c.op == "add" and c.x.size >= 4 for c in cases)
+    assert any(c.op == "add" and c.scratch(None) for c in cases)  # the tabled variant
     pools = [c for c in cases if c.op == "avgpool"]
     assert any(c.kw["kernel"][0] * c.kw["kernel"][1] > 255 for c in pools)
     assert any(c.x.shape[2] % 4 == 0 for c in pools) and any(c.x.shape[2] % 4 for c in pools)

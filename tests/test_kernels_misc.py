@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tinyml import host
+from tinyml.kernels import ADD_TABLE_MIN_SIZE, add_s8_scratch_bytes
 from tinyml.numbers import dequantize_tensor, quantize_multiplier, quantize_tensor, requantize
 from tinyml.reference.elementwise import (
     add_params,
@@ -138,11 +139,17 @@ def c_pool(lib: host.HostLibrary, op: str, x: np.ndarray, p: dict, out_hw: tuple
     return status, _checked(out, size).reshape(out_hw[0], out_hw[1], c)
 
 
-def c_add(lib: host.HostLibrary, a: np.ndarray, b: np.ndarray, params: dict):
+def c_add(lib: host.HostLibrary, a: np.ndarray, b: np.ndarray, params: dict, scratch: bool = True):
+    """tml_add_s8 with the scratch its size asks for (with guard bytes after it), or NULL."""
     out = _output(a.size)
+    size = lib.lib.tml_add_s8_scratch_bytes(a.size)
+    assert size == add_s8_scratch_bytes(a.size), "the code generator sizes this scratch in Python"
+    room = np.full(size + GUARD, 0x5A, np.uint8)
+    buffer = _buf(lib, room) if scratch and size else lib.ffi.NULL
     status = lib.lib.tml_add_s8(
-        lib.ffi.new("tml_add_params *", params), _buf(lib, a), _buf(lib, b), _buf(lib, out), a.size
+        lib.ffi.new("tml_add_params *", params), _buf(lib, a), _buf(lib, b), _buf(lib, out), a.size, buffer
     )
+    assert (room[size:] == 0x5A).all(), "tml_add_s8 wrote past its scratch"
     return status, _checked(out, a.size).reshape(a.shape)
 
 
@@ -340,6 +347,22 @@ def test_add_c_matches_reference(lib, params, shape, data):
     np.testing.assert_array_equal(got, add_s8(a, b, **params))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    params=st.one_of(raw_add_params(), recipe_add_params().map(lambda pq: pq[0])),
+    size=st.one_of(st.just(ADD_TABLE_MIN_SIZE - 1), st.integers(ADD_TABLE_MIN_SIZE, ADD_TABLE_MIN_SIZE + 300)),
+    data=st.data(),
+)
+def test_add_tables_give_the_reference_bytes(lib, params, size, data):
+    """Tensors large enough for the tabled variant: with scratch and with NULL, the reference's bytes."""
+    a, b = data.draw(int8_arrays((size,))), data.draw(int8_arrays((size,)))
+    want = add_s8(a, b, **params)
+    for scratch in (True, False):
+        status, got = c_add(lib, a, b, params, scratch=scratch)
+        assert status == TML_OK
+        np.testing.assert_array_equal(got, want, err_msg=f"scratch={scratch}")
+
+
 @settings(max_examples=80, deadline=None)
 @given(pq=recipe_add_params(), data=st.data())
 def test_add_reference_matches_float_add(pq, data):
@@ -359,8 +382,8 @@ def test_add_rejects_bad_arguments(lib):
     assert c_add(lib, a, a, {**params, "act_min": 1, "act_max": 0})[0] == TML_ARG_ERROR
     ffi = lib.ffi
     p = ffi.new("tml_add_params *", params)
-    assert lib.lib.tml_add_s8(p, ffi.NULL, _buf(lib, a), _buf(lib, a), 4) == TML_ARG_ERROR
-    assert lib.lib.tml_add_s8(p, _buf(lib, a), _buf(lib, a), _buf(lib, a), 0) == TML_ARG_ERROR
+    assert lib.lib.tml_add_s8(p, ffi.NULL, _buf(lib, a), _buf(lib, a), 4, ffi.NULL) == TML_ARG_ERROR
+    assert lib.lib.tml_add_s8(p, _buf(lib, a), _buf(lib, a), _buf(lib, a), 0, ffi.NULL) == TML_ARG_ERROR
     with pytest.raises(ValueError, match="different shapes"):
         add_s8(a, a[:3], **params)
     with pytest.raises(ValueError, match="output scale"):

@@ -178,7 +178,7 @@ def _emit_add(call: CallSite) -> str:
     n = call.node
     params = call.add_static("tml_add_params", "params", _fields(**{k: n.attrs[k] for k in ADD_PARAM_FIELDS}))
     size = call.graph.tensors[n.outputs[0]].size
-    return f"status = tml_add_s8(&{params}, {call.input(0)}, {call.input(1)}, {call.output()}, {size});"
+    return f"status = tml_add_s8(&{params}, {call.input(0)}, {call.input(1)}, {call.output()}, {size}, {call.scratch});"
 
 
 def _emit_softmax(call: CallSite) -> str:
@@ -254,6 +254,18 @@ def dwconv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shap
     return 0
 
 
+ADD_TABLE_MIN_SIZE = 1024  # TML_ADD_TABLE_MIN_SIZE in firmware/src/tml_add_s8.c
+
+
+def add_s8_scratch_bytes(size: int) -> int:
+    """Scratch bytes of `tml_add_s8` for `size` elements; mirrors `tml_add_s8_scratch_bytes` in firmware/src.
+
+    From `ADD_TABLE_MIN_SIZE` elements on (on every board: the variant is plain C), the kernel tables both
+    inputs' 256 rescaled values as int32 instead of rescaling every element twice.
+    """
+    return 2 * 256 * 4 if size >= ADD_TABLE_MIN_SIZE else 0
+
+
 def conv_scratch_bytes(graph: Graph, node: Node, board: Board | None = None) -> int:
     """Scratch bytes of the core's kernel for a conv2d or dwconv2d `node` on `board`."""
     x, w = (graph.tensors[n] for n in node.inputs[:2])
@@ -269,7 +281,11 @@ def tinyml_select_kernel(node: Node, graph: Graph, board: Board | None) -> Kerne
     emit = EMITTERS.get(node.op)
     if emit is None:
         return None
-    scratch = conv_scratch_bytes(graph, node, board) if node.op in ("conv2d", "dwconv2d") else 0
+    scratch = 0
+    if node.op in ("conv2d", "dwconv2d"):
+        scratch = conv_scratch_bytes(graph, node, board)
+    elif node.op == "add":
+        scratch = add_s8_scratch_bytes(graph.tensors[node.outputs[0]].size)
     return Kernel(function=f"tml_{node.op}_s8", emit=emit, scratch_bytes=scratch, reason="direct int8 kernel (default)")
 
 

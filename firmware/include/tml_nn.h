@@ -144,9 +144,12 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
                           const tml_shape *input_shape, const int8_t *input,
                           const tml_shape *output_shape, int8_t *output);
 
-/* Elementwise addition of two tensors of `size` elements. */
+/* Elementwise addition of two tensors of `size` elements. scratch: 4-byte aligned,
+ * tml_add_s8_scratch_bytes(size) long (two int32[256] tables of the inputs' rescaled values, or 0 bytes
+ * for small tensors), or NULL, with which every element is rescaled as it comes. */
 tml_status tml_add_s8(const tml_add_params *params, const int8_t *input1, const int8_t *input2,
-                      int8_t *output, int32_t size);
+                      int8_t *output, int32_t size, void *scratch);
+int32_t tml_add_s8_scratch_bytes(int32_t size);
 
 /* Softmax over the last axis of [rows][row_size]. exp_table[d] = round(65536 * exp(-d * s_in))
  * for d = max - x in 0..255 (entries at most 65536, row_size at most 65535, so the uint32 row
