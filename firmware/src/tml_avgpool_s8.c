@@ -7,7 +7,8 @@
  *
  * The DSP path (Cortex-M4, M7, M33) sums four channels per word: SXTAB16 adds bytes 0 and 2, and
  * (rotated) bytes 1 and 3, to two int16 pairs, exact while a window has at most 255 cells
- * (|sum| <= 128 * 255 fits int16); larger windows take the portable loop.
+ * (|sum| <= 128 * 255 fits int16), and stores the four means as one word; larger windows (and windows of
+ * one cell) take the portable loop.
  *
  * No division per output: a window's mean is |sum| + count / 2 divided by count, which is
  * (n * m) >> 32 with m = floor((2^32 - 1) / count) + 1, computed once per distinct count (interior
@@ -28,19 +29,27 @@ static inline uint32_t count_reciprocal(int32_t count)
     return count >= 2 && count <= TML_AVGPOOL_RECIPROCAL_MAX ? 0xFFFFFFFFu / (uint32_t)count + 1u : 0u;
 }
 
+/* sum / count rounded half away from zero, for 2 <= count <= TML_AVGPOOL_RECIPROCAL_MAX: |sum| + half
+ * (count / 2) times the count's reciprocal, the sign put back; branch-free. */
+static inline int32_t rounded_mean(int32_t sum, uint32_t half, uint32_t reciprocal)
+{
+    const int32_t sign = sum >> 31; /* 0 or -1 */
+    const uint32_t n = (uint32_t)((sum ^ sign) - sign) + half;
+    const int32_t q = (int32_t)(((uint64_t)n * reciprocal) >> 32);
+    return (q ^ sign) - sign;
+}
+
 /* The mean of `count` cells summing to `sum`, rounded half away from zero, clamped. */
 static inline int8_t mean_output(int32_t sum, int32_t count, uint32_t reciprocal, int32_t act_min, int32_t act_max)
 {
-    const uint32_t n = (uint32_t)(sum < 0 ? -sum : sum) + (uint32_t)(count / 2);
-    uint32_t q;
+    int32_t mean;
     if (reciprocal != 0u) {
-        q = (uint32_t)(((uint64_t)n * reciprocal) >> 32);
+        mean = rounded_mean(sum, (uint32_t)(count / 2), reciprocal);
     } else if (count == 1) {
-        q = n;
-    } else {
-        q = n / (uint32_t)count;
+        mean = sum;
+    } else { /* windows beyond the reciprocal's range */
+        mean = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count;
     }
-    const int32_t mean = sum < 0 ? -(int32_t)q : (int32_t)q;
     return (int8_t)tml_clamp(mean, act_min, act_max);
 }
 
@@ -70,7 +79,10 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
             int8_t *out = output + (oy * output_shape->w + ox) * channels;
             int32_t c = 0;
 #if defined(TML_USE_DSP)
-            if (count <= 255) {
+            if (count <= 255 && reciprocal != 0u) { /* 2 .. 255 cells */
+                const uint32_t half = (uint32_t)(count / 2);
+                const int32_t act_min = params->act_min, act_max = params->act_max;
+                const int full_range = act_min == INT8_MIN && act_max == INT8_MAX; /* a mean needs no clamp */
                 const int32_t row_step = input_shape->w * channels;
                 const int8_t *first = input + (y_begin * input_shape->w + x_begin) * channels;
                 for (; c + 4 <= channels; c += 4) {
@@ -84,10 +96,19 @@ tml_status tml_avgpool_s8(const tml_pool_params *params,
                             s13 = tml_sxtab16_odd(s13, v);
                         }
                     }
-                    out[c] = mean_output((int16_t)s02, count, reciprocal, params->act_min, params->act_max);
-                    out[c + 1] = mean_output((int16_t)s13, count, reciprocal, params->act_min, params->act_max);
-                    out[c + 2] = mean_output(s02 >> 16, count, reciprocal, params->act_min, params->act_max);
-                    out[c + 3] = mean_output(s13 >> 16, count, reciprocal, params->act_min, params->act_max);
+                    int32_t m0 = rounded_mean((int16_t)s02, half, reciprocal);
+                    int32_t m1 = rounded_mean((int16_t)s13, half, reciprocal);
+                    int32_t m2 = rounded_mean(s02 >> 16, half, reciprocal);
+                    int32_t m3 = rounded_mean(s13 >> 16, half, reciprocal);
+                    if (!full_range) {
+                        m0 = tml_clamp(m0, act_min, act_max);
+                        m1 = tml_clamp(m1, act_min, act_max);
+                        m2 = tml_clamp(m2, act_min, act_max);
+                        m3 = tml_clamp(m3, act_min, act_max);
+                    }
+                    const uint32_t word = (uint8_t)m0 | (uint32_t)(uint8_t)m1 << 8 | (uint32_t)(uint8_t)m2 << 16
+                                        | (uint32_t)(uint8_t)m3 << 24;
+                    __builtin_memcpy(out + c, &word, 4);
                 }
             }
 #endif
