@@ -9,15 +9,20 @@
  * the filter (OHWI), so the inner loop is a plain dot product over kernel_w * in_c bytes.
  * A 1x1 kernel with stride 1 and no padding reads the input as one [h * w][c] matrix.
  *
- * The DSP path (Cortex-M4, M7, M33) works on two output pixels at a time. Their kernel windows
- * are gathered (im2col) into scratch as int16 with the input offset added (padded cells become 0),
- * four taps at a time in the order SXTB16 splits four weights: (taps 0, 2), (taps 1, 3). The
- * columns are zero-padded to a multiple of four taps, and the two pixels' words interleaved, so
- * the inner loop reads one pointer. It then takes two output channels: per four taps, two weight
- * words widened by SXTB16 and eight SMLADs give sixteen multiply-accumulates. When the input
- * channels are not a multiple of four (a 3-channel first layer), the window is first copied as
- * int8, so that four-tap groups may straddle kernel rows. Scratch: tml_conv2d_s8_scratch_bytes
- * (called with NULL scratch, the DSP build runs the portable loop).
+ * The DSP path (Cortex-M4, M7, M33) has two variants, picked from the shape. The general one works
+ * on two output pixels at a time. Their kernel windows are gathered (im2col) into scratch as int16
+ * with the input offset added (padded cells become 0), four taps at a time in the order SXTB16 splits
+ * four weights: (taps 0, 2), (taps 1, 3). The columns are zero-padded to a multiple of four taps, and
+ * the two pixels' words interleaved, so the inner loop reads one pointer. It then takes two output
+ * channels: per four taps, two weight words widened by SXTB16 and eight SMLADs give sixteen
+ * multiply-accumulates. When the input channels are not a multiple of four (a 3-channel first
+ * layer: 27 taps, padded to 28), the window is first copied as int8, so that four-tap groups may
+ * straddle kernel rows, and every channel pair but the last reads its rows in whole groups (the
+ * padding tap multiplies the next row's first weight by 0). The 1x1 variant (stride 1, no padding)
+ * gathers nothing: it widens two filter rows once and reads the input rows in place, two pixels at a
+ * time. Both loop over pairs in assembly and requantize their sums channel by channel with
+ * tml_requant. Scratch: tml_conv2d_s8_scratch_bytes (called with NULL scratch, the DSP build runs
+ * the portable loop).
  */
 #include "tml_nn.h"
 #include "tml_support.h"
