@@ -6,9 +6,12 @@ is skipped, with the reason, on a machine without those tools; `make setup` inst
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -78,3 +81,17 @@ def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     plugins.plugin_manager.cache_clear()
     yield
     plugins.plugin_manager.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def load_bench_script() -> Callable[[str], ModuleType]:
+    """A loader of bench/<name>.py as the module `<name>_bench` (bench/ holds scripts, not a package)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", SOURCE_TREE / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "layers.py"
 ROW_KEYS = {
     "layer", "board", "instructions", "target_instructions", "instructions_per_mac", "scratch_bytes",
     "kernel_function", "kernel_code_bytes", "matches_reference",
@@ -17,12 +14,8 @@ ROW_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("layers_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench_script) -> ModuleType:
+    return load_bench_script("layers")
 
 
 @pytest.mark.qemu

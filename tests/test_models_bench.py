@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "models.py"
 ROW_KEYS = {
     "model", "board", "instructions", "estimated_cycles", "reference_cycles", "flash_bytes", "peak_ram_bytes",
     "stack_bytes", "outputs_match_reference",
@@ -20,12 +16,8 @@ ROW_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("models_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench_script) -> ModuleType:
+    return load_bench_script("models")
 
 
 def test_architectures_have_the_reference_shapes(bench: ModuleType) -> None:
