@@ -2,14 +2,27 @@
  * tml_dwconv2d_s8.c - int8 depthwise convolution, NHWC input, weights [k_h][k_w][out_c].
  *
  * out_c = in_c * depth_multiplier and output channel o reads input channel
- * o / depth_multiplier. filter_shape is {k_h, k_w, in_c}. Direct loop, no scratch.
+ * o / depth_multiplier. filter_shape is {k_h, k_w, in_c}.
  * Each window is cropped to the real input cells, so padded cells contribute nothing. With a
  * depth multiplier of 1, four adjacent channels are computed together: in NHWC input and
  * [k_h][k_w][out_c] weights they sit side by side, so they share the loop and pointer work.
+ * The portable path (and a DSP target called with NULL scratch) is a direct loop with no scratch.
  *
- * The DSP path (Cortex-M4, M7, M33) reads those four channels as one word of input and one of
- * weights per tap: SXTAB16 widens the input bytes to int16 pairs with the input offset added,
- * SXTB16 the weights, and SMLABB/SMLATT multiply-accumulate each channel on its own.
+ * The DSP paths (Cortex-M4, M7, M33) take output channels four at a time ("blocks") and read each tap
+ * of a block as one word of input: SXTAB16 widens the input bytes to int16 pairs with the input offset
+ * added, and SMLABB/SMLATT multiply-accumulate each channel on its own. Scratch holds, prepared once per
+ * call, each channel's requantization (tml_requant_smlal: one SMLAL and a shift per output when the
+ * layer allows it) and each block's weights already widened, per tap the int16 pairs of channels
+ * (0, 2) and (1, 3), so a tap costs one input word, two SXTAB16, one pair of weight words and four
+ * multiplies. The variants, picked from the shape:
+ *   - 3x3, stride 1 or 2, depth multiplier 1: the windows wholly inside the input run nine unrolled
+ *     taps at constant offsets (the stride a compile-time constant); the border windows are cropped
+ *     and run the general loop;
+ *   - general (any kernel and stride), depth multiplier 1: the cropped-window loop over the taps;
+ *   - depth multiplier > 1: the same loop, with a block's four input bytes gathered from the input
+ *     channels its outputs read (o / depth_multiplier).
+ * Channels beyond the last whole block are computed one by one. Scratch:
+ * tml_dwconv2d_s8_scratch_bytes (16 bytes per output channel and 8 per tap per block).
  */
 #include "tml_nn.h"
 #include "tml_support.h"
@@ -67,47 +80,266 @@ static inline void window_dot4(const int8_t *x, const int8_t *w, const window_ge
 }
 
 #if defined(TML_USE_DSP)
-/* window_dot4 with one word of input and of weights per tap; offset2 is the input offset in both halves. */
-static inline void window_dot4_dsp(const int8_t *x, const int8_t *w, const window_geometry *g, int32_t offset2,
-                                   int32_t acc[4])
+
+/* Scratch, filled once per call by prepare(): per block of four output channels, in 32-bit words,
+ *   [0, 4)              the sums' starting values for a window wholly inside the input: the bias plus
+ *                       input_offset times the sum of the channel's weights (the taps then skip the offset);
+ *   [4, 4 + 2 * taps)   per tap, the weights of channels (0, 2) and (1, 3) as int16 pairs;
+ *   then                tml_requant_smlal[4], the channels' requantization (its .bias: their bias);
+ * and after the blocks, tml_requant_smlal for each remaining channel. */
+static inline int32_t block_words(int32_t taps)
 {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    const int32_t xs = g->input_step, ws = g->filter_step, w_span = g->cols * ws;
-    for (int32_t ky = 0; ky < g->rows; ky++) {
-        const int8_t *xk = x + ky * g->input_row;
-        const int8_t *wk = w + ky * g->filter_row;
-        const int8_t *const w_end = wk + w_span; /* the weights pointer counts the taps */
-        while (wk != w_end) {
-            const uint32_t xv = tml_read_u32(xk), wv = tml_read_u32(wk);
-            const int32_t xe = __sxtab16(offset2, (int32_t)xv), xo = tml_sxtab16_odd(offset2, xv);
-            const int32_t we = tml_sxtb16_even(wv), wo = tml_sxtb16_odd(wv);
-            a0 = __smlabb(xe, we, a0);
-            a2 = __smlatt(xe, we, a2);
-            a1 = __smlabb(xo, wo, a1);
-            a3 = __smlatt(xo, wo, a3);
-            xk += xs;
-            wk += ws;
-        }
-    }
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+    return 4 + 2 * taps + 4 * (int32_t)(sizeof(tml_requant_smlal) / 4);
 }
 
-/* The output step of four channels (tml_requantize_output), out of line so that its operands stay in
- * registers; bias, mult and shift point at the first of the four channels (bias may be NULL). */
-__attribute__((noinline)) static void output4_dsp(int8_t *out, const int32_t acc[4], const int32_t *bias,
-                                                  const int32_t *mult, const int32_t *shift, const tml_conv_params *p)
+/* The layer's output step: SMLAL requantization (every channel has that form and the clamp lies inside
+ * int8), else the general tml_requantize_output with the channel's multiplier and shift. */
+typedef struct {
+    const int32_t *multiplier;
+    const int32_t *shift;
+    int32_t offset;
+    int32_t act_min;
+    int32_t act_max;
+    int32_t smlal;
+    int32_t full_range; /* the clamp is -128..127: SSAT alone clamps */
+} dw_output;
+
+/* What the loops over pixels read. */
+typedef struct {
+    const int8_t *input;
+    const int8_t *filter;   /* [k_h][k_w][out_c] */
+    const int32_t *blocks;  /* scratch, as above */
+    const tml_requant_smlal *rest; /* the channels after the last block */
+    int32_t in_h, in_w, in_c, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w, pad_h, pad_w;
+    int32_t multiplier_step; /* depth multiplier */
+    int32_t input_offset;
+    int32_t offset2;         /* the input offset in both halfwords */
+} dw_layer;
+
+/* The general output step of channel o, out of line: the SMLAL form is the common case. */
+static __attribute__((noinline)) int8_t output_general(int32_t total, int32_t o, const dw_output *d)
 {
-    const int32_t offset = p->output_offset, lo = p->act_min - offset, hi = p->act_max - offset;
-    for (int32_t j = 0; j < 4; j++) {
-        const int32_t s = shift[j];
-        const uint32_t b = bias != NULL ? (uint32_t)bias[j] : 0u;
-        int32_t v = (int32_t)(((uint32_t)acc[j] + b) << (s > 0 ? s : 0));
-        v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, mult[j]), s > 0 ? 0 : -s);
-        out[j] = (int8_t)(tml_clamp(v, lo, hi) + offset);
+    return tml_requantize_output(total, 0, d->multiplier[o], d->shift[o], d->offset, d->act_min, d->act_max);
+}
+
+static inline int32_t output_smlal(int32_t total, const tml_requant_smlal *q, int32_t offset)
+{
+    return __ssat(__qadd(tml_requant_smlal_apply(q, total), offset), 8);
+}
+
+/* The output step of channel o; total is its sum with the bias added. */
+static inline int8_t output_one(int32_t total, const tml_requant_smlal *q, int32_t o, const dw_output *d)
+{
+    if (!d->smlal) {
+        return output_general(total, o, d);
     }
+    return (int8_t)tml_clamp(output_smlal(total, q, d->offset), d->act_min, d->act_max);
+}
+
+/* The output step of block channels o .. o + 3 (a: their sums with the bias added; q: the block's). */
+static inline void output_block(int8_t *out, int32_t a0, int32_t a1, int32_t a2, int32_t a3,
+                                const tml_requant_smlal *q, int32_t o, const dw_output *d)
+{
+    if (!d->smlal) {
+        out[0] = output_general(a0, o, d);
+        out[1] = output_general(a1, o + 1, d);
+        out[2] = output_general(a2, o + 2, d);
+        out[3] = output_general(a3, o + 3, d);
+        return;
+    }
+    const int32_t offset = d->offset;
+    int32_t v0 = output_smlal(a0, q, offset), v1 = output_smlal(a1, q + 1, offset);
+    int32_t v2 = output_smlal(a2, q + 2, offset), v3 = output_smlal(a3, q + 3, offset);
+    if (!d->full_range) {
+        v0 = tml_clamp(v0, d->act_min, d->act_max);
+        v1 = tml_clamp(v1, d->act_min, d->act_max);
+        v2 = tml_clamp(v2, d->act_min, d->act_max);
+        v3 = tml_clamp(v3, d->act_min, d->act_max);
+    }
+    out[0] = (int8_t)v0;
+    out[1] = (int8_t)v1;
+    out[2] = (int8_t)v2;
+    out[3] = (int8_t)v3;
+}
+
+/* One tap of a block: input int16 pairs (x0, x2) and (x1, x3) times the block's weight words for the tap. */
+#define BLOCK_TAP(xe, xo, w)                                                                                       \
+    do {                                                                                                           \
+        const int32_t we_ = (w)[0], wo_ = (w)[1];                                                                  \
+        a0 = __smlabb((xe), we_, a0);                                                                              \
+        a2 = __smlatt((xe), we_, a2);                                                                              \
+        a1 = __smlabb((xo), wo_, a1);                                                                              \
+        a3 = __smlatt((xo), wo_, a3);                                                                              \
+    } while (0)
+
+/* One tap of a depth-multiplier-1 block, its four input bytes one word, the input offset added. */
+#define BLOCK_TAP_WORD(x, w)                                                                                       \
+    do {                                                                                                           \
+        const uint32_t xv_ = tml_read_u32(x);                                                                      \
+        BLOCK_TAP(__sxtab16(offset2, (int32_t)xv_), tml_sxtab16_odd(offset2, xv_), (w));                           \
+    } while (0)
+
+/* Output pixels [oy0, oy1) x [ox0, ox1), each window cropped to the input cells: the general loop. */
+static void dw_pixels(const dw_layer *L, const dw_output *d, int32_t oy0, int32_t oy1, int32_t ox0, int32_t ox1,
+                      int8_t *output)
+{
+    const int32_t in_c = L->in_c, out_c = L->out_c, m = L->multiplier_step, taps = L->k_h * L->k_w;
+    const int32_t blocks = out_c / 4, words = block_words(taps), offset2 = L->offset2;
+    const int32_t input_row = L->in_w * in_c;
+    for (int32_t oy = oy0; oy < oy1; oy++) {
+        const tml_window_span ky = tml_window_span_at(oy, L->stride_h, L->pad_h, L->k_h, L->in_h);
+        for (int32_t ox = ox0; ox < ox1; ox++) {
+            int8_t *out = output + (oy * L->out_w + ox) * out_c;
+            const tml_window_span kx = tml_window_span_at(ox, L->stride_w, L->pad_w, L->k_w, L->in_w);
+            const int32_t rows = ky.end > ky.begin ? ky.end - ky.begin : 0;
+            const int32_t cols = kx.end > kx.begin ? kx.end - kx.begin : 0;
+            const int32_t inside = rows > 0 && cols > 0; /* else the window lies wholly in the padding */
+            const int32_t first_tap = inside ? ky.begin * L->k_w + kx.begin : 0;
+            const int8_t *x = L->input;
+            if (inside) {
+                x += (ky.origin + ky.begin) * input_row + (kx.origin + kx.begin) * in_c;
+            }
+            const int32_t *block = L->blocks;
+            for (int32_t o = 0; o < 4 * blocks; o += 4, block += words) {
+                const tml_requant_smlal *q = (const tml_requant_smlal *)(block + 4 + 2 * taps);
+                int32_t a0 = q[0].bias, a1 = q[1].bias, a2 = q[2].bias, a3 = q[3].bias;
+                const int8_t *xb = x + o / m;
+                const int32_t d1 = (o + 1) / m - o / m, d2 = (o + 2) / m - o / m, d3 = (o + 3) / m - o / m;
+                for (int32_t r = 0; r < rows; r++) {
+                    const int8_t *xk = xb + r * input_row;
+                    const int32_t *wk = block + 4 + 2 * (first_tap + r * L->k_w);
+                    const int32_t *const w_end = wk + 2 * cols; /* the weights pointer counts the taps */
+                    if (m == 1) {
+                        for (; wk != w_end; wk += 2, xk += in_c) {
+                            BLOCK_TAP_WORD(xk, wk);
+                        }
+                        continue;
+                    }
+                    for (; wk != w_end; wk += 2, xk += in_c) { /* gather the block's input bytes */
+                        const uint8_t *xu = (const uint8_t *)xk;
+                        const int32_t even = (int32_t)(xu[0] | ((uint32_t)xu[d2] << 16));
+                        const int32_t odd = (int32_t)(xu[d1] | ((uint32_t)xu[d3] << 16));
+                        BLOCK_TAP(__sxtab16(offset2, even), __sxtab16(offset2, odd), wk);
+                    }
+                }
+                output_block(out + o, a0, a1, a2, a3, q, o, d);
+            }
+            const window_geometry g = {rows, cols, in_c, input_row, out_c, L->k_w * out_c};
+            for (int32_t o = 4 * blocks; o < out_c; o++) {
+                const int8_t *w = L->filter + (inside ? ky.begin * g.filter_row + kx.begin * out_c : 0) + o;
+                const tml_requant_smlal *q = &L->rest[o - 4 * blocks];
+                const int32_t sum = window_dot(x + o / m, w, &g, L->input_offset);
+                out[o] = output_one((int32_t)((uint32_t)sum + (uint32_t)q->bias), q, o, d);
+            }
+        }
+    }
+}
+
+/* Input row iy as the 3x3 variants read it: `span` cells from input column -pad_w, those outside the input
+ * (the padding, or the whole row when iy lies outside) holding the zero point, so that with the input offset
+ * added they are 0 and contribute nothing. */
+static void padded_row(int8_t *dst, const dw_layer *L, int32_t iy, int32_t span, int8_t zero_point)
+{
+    const int32_t c = L->in_c;
+    if (iy < 0 || iy >= L->in_h) {
+        __builtin_memset(dst, zero_point, (size_t)(span * c));
+        return;
+    }
+    const int32_t left = L->pad_w < span ? L->pad_w : span;
+    const int32_t real = L->in_w < span - left ? L->in_w : span - left;
+    __builtin_memset(dst, zero_point, (size_t)(left * c));
+    __builtin_memcpy(dst + left * c, L->input + iy * L->in_w * c, (size_t)(real * c));
+    __builtin_memset(dst + (left + real) * c, zero_point, (size_t)((span - left - real) * c));
+}
+
+/* A 3x3 depth-multiplier-1 layer with the given stride (a constant in each caller). Per output row, the
+ * three input rows it reads are copied with their padding into scratch (`rows`), so that every window is
+ * whole: nine unrolled taps per block, starting from the sums with the input offset folded in. */
+static inline __attribute__((always_inline)) void dw_3x3(const dw_layer *L, const dw_output *d, int32_t stride,
+                                                         int32_t out_h, int8_t *output, int8_t *rows)
+{
+    const int32_t c = L->in_c, out_c = L->out_c, blocks = out_c / 4, span = (L->out_w - 1) * stride + 3;
+    const int32_t row = span * c;
+    const window_geometry g = {3, 3, c, row, out_c, 3 * out_c};
+    const int32_t *const first_block = L->blocks;
+    const int32_t *const end_block = first_block + blocks * block_words(9);
+    const dw_output out_step = *d; /* a copy the int8 output stores cannot alias */
+    int8_t *out_pixel = output;
+    for (int32_t oy = 0; oy < out_h; oy++) {
+        for (int32_t k = 0; k < 3; k++) {
+            padded_row(rows + k * row, L, oy * stride - L->pad_h + k, span, (int8_t)-L->input_offset);
+        }
+        const int8_t *x_pixel = rows;
+        for (int32_t ox = 0; ox < L->out_w; ox++, x_pixel += stride * c, out_pixel += out_c) {
+            const int8_t *x = x_pixel;
+            int8_t *out = out_pixel;
+            for (const int32_t *block = first_block; block != end_block; block += block_words(9), x += 4, out += 4) {
+                int32_t a0 = block[0], a1 = block[1], a2 = block[2], a3 = block[3];
+                const int8_t *xr = x;
+                for (int32_t r = 0; r < 3; r++, xr += row) {
+                    const int32_t *w = block + 4 + 6 * r;
+                    const uint32_t x0 = tml_read_u32(xr), x1 = tml_read_u32(xr + c);
+                    const uint32_t x2 = tml_read_u32(xr + 2 * c);
+                    BLOCK_TAP(tml_sxtb16_even(x0), tml_sxtb16_odd(x0), w);
+                    BLOCK_TAP(tml_sxtb16_even(x1), tml_sxtb16_odd(x1), w + 2);
+                    BLOCK_TAP(tml_sxtb16_even(x2), tml_sxtb16_odd(x2), w + 4);
+                }
+                const tml_requant_smlal *q = (const tml_requant_smlal *)(block + 22);
+                output_block(out, a0, a1, a2, a3, q, (int32_t)(out - out_pixel), &out_step);
+            }
+            const tml_requant_smlal *q = L->rest;
+            for (int32_t o = 4 * blocks; o < out_c; o++, q++) {
+                const int32_t sum = window_dot(x_pixel + o, L->filter + o, &g, L->input_offset);
+                out_pixel[o] = output_one((int32_t)((uint32_t)sum + (uint32_t)q->bias), q, o, &out_step);
+            }
+        }
+    }
+}
+
+static __attribute__((noinline)) void dw_3x3_stride1(const dw_layer *L, const dw_output *d, int32_t out_h,
+                                                     int8_t *output, int8_t *rows)
+{
+    dw_3x3(L, d, 1, out_h, output, rows);
+}
+
+static __attribute__((noinline)) void dw_3x3_stride2(const dw_layer *L, const dw_output *d, int32_t out_h,
+                                                     int8_t *output, int8_t *rows)
+{
+    dw_3x3(L, d, 2, out_h, output, rows);
+}
+
+/* Fills scratch (see block_words) for the layer; returns whether every channel has the SMLAL form. */
+static int32_t prepare(int32_t *scratch, const int8_t *filter, const int32_t *bias, const tml_quant_channels *quant,
+                       int32_t taps, int32_t out_c, int32_t input_offset)
+{
+    int32_t smlal = 1;
+    int32_t *block = scratch;
+    for (int32_t o = 0; o < out_c; o++) {
+        const int32_t j = o % 4;
+        const int32_t b = bias != NULL ? bias[o] : 0;
+        tml_requant_smlal *q = o < out_c - out_c % 4 ? (tml_requant_smlal *)(block + 4 + 2 * taps) + j
+                                                     : (tml_requant_smlal *)block + (o - (out_c - out_c % 4));
+        smlal &= tml_requant_smlal_make(q, b, quant->multiplier[o], quant->shift[o]);
+        if (o >= out_c - out_c % 4) {
+            continue;
+        }
+        uint32_t folded = (uint32_t)b;
+        for (int32_t t = 0; t < taps; t++) {
+            folded += (uint32_t)(input_offset * filter[t * out_c + o]);
+        }
+        block[j] = (int32_t)folded;
+        if (j == 3) {
+            for (int32_t t = 0; t < taps; t++) {
+                const uint32_t wv = tml_read_u32(filter + t * out_c + o - 3);
+                block[4 + 2 * t] = tml_sxtb16_even(wv);
+                block[5 + 2 * t] = tml_sxtb16_odd(wv);
+            }
+            block += block_words(taps);
+        }
+    }
+    return smlal;
 }
 #endif
 
@@ -117,7 +349,6 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
                            const int32_t *bias,
                            const tml_shape *output_shape, int8_t *output, void *scratch)
 {
-    (void)scratch;
     if (!tml_conv_args_valid(params, quant, input_shape, input, filter_shape, filter, output_shape, output)
         || params->depth_multiplier < 1 || output_shape->c != input_shape->c * params->depth_multiplier) {
         return TML_ARG_ERROR;
@@ -128,13 +359,39 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
     const int32_t k_h = filter_shape->h, k_w = filter_shape->w;
     const int32_t out_h = output_shape->h, out_w = output_shape->w, out_c = output_shape->c;
     const int32_t multiplier_step = p->depth_multiplier;
+#if defined(TML_USE_DSP)
+    if (scratch != NULL) {
+        const int32_t taps = k_h * k_w, blocks = out_c / 4;
+        const int32_t smlal = prepare(scratch, filter, bias, quant, taps, out_c, p->input_offset);
+        const dw_output d = {
+            quant->multiplier, quant->shift, p->output_offset, p->act_min, p->act_max,
+            smlal && p->act_min >= -128 && p->act_max <= 127, p->act_min == -128 && p->act_max == 127,
+        };
+        const dw_layer L = {
+            input, filter, scratch, (const tml_requant_smlal *)((const int32_t *)scratch + blocks * block_words(taps)),
+            in_h, in_w, in_c, out_w, out_c, k_h, k_w, p->stride_h, p->stride_w, p->pad_h, p->pad_w, multiplier_step,
+            p->input_offset, (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16)),
+        };
+        /* the 3x3 variants pad with the zero point, which must be an int8 */
+        const int32_t square3 = multiplier_step == 1 && k_h == 3 && k_w == 3 && p->stride_h == p->stride_w
+                             && p->input_offset >= -127 && p->input_offset <= 128;
+        int8_t *rows = (int8_t *)((tml_requant_smlal *)L.rest + out_c % 4);
+        if (square3 && p->stride_h == 1) {
+            dw_3x3_stride1(&L, &d, out_h, output, rows);
+        } else if (square3 && p->stride_h == 2) {
+            dw_3x3_stride2(&L, &d, out_h, output, rows);
+        } else {
+            dw_pixels(&L, &d, 0, out_h, 0, out_w, output);
+        }
+        return TML_OK;
+    }
+#else
+    (void)scratch;
+#endif
     window_geometry g = {0, 0, in_c, in_w * in_c, out_c, k_w * out_c};
     const int32_t *mult = quant->multiplier;
     const int32_t *shift = quant->shift;
     int8_t *out = output;
-#if defined(TML_USE_DSP)
-    const int32_t offset2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16));
-#endif
 
     for (int32_t oy = 0; oy < out_h; oy++) {
         const tml_window_span ky = tml_window_span_at(oy, p->stride_h, p->pad_h, k_h, in_h);
@@ -151,15 +408,6 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
             const int8_t *x = input + (ky.origin + ky.begin) * g.input_row + (kx.origin + kx.begin) * in_c;
             const int8_t *w = filter + ky.begin * g.filter_row + kx.begin * out_c;
             int32_t o = 0;
-#if defined(TML_USE_DSP)
-            if (multiplier_step == 1) {
-                for (; o + 4 <= out_c; o += 4) {
-                    int32_t acc[4];
-                    window_dot4_dsp(x + o, w + o, &g, offset2, acc);
-                    output4_dsp(out + o, acc, bias != NULL ? bias + o : NULL, mult + o, shift + o, p);
-                }
-            }
-#endif
             if (multiplier_step == 1) {
                 for (; o + 4 <= out_c; o += 4) {
                     int32_t acc[4];
@@ -182,8 +430,18 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
 int32_t tml_dwconv2d_s8_scratch_bytes(const tml_shape *input_shape, const tml_shape *filter_shape,
                                       const tml_shape *output_shape)
 {
+#if defined(TML_DSP_SCRATCH)
+    const int32_t out_c = output_shape->c, taps = filter_shape->h * filter_shape->w;
+    const int32_t tables = (out_c / 4) * (80 + 8 * taps) + 16 * (out_c % 4);
+    if (filter_shape->h == 3 && filter_shape->w == 3 && out_c == input_shape->c) {
+        /* three padded input rows of the 3x3 variants: (out_w - 1) * stride + 3 cells, stride <= 2 */
+        return tables + 3 * (2 * output_shape->w + 1) * input_shape->c;
+    }
+    return tables;
+#else
     (void)input_shape;
     (void)filter_shape;
     (void)output_shape;
     return 0;
+#endif
 }
