@@ -237,6 +237,36 @@ static void dw_pixels(const dw_layer *L, const dw_output *d, int32_t oy0, int32_
     }
 }
 
+/* Nine taps of a block over a whole 3x3 window at x (rows `row` bytes apart, columns c): per tap one input
+ * word widened by SXTB16 (the input offset is folded into the starting sums), the tap's two weight words
+ * (LDRD from the block, word 4 on) and four multiply-accumulates. In assembly so that the nine addresses
+ * come from x, c and row without spilling (GCC runs out of registers for them). */
+#define TAP3(addr, w_offset)                                                                                       \
+    "ldr %[xv], " addr "\n\t"                                                                                      \
+    "ldrd %[we], %[wo], [%[w], #" #w_offset "]\n\t"                                                                \
+    "sxtb16 %[xe], %[xv]\n\t"                                                                                      \
+    "sxtb16 %[xv], %[xv], ror #8\n\t"                                                                              \
+    "smlabb %[a0], %[xe], %[we], %[a0]\n\t"                                                                        \
+    "smlatt %[a2], %[xe], %[we], %[a2]\n\t"                                                                        \
+    "smlabb %[a1], %[xv], %[wo], %[a1]\n\t"                                                                        \
+    "smlatt %[a3], %[xv], %[wo], %[a3]\n\t"
+
+static inline __attribute__((always_inline)) void block_3x3(const int8_t *x, int32_t c, int32_t row,
+                                                            const int32_t *block, int32_t *a0, int32_t *a1,
+                                                            int32_t *a2, int32_t *a3)
+{
+    int32_t xv, xe, we, wo;
+    __asm__(TAP3("[%[x]]", 16) TAP3("[%[x], %[c]]", 24) TAP3("[%[x], %[c], lsl #1]", 32)
+            "add %[x], %[x], %[row]\n\t"
+            TAP3("[%[x]]", 40) TAP3("[%[x], %[c]]", 48) TAP3("[%[x], %[c], lsl #1]", 56)
+            "add %[x], %[x], %[row]\n\t"
+            TAP3("[%[x]]", 64) TAP3("[%[x], %[c]]", 72) TAP3("[%[x], %[c], lsl #1]", 80)
+            : [a0] "+r"(*a0), [a1] "+r"(*a1), [a2] "+r"(*a2), [a3] "+r"(*a3), [x] "+r"(x), [xv] "=&r"(xv),
+              [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
+            : [c] "r"(c), [row] "r"(row), [w] "r"(block)
+            : "memory");
+}
+
 /* Input row iy as the 3x3 variants read it: `span` cells from input column -pad_w, those outside the input
  * (the padding, or the whole row when iy lies outside) holding the zero point, so that with the input offset
  * added they are 0 and contribute nothing. */
@@ -277,15 +307,7 @@ static inline __attribute__((always_inline)) void dw_3x3(const dw_layer *L, cons
             int8_t *out = out_pixel;
             for (const int32_t *block = first_block; block != end_block; block += block_words(9), x += 4, out += 4) {
                 int32_t a0 = block[0], a1 = block[1], a2 = block[2], a3 = block[3];
-                const int8_t *xr = x;
-                for (int32_t r = 0; r < 3; r++, xr += row) {
-                    const int32_t *w = block + 4 + 6 * r;
-                    const uint32_t x0 = tml_read_u32(xr), x1 = tml_read_u32(xr + c);
-                    const uint32_t x2 = tml_read_u32(xr + 2 * c);
-                    BLOCK_TAP(tml_sxtb16_even(x0), tml_sxtb16_odd(x0), w);
-                    BLOCK_TAP(tml_sxtb16_even(x1), tml_sxtb16_odd(x1), w + 2);
-                    BLOCK_TAP(tml_sxtb16_even(x2), tml_sxtb16_odd(x2), w + 4);
-                }
+                block_3x3(x, c, row, block, &a0, &a1, &a2, &a3);
                 const tml_requant_smlal *q = (const tml_requant_smlal *)(block + 22);
                 output_block(out, a0, a1, a2, a3, q, (int32_t)(out - out_pixel), &out_step);
             }
