@@ -8,21 +8,20 @@
  * [k_h][k_w][out_c] weights they sit side by side, so they share the loop and pointer work.
  * The portable path (and a DSP target called with NULL scratch) is a direct loop with no scratch.
  *
- * The DSP paths (Cortex-M4, M7, M33) take output channels four at a time ("blocks") and read each tap
- * of a block as one word of input: SXTAB16 widens the input bytes to int16 pairs with the input offset
- * added, and SMLABB/SMLATT multiply-accumulate each channel on its own. Scratch holds, prepared once per
- * call, each channel's requantization (tml_requant_smlal: one SMLAL and a shift per output when the
- * layer allows it) and each block's weights already widened, per tap the int16 pairs of channels
- * (0, 2) and (1, 3), so a tap costs one input word, two SXTAB16, one pair of weight words and four
- * multiplies. The variants, picked from the shape:
- *   - 3x3, stride 1 or 2, depth multiplier 1: the windows wholly inside the input run nine unrolled
- *     taps at constant offsets (the stride a compile-time constant); the border windows are cropped
- *     and run the general loop;
- *   - general (any kernel and stride), depth multiplier 1: the cropped-window loop over the taps;
+ * The DSP paths (Cortex-M4, M7, M33) take output channels four at a time ("blocks"). Scratch holds,
+ * prepared once per call, each block's weights widened to int16 pairs and each channel's requantization
+ * (tml_requant_smlal: one SMLAL and a shift per output, when every channel has that form). The variants,
+ * picked from the shape:
+ *   - 3x3, stride 1 or 2, depth multiplier 1: every window is read whole from the three input rows of its
+ *     output row, copied to scratch with their padded cells holding the input zero point (so that with
+ *     the offset they are 0); the input offset is folded into the sums' starting values, and the nine taps of
+ *     a block run in assembly: per two taps, two input words rearranged by PKHBT/PKHTB and widened by
+ *     SXTB16 into each channel's pair of taps, four SMLADs;
+ *   - general (any kernel and stride), depth multiplier 1: each window cropped to the input, one input
+ *     word per tap widened by SXTAB16 (offset added), SMLABB/SMLATT per channel;
  *   - depth multiplier > 1: the same loop, with a block's four input bytes gathered from the input
  *     channels its outputs read (o / depth_multiplier).
- * Channels beyond the last whole block are computed one by one. Scratch:
- * tml_dwconv2d_s8_scratch_bytes (16 bytes per output channel and 8 per tap per block).
+ * Channels beyond the last whole block are computed one by one. Scratch: tml_dwconv2d_s8_scratch_bytes.
  */
 #include "tml_nn.h"
 #include "tml_support.h"
@@ -82,11 +81,13 @@ static inline void window_dot4(const int8_t *x, const int8_t *w, const window_ge
 #if defined(TML_USE_DSP)
 
 /* Scratch, filled once per call by prepare(): per block of four output channels, in 32-bit words,
- *   [0, 4)              the sums' starting values for a window wholly inside the input: the bias plus
- *                       input_offset times the sum of the channel's weights (the taps then skip the offset);
- *   [4, 4 + 2 * taps)   per tap, the weights of channels (0, 2) and (1, 3) as int16 pairs;
+ *   [0, 4)              the sums' starting values for a whole window (the 3x3 variants): the bias plus
+ *                       input_offset times the sum of the channel's weights;
+ *   [4, 4 + 2 * taps)   the weights as int16 pairs: per tap, channels (0, 2) and (1, 3); in the 3x3
+ *                       variants per two taps t, t + 1, one word per channel (tap t low), tap 8 alone;
  *   then                tml_requant_smlal[4], the channels' requantization (its .bias: their bias);
- * and after the blocks, tml_requant_smlal for each remaining channel. */
+ * after the blocks, tml_requant_smlal for each remaining channel; in the 3x3 variants then three input
+ * rows with their padding. */
 static inline int32_t block_words(int32_t taps)
 {
     return 4 + 2 * taps + 4 * (int32_t)(sizeof(tml_requant_smlal) / 4);
@@ -107,15 +108,15 @@ typedef struct {
 /* What the loops over pixels read. */
 typedef struct {
     const int8_t *input;
-    const int8_t *filter;   /* [k_h][k_w][out_c] */
-    const int32_t *blocks;  /* scratch, as above */
+    const int8_t *filter;          /* [k_h][k_w][out_c] */
+    const int32_t *blocks;         /* scratch, as above */
     const tml_requant_smlal *rest; /* the channels after the last block */
     int32_t in_h, in_w, in_c, out_w, out_c;
     int32_t k_h, k_w;
     int32_t stride_h, stride_w, pad_h, pad_w;
     int32_t multiplier_step; /* depth multiplier */
     int32_t input_offset;
-    int32_t offset2;         /* the input offset in both halfwords */
+    int32_t offset2; /* the input offset in both halfwords */
 } dw_layer;
 
 /* The general output step of channel o, out of line: the SMLAL form is the common case. */
@@ -124,23 +125,45 @@ static __attribute__((noinline)) int8_t output_general(int32_t total, int32_t o,
     return tml_requantize_output(total, 0, d->multiplier[o], d->shift[o], d->offset, d->act_min, d->act_max);
 }
 
-static inline int32_t output_smlal(int32_t total, const tml_requant_smlal *q, int32_t offset)
-{
-    return __ssat(__qadd(tml_requant_smlal_apply(q, total), offset), 8);
-}
-
 /* The output step of channel o; total is its sum with the bias added. */
 static inline int8_t output_one(int32_t total, const tml_requant_smlal *q, int32_t o, const dw_output *d)
 {
     if (!d->smlal) {
         return output_general(total, o, d);
     }
-    return (int8_t)tml_clamp(output_smlal(total, q, d->offset), d->act_min, d->act_max);
+    const int32_t v = __ssat(__qadd(tml_requant_smlal_apply(q, total), d->offset), 8);
+    return (int8_t)tml_clamp(v, d->act_min, d->act_max);
+}
+
+/* tml_requant_smlal_apply, the output offset added (saturating) and SSAT to int8, for the four channels of
+ * a block in place (a0 .. a3: the sums with the bias added). In assembly so that each channel's multiplier
+ * and high word come in one LDRD. */
+#define REQUANT_SMLAL(a, at)                                                                                       \
+    "ldrd %[m], %[hi], [%[q], #" #at " + 4]\n\t"                                                                   \
+    "ldr %[sh], [%[q], #" #at " + 12]\n\t"                                                                         \
+    "and %[lo], %[" a "], #0x80000000\n\t"                                                                         \
+    "orr %[lo], %[lo], #0x40000000\n\t"                                                                            \
+    "add %[hi], %[hi], %[" a "], asr #31\n\t"                                                                      \
+    "smlal %[lo], %[hi], %[" a "], %[m]\n\t"                                                                       \
+    "asr %[hi], %[hi], %[sh]\n\t"                                                                                  \
+    "qadd %[hi], %[hi], %[offset]\n\t"                                                                             \
+    "ssat %[" a "], #8, %[hi]\n\t"
+
+static inline __attribute__((always_inline)) void requant_block(const tml_requant_smlal *q, int32_t offset,
+                                                                int32_t *a0, int32_t *a1, int32_t *a2,
+                                                                int32_t *a3)
+{
+    int32_t m, hi, sh, lo;
+    __asm__(REQUANT_SMLAL("a0", 0) REQUANT_SMLAL("a1", 16) REQUANT_SMLAL("a2", 32) REQUANT_SMLAL("a3", 48)
+            : [a0] "+r"(*a0), [a1] "+r"(*a1), [a2] "+r"(*a2), [a3] "+r"(*a3), [m] "=&r"(m), [hi] "=&r"(hi),
+              [sh] "=&r"(sh), [lo] "=&r"(lo)
+            : [q] "r"(q), [offset] "r"(offset), "m"(*(const tml_requant_smlal(*)[4])q));
 }
 
 /* The output step of block channels o .. o + 3 (a: their sums with the bias added; q: the block's). */
-static inline void output_block(int8_t *out, int32_t a0, int32_t a1, int32_t a2, int32_t a3,
-                                const tml_requant_smlal *q, int32_t o, const dw_output *d)
+static inline __attribute__((always_inline)) void output_block(int8_t *out, int32_t a0, int32_t a1, int32_t a2,
+                                                               int32_t a3, const tml_requant_smlal *q, int32_t o,
+                                                               const dw_output *d)
 {
     if (!d->smlal) {
         out[0] = output_general(a0, o, d);
@@ -149,19 +172,17 @@ static inline void output_block(int8_t *out, int32_t a0, int32_t a1, int32_t a2,
         out[3] = output_general(a3, o + 3, d);
         return;
     }
-    const int32_t offset = d->offset;
-    int32_t v0 = output_smlal(a0, q, offset), v1 = output_smlal(a1, q + 1, offset);
-    int32_t v2 = output_smlal(a2, q + 2, offset), v3 = output_smlal(a3, q + 3, offset);
+    requant_block(q, d->offset, &a0, &a1, &a2, &a3);
     if (!d->full_range) {
-        v0 = tml_clamp(v0, d->act_min, d->act_max);
-        v1 = tml_clamp(v1, d->act_min, d->act_max);
-        v2 = tml_clamp(v2, d->act_min, d->act_max);
-        v3 = tml_clamp(v3, d->act_min, d->act_max);
+        a0 = tml_clamp(a0, d->act_min, d->act_max);
+        a1 = tml_clamp(a1, d->act_min, d->act_max);
+        a2 = tml_clamp(a2, d->act_min, d->act_max);
+        a3 = tml_clamp(a3, d->act_min, d->act_max);
     }
-    out[0] = (int8_t)v0;
-    out[1] = (int8_t)v1;
-    out[2] = (int8_t)v2;
-    out[3] = (int8_t)v3;
+    out[0] = (int8_t)a0;
+    out[1] = (int8_t)a1;
+    out[2] = (int8_t)a2;
+    out[3] = (int8_t)a3;
 }
 
 /* One tap of a block: input int16 pairs (x0, x2) and (x1, x3) times the block's weight words for the tap. */
@@ -172,13 +193,6 @@ static inline void output_block(int8_t *out, int32_t a0, int32_t a1, int32_t a2,
         a2 = __smlatt((xe), we_, a2);                                                                              \
         a1 = __smlabb((xo), wo_, a1);                                                                              \
         a3 = __smlatt((xo), wo_, a3);                                                                              \
-    } while (0)
-
-/* One tap of a depth-multiplier-1 block, its four input bytes one word, the input offset added. */
-#define BLOCK_TAP_WORD(x, w)                                                                                       \
-    do {                                                                                                           \
-        const uint32_t xv_ = tml_read_u32(x);                                                                      \
-        BLOCK_TAP(__sxtab16(offset2, (int32_t)xv_), tml_sxtab16_odd(offset2, xv_), (w));                           \
     } while (0)
 
 /* Output pixels [oy0, oy1) x [ox0, ox1), each window cropped to the input cells: the general loop. */
@@ -202,18 +216,26 @@ static void dw_pixels(const dw_layer *L, const dw_output *d, int32_t oy0, int32_
                 x += (ky.origin + ky.begin) * input_row + (kx.origin + kx.begin) * in_c;
             }
             const int32_t *block = L->blocks;
+            int32_t c0 = 0, d1 = 1, d2 = 2, d3 = 3; /* the input channels of the block's outputs, from c0 */
             for (int32_t o = 0; o < 4 * blocks; o += 4, block += words) {
                 const tml_requant_smlal *q = (const tml_requant_smlal *)(block + 4 + 2 * taps);
                 int32_t a0 = q[0].bias, a1 = q[1].bias, a2 = q[2].bias, a3 = q[3].bias;
-                const int8_t *xb = x + o / m;
-                const int32_t d1 = (o + 1) / m - o / m, d2 = (o + 2) / m - o / m, d3 = (o + 3) / m - o / m;
+                if (m > 1) {
+                    c0 = o / m;
+                    d1 = (o + 1) / m - c0;
+                    d2 = (o + 2) / m - c0;
+                    d3 = (o + 3) / m - c0;
+                } else {
+                    c0 = o;
+                }
                 for (int32_t r = 0; r < rows; r++) {
-                    const int8_t *xk = xb + r * input_row;
+                    const int8_t *xk = x + c0 + r * input_row;
                     const int32_t *wk = block + 4 + 2 * (first_tap + r * L->k_w);
                     const int32_t *const w_end = wk + 2 * cols; /* the weights pointer counts the taps */
                     if (m == 1) {
                         for (; wk != w_end; wk += 2, xk += in_c) {
-                            BLOCK_TAP_WORD(xk, wk);
+                            const uint32_t xv = tml_read_u32(xk);
+                            BLOCK_TAP(__sxtab16(offset2, (int32_t)xv), tml_sxtab16_odd(offset2, xv), wk);
                         }
                         continue;
                     }
@@ -237,56 +259,90 @@ static void dw_pixels(const dw_layer *L, const dw_output *d, int32_t oy0, int32_
     }
 }
 
-/* Nine taps of a block over a whole 3x3 window at x (rows `row` bytes apart, columns c): per tap one input
- * word widened by SXTB16 (the input offset is folded into the starting sums), the tap's two weight words
- * (LDRD from the block, word 4 on) and four multiply-accumulates. In assembly so that the nine addresses
- * come from x, c and row without spilling (GCC runs out of registers for them). */
-#define TAP3(addr, w_offset)                                                                                       \
-    "ldr %[xv], " addr "\n\t"                                                                                      \
-    "ldrd %[we], %[wo], [%[w], #" #w_offset "]\n\t"                                                                \
-    "sxtb16 %[xe], %[xv]\n\t"                                                                                      \
-    "sxtb16 %[xv], %[xv], ror #8\n\t"                                                                              \
-    "smlabb %[a0], %[xe], %[we], %[a0]\n\t"                                                                        \
-    "smlatt %[a2], %[xe], %[we], %[a2]\n\t"                                                                        \
-    "smlabb %[a1], %[xv], %[wo], %[a1]\n\t"                                                                        \
-    "smlatt %[a3], %[xv], %[wo], %[a3]\n\t"
+/* Two taps of a block whose input words are in t0 and t1 (offsets w_offset .. + 15 of the block: one weight
+ * pair word per channel): PKHBT and PKHTB put each channel's two input bytes in bytes 0 and 2 (channels
+ * 0, 2) or 1 and 3 (channels 1, 3) of a word, SXTB16 widens them, SMLAD multiplies both taps at once. */
+#define TAP_PAIR(w_offset)                                                                                         \
+    "pkhbt %[u], %[t0], %[t1], lsl #16\n\t"                                                                        \
+    "pkhtb %[t1], %[t1], %[t0], asr #16\n\t"                                                                       \
+    "ldrd %[w0], %[w1], [%[w], #" #w_offset "]\n\t"                                                                \
+    "sxtb16 %[t0], %[u]\n\t"                                                                                       \
+    "smlad %[a0], %[t0], %[w0], %[a0]\n\t"                                                                         \
+    "sxtb16 %[u], %[u], ror #8\n\t"                                                                                \
+    "smlad %[a1], %[u], %[w1], %[a1]\n\t"                                                                          \
+    "ldrd %[w0], %[w1], [%[w], #" #w_offset " + 8]\n\t"                                                            \
+    "sxtb16 %[t0], %[t1]\n\t"                                                                                      \
+    "smlad %[a2], %[t0], %[w0], %[a2]\n\t"                                                                         \
+    "sxtb16 %[t1], %[t1], ror #8\n\t"                                                                              \
+    "smlad %[a3], %[t1], %[w1], %[a3]\n\t"
 
+/* The nine taps of a block over a whole 3x3 window at x (rows `row` bytes apart, cells c): four tap pairs
+ * and tap 8 alone (SMLABB/SMLATT on channels (0, 2) and (1, 3)). block: its words as prepare() lays them
+ * out for the 3x3 variants. In assembly so that the nine addresses come from x, c and row without
+ * spilling (GCC runs out of registers for them). */
 static inline __attribute__((always_inline)) void block_3x3(const int8_t *x, int32_t c, int32_t row,
                                                             const int32_t *block, int32_t *a0, int32_t *a1,
                                                             int32_t *a2, int32_t *a3)
 {
-    int32_t xv, xe, we, wo;
-    __asm__(TAP3("[%[x]]", 16) TAP3("[%[x], %[c]]", 24) TAP3("[%[x], %[c], lsl #1]", 32)
+    int32_t t0, t1, u, w0, w1;
+    __asm__("ldr %[t0], [%[x]]\n\t"
+            "ldr %[t1], [%[x], %[c]]\n\t" TAP_PAIR(16)
+            "ldr %[t0], [%[x], %[c], lsl #1]\n\t"
             "add %[x], %[x], %[row]\n\t"
-            TAP3("[%[x]]", 40) TAP3("[%[x], %[c]]", 48) TAP3("[%[x], %[c], lsl #1]", 56)
+            "ldr %[t1], [%[x]]\n\t" TAP_PAIR(32)
+            "ldr %[t0], [%[x], %[c]]\n\t"
+            "ldr %[t1], [%[x], %[c], lsl #1]\n\t" TAP_PAIR(48)
             "add %[x], %[x], %[row]\n\t"
-            TAP3("[%[x]]", 64) TAP3("[%[x], %[c]]", 72) TAP3("[%[x], %[c], lsl #1]", 80)
-            : [a0] "+r"(*a0), [a1] "+r"(*a1), [a2] "+r"(*a2), [a3] "+r"(*a3), [x] "+r"(x), [xv] "=&r"(xv),
-              [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
+            "ldr %[t0], [%[x]]\n\t"
+            "ldr %[t1], [%[x], %[c]]\n\t" TAP_PAIR(64)
+            "ldr %[t0], [%[x], %[c], lsl #1]\n\t"
+            "ldrd %[w0], %[w1], [%[w], #80]\n\t"
+            "sxtb16 %[u], %[t0]\n\t"
+            "sxtb16 %[t0], %[t0], ror #8\n\t"
+            "smlabb %[a0], %[u], %[w0], %[a0]\n\t"
+            "smlatt %[a2], %[u], %[w0], %[a2]\n\t"
+            "smlabb %[a1], %[t0], %[w1], %[a1]\n\t"
+            "smlatt %[a3], %[t0], %[w1], %[a3]\n\t"
+            : [a0] "+r"(*a0), [a1] "+r"(*a1), [a2] "+r"(*a2), [a3] "+r"(*a3), [x] "+r"(x), [t0] "=&r"(t0),
+              [t1] "=&r"(t1), [u] "=&r"(u), [w0] "=&r"(w0), [w1] "=&r"(w1)
             : [c] "r"(c), [row] "r"(row), [w] "r"(block)
             : "memory");
+}
+
+/* n bytes from src to dst, in aligned 16-byte LDM/STM chunks where both allow. */
+static inline void copy_bytes(int8_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t i = 0;
+    if ((((uintptr_t)dst | (uintptr_t)src) & 3u) == 0) {
+        for (; i + 16 <= n; i += 16) {
+            __builtin_memcpy(__builtin_assume_aligned(dst + i, 4), __builtin_assume_aligned(src + i, 4), 16);
+        }
+        for (; i + 4 <= n; i += 4) {
+            __builtin_memcpy(__builtin_assume_aligned(dst + i, 4), __builtin_assume_aligned(src + i, 4), 4);
+        }
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i];
+    }
 }
 
 /* Input row iy as the 3x3 variants read it: `span` cells from input column -pad_w, those outside the input
  * (the padding, or the whole row when iy lies outside) holding the zero point, so that with the input offset
  * added they are 0 and contribute nothing. */
-static void padded_row(int8_t *dst, const dw_layer *L, int32_t iy, int32_t span, int8_t zero_point)
+static __attribute__((noinline)) void padded_row(int8_t *dst, const dw_layer *L, int32_t iy, int32_t span,
+                                                 int8_t zero_point)
 {
     const int32_t c = L->in_c;
-    if (iy < 0 || iy >= L->in_h) {
-        __builtin_memset(dst, zero_point, (size_t)(span * c));
-        return;
-    }
-    const int32_t left = L->pad_w < span ? L->pad_w : span;
+    const int32_t left = iy < 0 || iy >= L->in_h ? span : (L->pad_w < span ? L->pad_w : span);
     const int32_t real = L->in_w < span - left ? L->in_w : span - left;
     __builtin_memset(dst, zero_point, (size_t)(left * c));
-    __builtin_memcpy(dst + left * c, L->input + iy * L->in_w * c, (size_t)(real * c));
+    copy_bytes(dst + left * c, L->input + iy * L->in_w * c, real * c);
     __builtin_memset(dst + (left + real) * c, zero_point, (size_t)((span - left - real) * c));
 }
 
 /* A 3x3 depth-multiplier-1 layer with the given stride (a constant in each caller). Per output row, the
  * three input rows it reads are copied with their padding into scratch (`rows`), so that every window is
- * whole: nine unrolled taps per block, starting from the sums with the input offset folded in. */
+ * whole: nine taps per block in assembly, from the sums' starting values with the input offset folded in. */
 static inline __attribute__((always_inline)) void dw_3x3(const dw_layer *L, const dw_output *d, int32_t stride,
                                                          int32_t out_h, int8_t *output, int8_t *rows)
 {
@@ -332,19 +388,21 @@ static __attribute__((noinline)) void dw_3x3_stride2(const dw_layer *L, const dw
     dw_3x3(L, d, 2, out_h, output, rows);
 }
 
-/* Fills scratch (see block_words) for the layer; returns whether every channel has the SMLAL form. */
+/* Fills scratch (see block_words) for the layer, the weights in the 3x3 variants' order when pairs is
+ * set; returns whether every channel has the SMLAL form. */
 static int32_t prepare(int32_t *scratch, const int8_t *filter, const int32_t *bias, const tml_quant_channels *quant,
-                       int32_t taps, int32_t out_c, int32_t input_offset)
+                       int32_t taps, int32_t out_c, int32_t input_offset, int32_t pairs)
 {
     int32_t smlal = 1;
     int32_t *block = scratch;
+    const int32_t whole = out_c - out_c % 4; /* channels in blocks */
     for (int32_t o = 0; o < out_c; o++) {
         const int32_t j = o % 4;
         const int32_t b = bias != NULL ? bias[o] : 0;
-        tml_requant_smlal *q = o < out_c - out_c % 4 ? (tml_requant_smlal *)(block + 4 + 2 * taps) + j
-                                                     : (tml_requant_smlal *)block + (o - (out_c - out_c % 4));
+        tml_requant_smlal *q = o < whole ? (tml_requant_smlal *)(block + 4 + 2 * taps) + j
+                                         : (tml_requant_smlal *)block + (o - whole);
         smlal &= tml_requant_smlal_make(q, b, quant->multiplier[o], quant->shift[o]);
-        if (o >= out_c - out_c % 4) {
+        if (o >= whole) {
             continue;
         }
         uint32_t folded = (uint32_t)b;
@@ -352,8 +410,13 @@ static int32_t prepare(int32_t *scratch, const int8_t *filter, const int32_t *bi
             folded += (uint32_t)(input_offset * filter[t * out_c + o]);
         }
         block[j] = (int32_t)folded;
+        int32_t t = 0;
+        for (; pairs && t + 2 <= taps; t += 2) { /* channel j's taps t and t + 1 as one int16 pair */
+            const uint32_t lo = (uint16_t)filter[t * out_c + o], hi = (uint16_t)filter[(t + 1) * out_c + o];
+            block[4 + 2 * t + j] = (int32_t)(lo | hi << 16);
+        }
         if (j == 3) {
-            for (int32_t t = 0; t < taps; t++) {
+            for (; t < taps; t++) {
                 const uint32_t wv = tml_read_u32(filter + t * out_c + o - 3);
                 block[4 + 2 * t] = tml_sxtb16_even(wv);
                 block[5 + 2 * t] = tml_sxtb16_odd(wv);
@@ -384,23 +447,25 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
 #if defined(TML_USE_DSP)
     if (scratch != NULL) {
         const int32_t taps = k_h * k_w, blocks = out_c / 4;
-        const int32_t smlal = prepare(scratch, filter, bias, quant, taps, out_c, p->input_offset);
+        /* the 3x3 variants pad with the input zero point, which must be an int8 */
+        const int32_t square3 = multiplier_step == 1 && k_h == 3 && k_w == 3 && p->stride_h == p->stride_w
+                             && (p->stride_h == 1 || p->stride_h == 2) && p->input_offset >= -127
+                             && p->input_offset <= 128;
+        const int32_t smlal = prepare(scratch, filter, bias, quant, taps, out_c, p->input_offset, square3);
         const dw_output d = {
             quant->multiplier, quant->shift, p->output_offset, p->act_min, p->act_max,
             smlal && p->act_min >= -128 && p->act_max <= 127, p->act_min == -128 && p->act_max == 127,
         };
+        const tml_requant_smlal *rest = (const tml_requant_smlal *)((const int32_t *)scratch + blocks * block_words(taps));
         const dw_layer L = {
-            input, filter, scratch, (const tml_requant_smlal *)((const int32_t *)scratch + blocks * block_words(taps)),
-            in_h, in_w, in_c, out_w, out_c, k_h, k_w, p->stride_h, p->stride_w, p->pad_h, p->pad_w, multiplier_step,
-            p->input_offset, (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16)),
+            input, filter, scratch, rest, in_h, in_w, in_c, out_w, out_c, k_h, k_w, p->stride_h, p->stride_w,
+            p->pad_h, p->pad_w, multiplier_step, p->input_offset,
+            (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) | ((uint32_t)p->input_offset << 16)),
         };
-        /* the 3x3 variants pad with the zero point, which must be an int8 */
-        const int32_t square3 = multiplier_step == 1 && k_h == 3 && k_w == 3 && p->stride_h == p->stride_w
-                             && p->input_offset >= -127 && p->input_offset <= 128;
-        int8_t *rows = (int8_t *)((tml_requant_smlal *)L.rest + out_c % 4);
+        int8_t *rows = (int8_t *)(rest + out_c % 4);
         if (square3 && p->stride_h == 1) {
             dw_3x3_stride1(&L, &d, out_h, output, rows);
-        } else if (square3 && p->stride_h == 2) {
+        } else if (square3) {
             dw_3x3_stride2(&L, &d, out_h, output, rows);
         } else {
             dw_pixels(&L, &d, 0, out_h, 0, out_w, output);
