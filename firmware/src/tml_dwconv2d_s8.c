@@ -456,7 +456,8 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
             quant->multiplier, quant->shift, p->output_offset, p->act_min, p->act_max,
             smlal && p->act_min >= -128 && p->act_max <= 127, p->act_min == -128 && p->act_max == 127,
         };
-        const tml_requant_smlal *rest = (const tml_requant_smlal *)((const int32_t *)scratch + blocks * block_words(taps));
+        const int32_t *tables = scratch;
+        const tml_requant_smlal *rest = (const tml_requant_smlal *)(tables + blocks * block_words(taps));
         const dw_layer L = {
             input, filter, scratch, rest, in_h, in_w, in_c, out_w, out_c, k_h, k_w, p->stride_h, p->stride_w,
             p->pad_h, p->pad_w, multiplier_step, p->input_offset,
