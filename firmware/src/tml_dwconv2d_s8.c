@@ -195,16 +195,15 @@ static inline __attribute__((always_inline)) void output_block(int8_t *out, int3
         a3 = __smlatt((xo), wo_, a3);                                                                              \
     } while (0)
 
-/* Output pixels [oy0, oy1) x [ox0, ox1), each window cropped to the input cells: the general loop. */
-static void dw_pixels(const dw_layer *L, const dw_output *d, int32_t oy0, int32_t oy1, int32_t ox0, int32_t ox1,
-                      int8_t *output)
+/* Every output pixel, each window cropped to the input cells: the general loop. */
+static void dw_pixels(const dw_layer *L, const dw_output *d, int32_t out_h, int8_t *output)
 {
     const int32_t in_c = L->in_c, out_c = L->out_c, m = L->multiplier_step, taps = L->k_h * L->k_w;
     const int32_t blocks = out_c / 4, words = block_words(taps), offset2 = L->offset2;
     const int32_t input_row = L->in_w * in_c;
-    for (int32_t oy = oy0; oy < oy1; oy++) {
+    for (int32_t oy = 0; oy < out_h; oy++) {
         const tml_window_span ky = tml_window_span_at(oy, L->stride_h, L->pad_h, L->k_h, L->in_h);
-        for (int32_t ox = ox0; ox < ox1; ox++) {
+        for (int32_t ox = 0; ox < L->out_w; ox++) {
             int8_t *out = output + (oy * L->out_w + ox) * out_c;
             const tml_window_span kx = tml_window_span_at(ox, L->stride_w, L->pad_w, L->k_w, L->in_w);
             const int32_t rows = ky.end > ky.begin ? ky.end - ky.begin : 0;
@@ -469,7 +468,7 @@ tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channe
         } else if (square3) {
             dw_3x3_stride2(&L, &d, out_h, output, rows);
         } else {
-            dw_pixels(&L, &d, 0, out_h, 0, out_w, output);
+            dw_pixels(&L, &d, out_h, output);
         }
         return TML_OK;
     }
