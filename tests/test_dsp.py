@@ -134,6 +134,52 @@ def _bias(rng: np.random.Generator, n: int) -> np.ndarray | None:
     return rng.integers(-5000, 5000, size=n).astype(np.int32)
 
 
+DW_VARIANTS = ("3x3 stride 1", "3x3 stride 2", "general", "multiplier")
+# (multiplier, shift) pairs with the SMLAL form of the DSP depthwise output step (shift <= -2, or a zero
+# multiplier), at its edges
+SMLAL_EXTREMES = [(INT32_MAX, -31), (INT32_MAX, -2), (1 << 30, -2), (1 << 30, -31), (1, -2), (0, 0), (0, 30)]
+
+
+def _depthwise_case(rng: np.random.Generator, variant: str, in_c: int, smlal: bool) -> Case:
+    """A depthwise case for one DSP variant: odd sizes, padding; its requantization either all in the SMLAL
+    form (typical values and that form's extremes) or mixed with pairs outside it (then the general output
+    step runs)."""
+    h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    mult = 1
+    padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+    if variant.startswith("3x3"):
+        s = 1 if variant == "3x3 stride 1" else 2
+        kernel, stride = (3, 3), (s, s)
+        padding = (max(padding[0], (4 - h) // 2), max(padding[1], (4 - w) // 2))  # the window fits
+    else:
+        kernel = (int(rng.integers(1, min(3, h + 2 * padding[0]) + 1)),
+                  int(rng.integers(1, min(3, w + 2 * padding[1]) + 1)))  # fmt: skip
+        stride = (int(rng.integers(1, 3)), int(rng.integers(1, 4)))
+        if variant == "multiplier":
+            mult = int(rng.choice([2, 3, 4]))
+        elif kernel == (3, 3) and stride[0] == stride[1] < 3:
+            stride = (stride[0], 3)
+    out_c = in_c * mult
+    x, wt = _int8(rng, (h, w, in_c)), _int8(rng, (*kernel, out_c))
+    quant = _requant(rng, out_c, kernel[0] * kernel[1])
+    if not smlal:  # one channel at least outside the SMLAL form (shift -1: a real multiplier in [1/4, 1/2))
+        quant["multiplier"][0], quant["shift"][0] = quantize_multiplier(0.3)
+    if smlal:  # every channel in the SMLAL form
+        typical = 40 / (5500 * kernel[0] * kernel[1])
+        pairs = [SMLAL_EXTREMES[rng.integers(len(SMLAL_EXTREMES))] if rng.integers(6) == 0
+                 else quantize_multiplier(typical * 10.0 ** rng.uniform(-1, 1)) for _ in range(out_c)]  # fmt: skip
+        quant["multiplier"] = np.array([q[0] for q in pairs], np.int32)
+        quant["shift"] = np.array([q[1] for q in pairs], np.int32)
+    kw = dict(stride=stride, padding=padding, depth_multiplier=mult, **quant)
+    return Case("dwconv2d", x, wt, _bias(rng, out_c), kw)
+
+
+def smlal_form(case: Case) -> bool:
+    """Every channel's requantization has the SMLAL form and the clamp lies inside int8."""
+    pairs = zip(case.kw["multiplier"].tolist(), case.kw["shift"].tolist(), strict=True)
+    return all(m == 0 or (m > 0 and s <= -2) for m, s in pairs)
+
+
 def random_cases(seed: int, count: int) -> list[Case]:
     """Convolutions of every geometry (1x1 included, input channels with and without a multiple of four,
     odd channel and pixel counts, padding, strides) and fully connected layers with and without a folded bias."""
@@ -173,16 +219,9 @@ def random_cases(seed: int, count: int) -> list[Case]:
             kw = dict(kernel=kernel, stride=stride, padding=padding, act_min=int(clamp[0]), act_max=int(clamp[1]))
             cases.append(Case("maxpool" if k % 14 == 13 else "avgpool", _int8(rng, (h, w, c)), None, None, kw))
             continue
-        if k % 5 == 4:  # depthwise: channel counts around multiples of four, depth multipliers 1 .. 3
-            h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
-            in_c, mult = int(rng.choice([1, 3, 4, 5, 8, 9])), int(rng.choice([1, 1, 2, 3]))
-            padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
-            kernel = (int(rng.integers(1, min(3, h + 2 * padding[0]) + 1)),
-                      int(rng.integers(1, min(3, w + 2 * padding[1]) + 1)))  # fmt: skip
-            stride = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-            x, wt = _int8(rng, (h, w, in_c)), _int8(rng, (*kernel, in_c * mult))
-            kw = dict(stride=stride, padding=padding, depth_multiplier=mult, **_requant(rng, in_c * mult, 9))
-            cases.append(Case("dwconv2d", x, wt, _bias(rng, in_c * mult), kw))
+        if k % 5 == 4:  # depthwise, taking the DSP variants in turn: 3x3 stride 1, 3x3 stride 2, general, multiplier
+            variant, turn = DW_VARIANTS[k // 5 % len(DW_VARIANTS)], k // (5 * len(DW_VARIANTS))
+            cases.append(_depthwise_case(rng, variant, in_c=(5, 8, 12, 1)[turn % 4], smlal=turn % 2 == 0))
             continue
         if k % 5 == 3:
             n, out_c = int(rng.integers(1, 41)), int(rng.integers(1, 10))
@@ -205,6 +244,8 @@ def random_cases(seed: int, count: int) -> list[Case]:
         x, wt = _int8(rng, (h, w, in_c)), _int8(rng, (out_c, *kernel, in_c))
         kw = dict(stride=stride, padding=padding, **_requant(rng, out_c, kernel[0] * kernel[1] * in_c))
         cases.append(Case("conv2d", x, wt, _bias(rng, out_c), kw, no_scratch=k % 10 == 1))
+    for k, variant in enumerate(DW_VARIANTS * 2):  # each depthwise variant with both output steps, odd channels
+        cases.append(_depthwise_case(rng, variant, in_c=(9, 4)[k // len(DW_VARIANTS)], smlal=k < len(DW_VARIANTS)))
     return cases
 
 
@@ -426,6 +467,18 @@ def test_cases_cover_the_dsp_variants(cases):
     assert any(c.x.shape[2] % 4 == 0 for c in maxpools) and any(c.x.shape[2] % 4 for c in maxpools)
     assert any(c.op == "softmax" for c in cases) and any(c.op == "add" and c.x.size >= 4 for c in cases)
     assert any(c.op == "add" and c.scratch(None) for c in cases)  # the tabled variant
+    for stride in (1, 2):  # the 3x3 variants, whole blocks and single channels, both output steps
+        square = [c for c in dws if c.w.shape[:2] == (3, 3) and c.kw["stride"] == (stride, stride)
+                  and c.kw["depth_multiplier"] == 1]  # fmt: skip
+        assert any(c.x.shape[2] >= 4 for c in square) and any(c.x.shape[2] % 4 for c in square)
+        assert any(smlal_form(c) for c in square) and any(not smlal_form(c) for c in square)
+        assert any(c.kw["padding"] != (0, 0) for c in square)
+    general = [c for c in dws if c.kw["depth_multiplier"] == 1
+               and not (c.w.shape[:2] == (3, 3) and c.kw["stride"][0] == c.kw["stride"][1] < 3)]  # fmt: skip
+    assert any(c.x.shape[2] >= 4 and smlal_form(c) for c in general)
+    multiplied = [c for c in dws if c.kw["depth_multiplier"] > 1]
+    assert any(c.w.shape[2] >= 4 and smlal_form(c) for c in multiplied)
+    assert any(c.kw["multiplier"].tolist().count(0) for c in dws if smlal_form(c))
     pools = [c for c in cases if c.op == "avgpool"]
     assert any(c.kw["kernel"][0] * c.kw["kernel"][1] > 255 for c in pools)
     assert any(c.x.shape[2] % 4 == 0 for c in pools) and any(c.x.shape[2] % 4 for c in pools)

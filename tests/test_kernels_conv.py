@@ -266,6 +266,9 @@ _kernel_sides = st.one_of(st.just(1), st.integers(1, 7))  # 1x1 filters often: t
 @given(_dims, _kernel_sides, _kernel_sides, _dims)
 @example((5, 5, 3), 1, 1, (5, 5, 8))  # 1x1, a staging copy
 @example((5, 5, 64), 1, 1, (5, 5, 8))  # 1x1, none
+@example((25, 5, 64), 3, 3, (25, 5, 64))  # depthwise 3x3, depth multiplier 1: padded rows
+@example((48, 48, 9), 3, 3, (24, 24, 9))  # the same, a channel beyond the last block
+@example((5, 5, 6), 3, 3, (5, 5, 12))  # depthwise 3x3, depth multiplier 2: no rows
 def test_python_scratch_sizes_equal_the_c_library(lib, dsp_scratch_lib, in_dims, kh, kw, out_dims):
     """Code generation sizes scratch in Python (it never compiles C): the C library must agree on every board."""
     from tinyml.board.boards import builtin_boards
@@ -484,3 +487,81 @@ def test_reference_conv2d_hand_computed():
     # halved with ties away from zero: [[2, 3, 2], [4, 8, 5], [3, 5, 3]]; minus 3:
     expected = np.array([[-1, 0, -1], [1, 5, 2], [0, 2, 0]], np.int8)
     np.testing.assert_array_equal(out[:, :, 0], expected)
+
+
+# ---------------------------------------------------------------- the DSP depthwise output step
+
+REQUANT_SMLAL_CDEF = """
+void requant_smlal_many(const int32_t *total, const int32_t *multiplier, const int32_t *shift, int32_t *out,
+                        int32_t *usable, int32_t n);
+"""
+REQUANT_SMLAL_C = """
+#include "tml_support.h"
+void requant_smlal_many(const int32_t *total, const int32_t *multiplier, const int32_t *shift, int32_t *out,
+                        int32_t *usable, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++) {
+        tml_requant_smlal q;
+        usable[i] = tml_requant_smlal_make(&q, 0, multiplier[i], shift[i]);
+        out[i] = usable[i] ? tml_requant_smlal_apply(&q, total[i]) : 0;
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def requant_smlal():
+    """tml_support.h's SMLAL requantization compiled for the host (the same C expression the DSP build turns
+    into one SMLAL), applied element by element."""
+    from tinyml.resources import FIRMWARE_DIR
+
+    built = host.build(REQUANT_SMLAL_CDEF, REQUANT_SMLAL_C, [], [FIRMWARE_DIR / "include"])
+
+    def run(total, multiplier, shift) -> tuple[np.ndarray, np.ndarray]:
+        arrays = [np.ascontiguousarray(a, dtype=np.int32) for a in (total, multiplier, shift)]
+        out, usable = np.zeros(arrays[0].size, np.int32), np.zeros(arrays[0].size, np.int32)
+        ptr = [built.ffi.from_buffer("int32_t[]", a) for a in (*arrays, out, usable)]
+        built.lib.requant_smlal_many(*ptr, arrays[0].size)
+        return out, usable.astype(bool)
+
+    return run
+
+
+def _smlal_form(multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return (multiplier == 0) | ((multiplier > 0) & (shift <= -2))
+
+
+def test_smlal_requantization_equals_the_reference_on_extremes(requant_smlal):
+    """Every accumulator edge, with ties (multiplier 2^30 and small shifts) and the largest multipliers and
+    shifts: the SMLAL form is taken exactly where it applies, and gives the reference's value."""
+    from tinyml.numbers import requantize
+
+    rng = np.random.default_rng(3)
+    edges = np.array([INT32_MIN, INT32_MIN + 1, -(1 << 30) - 1, -(1 << 30), -3, -2, -1, 0, 1, 2, 3, 1 << 30,
+                      INT32_MAX - 1, INT32_MAX], np.int64)  # fmt: skip
+    totals = np.concatenate([edges, rng.integers(-5000, 5000, 4000), rng.integers(INT32_MIN, INT32_MAX, 4000,
+                                                                                   endpoint=True)])  # fmt: skip
+    pairs = [(m, s) for m in (0, 1, 2, 3, (1 << 30) - 1, 1 << 30, (1 << 30) + 1, INT32_MAX, -1, INT32_MIN + 1)
+             for s in (-31, -30, -17, -5, -3, -2, -1, 0, 1, 30)]  # fmt: skip
+    m = np.repeat([p[0] for p in pairs], totals.size)
+    s = np.repeat([p[1] for p in pairs], totals.size)
+    t = np.tile(totals, len(pairs))
+    got, usable = requant_smlal(t, m, s)
+    np.testing.assert_array_equal(usable, _smlal_form(m, s))
+    np.testing.assert_array_equal(got[usable], requantize(t, m, s)[usable])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(INT32_MIN, INT32_MAX), min_size=1, max_size=64),
+    st.one_of(st.integers(0, INT32_MAX), st.sampled_from([0, 1, 1 << 30, INT32_MAX])),
+    st.integers(-31, 30),
+)
+def test_smlal_requantization_equals_the_reference(requant_smlal, totals, multiplier, shift):
+    from tinyml.numbers import requantize
+
+    n = len(totals)
+    got, usable = requant_smlal(totals, [multiplier] * n, [shift] * n)
+    assert usable.all() == bool(multiplier == 0 or shift <= -2)
+    if usable.all():
+        np.testing.assert_array_equal(got, requantize(np.array(totals), multiplier, shift))

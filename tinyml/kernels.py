@@ -250,8 +250,21 @@ def conv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape:
 
 
 def dwconv2d_s8_scratch_bytes(input_shape: Dims, filter_shape: Dims, output_shape: Dims, board: Board | None) -> int:
-    """Scratch bytes of `tml_dwconv2d_s8` on `board`; mirrors `tml_dwconv2d_s8_scratch_bytes` in firmware/src."""
-    return 0
+    """Scratch bytes of `tml_dwconv2d_s8` on `board`; mirrors `tml_dwconv2d_s8_scratch_bytes` in firmware/src.
+
+    The portable direct loop needs none. The DSP paths prepare, per block of four output channels, their
+    starting sums (16 bytes), weights widened to int16 pairs (8 bytes a tap) and requantization (64 bytes),
+    and the requantization of each remaining channel (16 bytes); the 3x3 variants (depth multiplier 1,
+    stride 1 or 2) add three input rows copied with their padding, (out_w - 1) * stride + 3 <= 2 * out_w + 1
+    cells each.
+    """
+    if board is None or not board.dsp:
+        return 0
+    out_c, taps = output_shape[2], filter_shape[0] * filter_shape[1]
+    tables = out_c // 4 * (80 + 8 * taps) + 16 * (out_c % 4)
+    if filter_shape[:2] == (3, 3) and out_c == input_shape[2]:
+        return tables + 3 * (2 * output_shape[1] + 1) * input_shape[2]  # the 3x3 variants' padded input rows
+    return tables
 
 
 ADD_TABLE_MIN_SIZE = 1024  # TML_ADD_TABLE_MIN_SIZE in firmware/src/tml_add_s8.c

@@ -118,7 +118,10 @@ void tml_conv2d_s8_channel(const tml_conv_params *params, const tml_quant_channe
                            const tml_shape *output_shape, int8_t *output);
 
 /* Depthwise convolution, weights [k_h][k_w][out_c], out_c = in_c * depth_multiplier,
- * output channel o reads input channel o / depth_multiplier. */
+ * output channel o reads input channel o / depth_multiplier. scratch: 4-byte aligned,
+ * tml_dwconv2d_s8_scratch_bytes long (0 on the portable path; on a DSP target, prepared weights and
+ * requantization, and padded input rows for a 3x3 filter), or NULL, with which a DSP target runs the
+ * portable loop instead. */
 tml_status tml_dwconv2d_s8(const tml_conv_params *params, const tml_quant_channels *quant,
                            const tml_shape *input_shape, const int8_t *input,
                            const tml_shape *filter_shape, const int8_t *filter,

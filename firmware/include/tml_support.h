@@ -130,6 +130,48 @@ static inline int32_t tml_requant_apply(const tml_requant *q, int32_t acc)
     return (int32_t)(((uint32_t)t + q->half) >> q->right);
 }
 
+/* tml_requantize(total, multiplier, shift) as one 64-bit multiply-accumulate (SMLAL on Arm) and a shift, for
+ * the common case of a right shift of at least 2 (a real multiplier below 1/4) and multiplier >= 0.
+ *
+ * With e = -shift, tml_requantize is r = floor((P + 2^30) / 2^31), P = total * multiplier, then
+ * floor((r + 2^(e-1) - [r < 0]) / 2^e) (rounding half away from zero). Floors of integer quotients
+ * compose, so that is floor((P + 2^30 + 2^(30+e) - [r < 0] * 2^31) / 2^(31+e)). For e >= 1 and
+ * multiplier >= 0, [r < 0] may be replaced by [total < 0]: they differ only when total < 0 and r = 0,
+ * where both roundings give 0. The constant then is (2^(e-2) - [total < 0]) * 2^32 (the high word) plus
+ * 2^30 + [total < 0] * 2^31 (the low word), and since 31 + e >= 32 the result is the high word of the
+ * sum shifted right by e - 1. A zero multiplier gives 0 with any e >= 1, so it takes e = 2. */
+typedef struct {
+    int32_t bias;       /* added to the accumulator before the call, with wrap-around */
+    int32_t multiplier; /* >= 0 */
+    int32_t high;       /* 2^(e-2) */
+    int32_t shift;      /* e - 1, 1..30 */
+} tml_requant_smlal;
+
+/* Prepares q for (bias, multiplier, shift); returns 0 (q unusable) outside the case described above. */
+static inline int tml_requant_smlal_make(tml_requant_smlal *q, int32_t bias, int32_t multiplier, int32_t shift)
+{
+    const int32_t e = multiplier == 0 ? 2 : -shift;
+    q->bias = bias;
+    q->multiplier = multiplier;
+    q->high = 1;
+    q->shift = 1;
+    if (multiplier < 0 || e < 2 || e > 31) {
+        return 0;
+    }
+    q->high = (int32_t)(1u << (e - 2));
+    q->shift = e - 1;
+    return 1;
+}
+
+/* tml_requantize(total, multiplier, shift) for a q made from them; total includes the bias. */
+static inline int32_t tml_requant_smlal_apply(const tml_requant_smlal *q, int32_t total)
+{
+    const uint32_t lo = ((uint32_t)total & 0x80000000u) | 0x40000000u;
+    const int32_t hi = q->high + (total >> 31);
+    const int64_t sum = (int64_t)(((uint64_t)(uint32_t)hi << 32) | lo) + (int64_t)total * q->multiplier;
+    return (int32_t)(sum >> 32) >> q->shift;
+}
+
 /* A window geometry is consistent: out == (in + 2 * pad - kernel) / stride + 1, every size positive. */
 static inline int tml_window_fits(int32_t in, int32_t kernel, int32_t stride, int32_t pad, int32_t out)
 {
