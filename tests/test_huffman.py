@@ -21,7 +21,7 @@ from tinyml.errors import RecipeError, TinymlError
 from tinyml.reference import run_int8
 from tinyml_plugins.huffman import codes
 from tinyml_plugins.huffman.codes import CorruptStreamError, Encoded, decode, encode
-from tinyml_plugins.huffman.kernels import conv2d_scratch_bytes, fc_scratch_bytes
+from tinyml_plugins.huffman.kernels import READER_BYTES, conv2d_scratch_bytes, fc_scratch_bytes
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -191,6 +191,12 @@ def requantization(rng: np.random.Generator, channels: int) -> tuple[np.ndarray,
     )
 
 
+def test_the_decoder_state_fits_the_scratch_python_gives_it(lib):
+    """The reader lives in the fused kernels' scratch: Python's size is the C's, and holds the struct."""
+    assert lib.lib.tml_huffman_reader_bytes() == lib.lib.TML_HUFFMAN_READER_BYTES == READER_BYTES
+    assert lib.ffi.sizeof("tml_huffman_reader") <= READER_BYTES and READER_BYTES % 8 == 0
+
+
 @SETTINGS
 @given(
     in_f=st.integers(1, 80), out_f=st.integers(1, 40), kind=KINDS, seed=st.integers(0, 2**32 - 1),
@@ -327,8 +333,8 @@ def test_cnn_with_encoded_weights_equals_the_reference_on_the_host(cnn_build):
     graph = cnn_build.graph
     functions = [cnn_build.generated.kernels[n.name].function for n in graph.nodes]
     assert functions == ["tml_huffman_conv2d_s8", "tml_huffman_conv2d_s8", "tml_flatten_s8", "tml_huffman_fc_s8"]
-    conv = graph.nodes[1]  # one filter of scratch: 3 x 3 x 8
-    assert cnn_build.generated.plan.sizes[f"scratch:{conv.name}"] == 3 * 3 * 8
+    conv = graph.nodes[1]  # the decoder's state and one filter of scratch: 3 x 3 x 8
+    assert cnn_build.generated.plan.sizes[f"scratch:{conv.name}"] == READER_BYTES + 3 * 3 * 8
     model = host.load_model(cnn_build.out_dir)
     x = np.random.default_rng(6).integers(-128, 128, size=(10, 8, 8, 1), dtype=np.int8)
     np.testing.assert_array_equal(model(x), run_int8(graph, x)[graph.outputs[0]].reshape(10, -1))

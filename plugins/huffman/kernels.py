@@ -1,9 +1,11 @@
 """Kernels for layers whose weights are encoded: fused decoding, or zero skipping over sparse rows.
 
 `tml_huffman_fc_s8` and `tml_huffman_conv2d_s8` decode one output channel's weights (an fc row, a
-conv filter) into scratch and use them before decoding the next; the scratch is the one row or
-filter, sized here in Python as the C library's `tml_huffman_*_scratch_bytes` sizes it (code
-generation never compiles C). `tml_sparse_fc_s8` and `tml_sparse_conv1x1_s8` read `sparse-csr`
+conv filter) into scratch and use them before decoding the next (an fc layer's sparse weights are
+multiplied as they are read, never written out); the scratch is the decoder's state
+(`READER_BYTES`) and the one row or filter, sized here in Python as the C library's
+`tml_huffman_*_scratch_bytes` sizes it (code generation never compiles C), so the memory plan
+holds all the RAM decoding takes and the kernels' stack frames stay small. `tml_sparse_fc_s8` and `tml_sparse_conv1x1_s8` read `sparse-csr`
 weights as they are stored and touch only the nonzeros, with no scratch. A layer whose weights
 are raw keeps the core's kernels.
 """
@@ -68,18 +70,23 @@ def sparse_is_faster(node: Node, graph: Graph, board: Board | None) -> bool:
     return sparsity > SPARSE_CROSSOVER[kernel_path(board)]["fc" if node.op == "fc" else "conv1x1"]
 
 
+# TML_HUFFMAN_READER_BYTES: the scratch a tml_huffman_reader takes (its size with 64-bit pointers, so
+# the same on the host and the boards); mirrors `tml_huffman_reader_bytes`.
+READER_BYTES = 200
+
+
 def fc_scratch_bytes(in_features: int) -> int:
-    """Scratch of `tml_huffman_fc_s8`: one decoded row. Mirrors `tml_huffman_fc_s8_scratch_bytes`."""
-    return in_features
+    """Scratch of `tml_huffman_fc_s8`: the reader, then one decoded row. Mirrors `tml_huffman_fc_s8_scratch_bytes`."""
+    return READER_BYTES + in_features
 
 
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int]) -> int:
-    """Scratch of `tml_huffman_conv2d_s8`: one decoded filter (h, w, c).
+    """Scratch of `tml_huffman_conv2d_s8`: the reader, then one decoded filter (h, w, c).
 
     Mirrors `tml_huffman_conv2d_s8_scratch_bytes`.
     """
     h, w, c = filter_shape
-    return h * w * c
+    return READER_BYTES + h * w * c
 
 
 def _fc_params(call: CallSite) -> str:

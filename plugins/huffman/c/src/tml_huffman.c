@@ -7,7 +7,8 @@
  * reported as corrupt. A Huffman code is decoded as in canonical decoders (e.g. zstd's): the next
  * TML_HUFFMAN_MAX_BITS bits, left-aligned, are compared with each length's limit, shortest first;
  * the first length whose limit is above them is the code's. The limits are computed from the
- * table's counts when the reader starts (on the stack), so the flash holds counts and symbols only.
+ * table's counts when the reader starts (in the reader, which the fused kernels keep in their
+ * scratch), so the flash holds counts and symbols only.
  */
 #include "tml_huffman.h"
 
@@ -79,6 +80,13 @@ static int prepare(const tml_huffman_table *t, uint16_t *limit, int16_t *base, i
         first = (first + count) << 1;
     }
     return 1;
+}
+
+_Static_assert(sizeof(tml_huffman_reader) <= TML_HUFFMAN_READER_BYTES, "the reader outgrew its scratch");
+
+int32_t tml_huffman_reader_bytes(void)
+{
+    return TML_HUFFMAN_READER_BYTES;
 }
 
 tml_status tml_huffman_reader_init(tml_huffman_reader *reader, const tml_huffman_weights *weights)
@@ -192,6 +200,55 @@ tml_status tml_huffman_read_s8(tml_huffman_reader *reader, int8_t *out, int32_t 
     r->done += n;
     int32_t bad = r->weights->gap_bits == 0 ? read_dense(r, out, n) : read_sparse(r, out, n);
     bad |= r->bits_used > 8 * (r->weights->stream_bytes - 1); /* read past the stream's data */
+    return bad ? TML_ARG_ERROR : TML_OK;
+}
+
+/* Sparse weights as a dot product with x: the zeros are skipped, never written. */
+static int32_t dot_sparse(tml_huffman_reader *restrict r, const int8_t *restrict x, int32_t n, int32_t *dot,
+                          int32_t *sum)
+{
+    int32_t i = 0, acc = 0, total = 0;
+    while (i < n) {
+        if (!r->has_value) {
+            if (r->entries_left == 0) { /* the trailing zeros */
+                break;
+            }
+            const int32_t gap = take_gap(r);
+            const int32_t value = take_value(r);
+            if (gap < 0 || value > 127) {
+                return 1;
+            }
+            r->zeros_left = gap;
+            r->value = value;
+            r->has_value = 1;
+            r->entries_left--;
+        }
+        if (r->zeros_left >= n - i) { /* the entry's weight lies in a later row */
+            r->zeros_left -= n - i;
+            break;
+        }
+        i += r->zeros_left;
+        r->zeros_left = 0;
+        acc += x[i++] * r->value;
+        total += r->value;
+        r->has_value = 0;
+    }
+    *dot = acc;
+    *sum = total;
+    return r->done == r->weights->count && (r->has_value || r->entries_left != 0);
+}
+
+tml_status tml_huffman_dot_sparse_s8(tml_huffman_reader *reader, const int8_t *x, int32_t n, int32_t *dot,
+                                     int32_t *sum)
+{
+    if (reader == NULL || reader->weights == NULL || reader->weights->gap_bits == 0 || x == NULL || dot == NULL
+        || sum == NULL || n < 1 || n > reader->weights->count - reader->done) {
+        return TML_ARG_ERROR;
+    }
+    tml_huffman_reader *r = reader;
+    r->done += n;
+    int32_t bad = dot_sparse(r, x, n, dot, sum);
+    bad |= r->bits_used > 8 * (r->weights->stream_bytes - 1);
     return bad ? TML_ARG_ERROR : TML_OK;
 }
 
