@@ -81,14 +81,14 @@ def float32_bytes(build: Build) -> int:
 
 
 def encoded_weights(build: Build) -> list[Any]:
-    """The weight tensors the huffman technique gave a codebook (fc and conv2d layers)."""
-    from tinyml_plugins.huffman.kernels import FUSED_OPS
+    """The weight tensors the huffman technique gave a codebook (fc, conv2d and dwconv2d layers)."""
+    from tinyml_plugins.huffman.kernels import ENCODED_OPS
 
     graph = build.graph
     return [
         (node.name, graph.tensors[node.inputs[1]])
         for node in graph.nodes
-        if node.op in FUSED_OPS and graph.tensors[node.inputs[1]].codebook is not None
+        if node.op in ENCODED_OPS and graph.tensors[node.inputs[1]].codebook is not None
     ]
 
 
@@ -325,7 +325,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             r["model"], r["stage"], f"{100 * r['float_accuracy']:.2f}%", f"{100 * r['device_accuracy']:.2f}%",
             "yes" if r["outputs_match_reference"] else "NO", _num(r["stored_bytes"]), _num(r["float32_bytes"]),
             f"{r['compression_ratio']:.1f}x", _num(r.get("elf_flash_bytes")), _num(r.get("ram_bytes")),
-            _num(r["decode_scratch_bytes"]), _yes_no(r.get("ram_within_int8_plus_scratch")), _num(r.get("instructions")),
+            _num(r["decode_scratch_bytes"]), _yes_no(r.get("ram_within_int8_plus_scratch")),
+            _num(r.get("instructions")),
         )  # fmt: skip
     console.print(stages)
     models = Table(title="Compressed (prune + share + huffman) against float32 and plain int8")

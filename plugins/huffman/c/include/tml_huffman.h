@@ -100,9 +100,10 @@ tml_status tml_huffman_read_s8(tml_huffman_reader *reader, int8_t *out, int32_t 
 tml_status tml_huffman_dot_sparse_s8(tml_huffman_reader *reader, const int8_t *x, int32_t n, int32_t *dot,
                                      int32_t *sum);
 
-/* Decode the whole tensor into out[weights->count]: for tests and for decoding a layer into scratch
- * (the reader on the stack: not for the fused kernels). */
-tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out);
+/* Decode the whole tensor into out[weights->count], `reader` (in scratch, TML_HUFFMAN_READER_BYTES) as
+ * the state: a layer whose kernel cannot decode inside (depthwise) is decoded into scratch this way
+ * just before the core kernel runs on it. */
+tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out, tml_huffman_reader *reader);
 
 /* tml_fc_s8 with encoded weights [out_features][in_features]: decodes one row into `scratch`
  * (4-byte aligned, tml_huffman_fc_s8_scratch_bytes(in_features) bytes: the reader, then the row),

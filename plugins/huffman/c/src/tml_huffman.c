@@ -252,12 +252,11 @@ tml_status tml_huffman_dot_sparse_s8(tml_huffman_reader *reader, const int8_t *x
     return bad ? TML_ARG_ERROR : TML_OK;
 }
 
-tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out)
+tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out, tml_huffman_reader *reader)
 {
-    tml_huffman_reader reader;
-    tml_status status = tml_huffman_reader_init(&reader, weights);
+    tml_status status = tml_huffman_reader_init(reader, weights);
     if (status != TML_OK) {
         return status;
     }
-    return tml_huffman_read_s8(&reader, out, weights->count);
+    return tml_huffman_read_s8(reader, out, weights->count);
 }
