@@ -405,6 +405,29 @@ def test_encoded_weights_run_on_the_board(mlp_build, cnn_build, model, board, tm
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(4, -1))
 
 
+@pytest.mark.qemu
+def test_compressed_ram_is_no_more_than_int8_ram_plus_the_declared_scratch(mlp_build, tmp_path: Path):
+    """RAM (.data + .bss + stack high water) of the encoded MLP on stm32 against the same model in plain int8:
+    every byte decoding takes is scratch the memory plan declares, none hides on the stack."""
+    from tinyml.board.boards import resolve_board
+    from tinyml.board.project import build_firmware
+    from tinyml.board.qemu import run_firmware
+    from tinyml.board.size import size_report
+
+    board = resolve_board("stm32")
+    plain = compiler.compile(mlp(), calibration((64,)), ["quantize-int8"], out_dir=tmp_path / "int8", progress=False)
+    x = np.random.default_rng(8).integers(-128, 128, size=(2, 64), dtype=np.int8)
+    ram = {}
+    for name, build in (("int8", plain), ("encoded", mlp_build)):
+        out = build_firmware(build.out_dir, board, tmp_path / f"{name}-fw", x).out_dir
+        run = run_firmware(out, timeout=60)
+        assert run.outputs_match_reference is True
+        ram[name] = size_report(out).ram_bytes + run.stack_bytes
+    declared = sum(mlp_build.generated.kernels[n.name].scratch_bytes for n in mlp_build.graph.nodes)
+    assert declared >= 3 * READER_BYTES
+    assert ram["encoded"] <= ram["int8"] + declared, ram
+
+
 def test_an_encoded_constant_no_kernel_reads_is_refused():
     from tinyml import plugins
     from tinyml.codegen import generate
