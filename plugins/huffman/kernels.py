@@ -74,9 +74,10 @@ def sparse_is_faster(node: Node, graph: Graph, board: Board | None) -> bool:
     return sparsity > SPARSE_CROSSOVER[kernel_path(board)]["fc" if node.op == "fc" else "conv1x1"]
 
 
-# TML_HUFFMAN_READER_BYTES: the scratch a tml_huffman_reader takes (its size with 64-bit pointers, so
-# the same on the host and the boards); mirrors `tml_huffman_reader_bytes`.
-READER_BYTES = 200
+# TML_HUFFMAN_READER_BYTES: the scratch a tml_huffman_reader takes (at least its size with 64-bit
+# pointers, so the same on the host and the boards): the stream position, each code table's limits and
+# its look-up of the codes of at most 6 bits, built when a kernel starts; mirrors `tml_huffman_reader_bytes`.
+READER_BYTES = 448
 
 
 def fc_scratch_bytes(in_features: int) -> int:

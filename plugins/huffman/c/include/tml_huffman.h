@@ -29,7 +29,8 @@ extern "C" {
 
 /* cdef-begin */
 #define TML_HUFFMAN_MAX_BITS 15 /* longest Huffman code */
-#define TML_HUFFMAN_READER_BYTES 200 /* scratch kept for a tml_huffman_reader on any target, 32 or 64-bit */
+#define TML_HUFFMAN_LOOKUP_BITS 6 /* codes this short are decoded by one table look-up */
+#define TML_HUFFMAN_READER_BYTES 448 /* scratch kept for a tml_huffman_reader on any target, 32 or 64-bit */
 
 /* A canonical Huffman code. count[len] codes have length len (count[0] == 0, len <= max_bits);
  * symbols[] lists the symbols in code order: by length, then by symbol. */
@@ -60,7 +61,9 @@ typedef struct {
  * it at the start of their scratch (4-byte aligned), not on the stack, so the memory plan holds it. `acc` holds the
  * next `acc_bits` bits of the stream left-aligned; `limit` and `base` are each table's canonical
  * code in the form a decode takes (per length, the first code past it left-aligned to
- * TML_HUFFMAN_MAX_BITS bits, and the symbols[] position of code 0 of that length). A sparse
+ * TML_HUFFMAN_MAX_BITS bits, and the symbols[] position of code 0 of that length); `*_lookup`
+ * decodes the codes of at most TML_HUFFMAN_LOOKUP_BITS bits by their first bits. All are built from
+ * the table's counts and symbols when the reader starts, so flash holds those only. A sparse
  * entry read but not yet placed is `zeros_left` zeros, then `value`. */
 typedef struct {
     const tml_huffman_weights *weights;
@@ -74,12 +77,12 @@ typedef struct {
     int32_t zeros_left;
     int32_t has_value;
     int32_t value;
-    int32_t index_shortest; /* the shortest code's length, where a decode starts */
-    int32_t gap_shortest;
     uint16_t index_limit[TML_HUFFMAN_MAX_BITS + 1];
     int16_t index_base[TML_HUFFMAN_MAX_BITS + 1];
     uint16_t gap_limit[TML_HUFFMAN_MAX_BITS + 1];
     int16_t gap_base[TML_HUFFMAN_MAX_BITS + 1];
+    uint16_t index_lookup[1 << TML_HUFFMAN_LOOKUP_BITS]; /* symbol << 4 | length by the next bits; 0: longer */
+    uint16_t gap_lookup[1 << TML_HUFFMAN_LOOKUP_BITS];
 } tml_huffman_reader;
 
 /* The scratch the decoder's state takes at the start of a fused kernel's scratch: TML_HUFFMAN_READER_BYTES,
