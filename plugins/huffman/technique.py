@@ -31,7 +31,7 @@ class HuffmanOptions(BaseModel):
 
     encoding: Choice = Field(
         "huffman",
-        description="storage of every fc and conv2d layer's weights: huffman (canonical Huffman codes over "
+        description="storage of every fc, conv2d and dwconv2d layer's weights: huffman (canonical Huffman codes over "
         "codebook indices, or over sparse gaps and indices, whichever is smaller), packed (fixed-width "
         "indices), sparse (nonzeros with relative indices), sparse-csr (nonzeros by row with their columns, "
         "read by kernels that skip the zeros; fc and 1x1 conv2d only), raw, auto (the smallest in bytes) or "
