@@ -174,6 +174,21 @@ static int32_t read_dense(tml_huffman_reader *restrict r, int8_t *restrict out, 
     return bad != 0;
 }
 
+/* The next sparse entry into the reader: `zeros_left` zeros, then `value`; 1 on a corrupt stream. */
+static inline int32_t next_entry(tml_huffman_reader *r)
+{
+    const int32_t gap = take_gap(r);
+    const int32_t value = take_value(r);
+    if (gap < 0 || value > 127) {
+        return 1;
+    }
+    r->zeros_left = gap;
+    r->value = value;
+    r->has_value = 1;
+    r->entries_left--;
+    return 0;
+}
+
 /* Sparse weights: (gap, index) entries, the zeros between them written out. */
 static int32_t read_sparse(tml_huffman_reader *restrict r, int8_t *restrict out, int32_t n)
 {
@@ -185,15 +200,9 @@ static int32_t read_sparse(tml_huffman_reader *restrict r, int8_t *restrict out,
                 memset(out + i, 0, (size_t)(n - i));
                 break;
             }
-            const int32_t gap = take_gap(r);
-            const int32_t value = take_value(r);
-            if (gap < 0 || value > 127) {
+            if (next_entry(r)) {
                 return 1;
             }
-            r->zeros_left = gap;
-            r->value = value;
-            r->has_value = 1;
-            r->entries_left--;
         }
         const int32_t zeros = r->zeros_left < n - i ? r->zeros_left : n - i;
         r->zeros_left -= zeros;
@@ -232,15 +241,9 @@ static int32_t dot_sparse(tml_huffman_reader *restrict r, const int8_t *restrict
             if (r->entries_left == 0) { /* the trailing zeros */
                 break;
             }
-            const int32_t gap = take_gap(r);
-            const int32_t value = take_value(r);
-            if (gap < 0 || value > 127) {
+            if (next_entry(r)) {
                 return 1;
             }
-            r->zeros_left = gap;
-            r->value = value;
-            r->has_value = 1;
-            r->entries_left--;
         }
         if (r->zeros_left >= n - i) { /* the entry's weight lies in a later row */
             r->zeros_left -= n - i;
