@@ -5,7 +5,9 @@ or a percentile to ignore outliers). A range the data cannot give (constant cali
 all zeros) is replaced and named in a `DegenerateRangeWarning`; see `guard_ranges`. Weights are
 symmetric per output channel in [-127, 127]; biases int32 at scale s_in * s_w. Each node gets the
 Q31 multipliers, shifts and clamps its kernel needs, computed with `tinyml.numbers` so the C
-kernels and the numpy reference agree.
+kernels and the numpy reference agree. A float weight with a `codebook` (shared by `share-weights`
+listed before this technique) gets one scale for all its channels, max |codebook| -> 127, so its
+codebook maps to one int8 codebook (see `tinyml_plugins.share_weights`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinyml import numbers
-from tinyml.errors import CalibrationError
+from tinyml.errors import CalibrationError, RecipeError
 from tinyml.float_eval import run_float
 from tinyml.hookspecs import hookimpl
 from tinyml.ir import Graph, Node, Tensor
@@ -71,6 +73,14 @@ class QuantizeInt8(Technique):
             return graph
         ranges = guard_ranges(graph, calibrate(graph, context, self.options))
         if self.options.qat_epochs > 0:
+            shared = [n.name for n in graph.nodes if n.inputs[1:] and graph.tensors[n.inputs[1]].codebook is not None]
+            if shared:
+                raise RecipeError(
+                    f"quantize-int8 option qat_epochs = {self.options.qat_epochs} would fine-tune every weight, "
+                    f"but layers {', '.join(map(repr, shared))} share their weights (share-weights is listed before "
+                    "quantize-int8) and would lose their codebooks: set qat_epochs = 0 (share-weights fine-tunes "
+                    "the shared centroids itself), or list share-weights after quantize-int8."
+                )
             context.require_train_data(f"{self.name} (qat_epochs = {self.options.qat_epochs})")
             from tinyml_plugins.qat import fine_tune
 
@@ -266,6 +276,11 @@ def _quantize_weighted(graph: Graph, node: Node) -> None:
     channel_axis = w.data.ndim - 1 if node.op == "dwconv2d" else 0
     wf = np.moveaxis(np.asarray(w.data, dtype=np.float64), channel_axis, 0)
     w_scale = weight_scales(w.data, channel_axis)
+    if w.codebook is not None:  # shared weights: one scale, so the float codebook is one int8 codebook
+        w_scale = np.full_like(w_scale, weight_scales(np.reshape(w.codebook, (1, -1)), 0)[0])
+        w.codebook = np.unique(np.clip(np.round(np.asarray(w.codebook, np.float64) / w_scale[0]), -127, 127)).astype(
+            np.int8
+        )
     wq = np.clip(np.round(wf / w_scale.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
     w.data, w.dtype, w.scale, w.zero_point = np.moveaxis(wq, 0, channel_axis).copy(), "int8", w_scale, 0
     bias_scale = float(x.scale) * w_scale

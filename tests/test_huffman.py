@@ -21,7 +21,7 @@ from tinyml.errors import RecipeError, TinymlError
 from tinyml.reference import run_int8
 from tinyml_plugins.huffman import codes
 from tinyml_plugins.huffman.codes import CorruptStreamError, Encoded, decode, encode
-from tinyml_plugins.huffman.kernels import conv2d_scratch_bytes, fc_scratch_bytes
+from tinyml_plugins.huffman.kernels import READER_BYTES, conv2d_scratch_bytes, fc_scratch_bytes, layer_scratch_bytes
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -64,9 +64,9 @@ def c_decode(lib: host.HostLibrary, e: Encoded, chunks: list[int] | None = None)
     ffi = lib.ffi
     w, _keep = c_weights(lib, e)
     out = np.zeros(e.count, dtype=np.int8)
-    if chunks is None:
-        return lib.lib.tml_huffman_decode_s8(w, ffi.from_buffer("int8_t[]", out)), out
     reader = ffi.new("tml_huffman_reader *")
+    if chunks is None:
+        return lib.lib.tml_huffman_decode_s8(w, ffi.from_buffer("int8_t[]", out), reader), out
     status = lib.lib.tml_huffman_reader_init(reader, w)
     start = 0
     for n in chunks:
@@ -191,6 +191,12 @@ def requantization(rng: np.random.Generator, channels: int) -> tuple[np.ndarray,
     )
 
 
+def test_the_decoder_state_fits_the_scratch_python_gives_it(lib):
+    """The reader lives in the fused kernels' scratch: Python's size is the C's, and holds the struct."""
+    assert lib.lib.tml_huffman_reader_bytes() == lib.lib.TML_HUFFMAN_READER_BYTES == READER_BYTES
+    assert lib.ffi.sizeof("tml_huffman_reader") <= READER_BYTES and READER_BYTES % 8 == 0
+
+
 @SETTINGS
 @given(
     in_f=st.integers(1, 80), out_f=st.integers(1, 40), kind=KINDS, seed=st.integers(0, 2**32 - 1),
@@ -283,10 +289,12 @@ def mlp(sizes: tuple[int, ...] = (64, 300, 100, 10), seed: int = 0) -> torch.nn.
 
 
 def cnn() -> torch.nn.Module:
+    """conv, depthwise conv (decoded a layer at a time), strided conv, fc."""
     torch.manual_seed(1)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3, stride=2),
-        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 10),
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(6 * 3 * 3, 10),
     ).eval()  # fmt: skip
 
 
@@ -326,9 +334,15 @@ def cnn_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
 def test_cnn_with_encoded_weights_equals_the_reference_on_the_host(cnn_build):
     graph = cnn_build.graph
     functions = [cnn_build.generated.kernels[n.name].function for n in graph.nodes]
-    assert functions == ["tml_huffman_conv2d_s8", "tml_huffman_conv2d_s8", "tml_flatten_s8", "tml_huffman_fc_s8"]
-    conv = graph.nodes[1]  # one filter of scratch: 3 x 3 x 8
-    assert cnn_build.generated.plan.sizes[f"scratch:{conv.name}"] == 3 * 3 * 8
+    assert functions == [
+        "tml_huffman_conv2d_s8", "tml_dwconv2d_s8", "tml_huffman_conv2d_s8", "tml_flatten_s8", "tml_huffman_fc_s8"
+    ]  # fmt: skip
+    assert all(graph.tensors[n.inputs[1]].encoding == "huffman" for n in graph.nodes if n.op != "flatten")
+    dw, conv = graph.nodes[1:3]
+    assert cnn_build.generated.plan.sizes[f"scratch:{conv.name}"] == READER_BYTES + 3 * 3 * 8  # state, one filter
+    # the depthwise layer is decoded whole into scratch just before tml_dwconv2d_s8 runs on it
+    assert cnn_build.generated.plan.sizes[f"scratch:{dw.name}"] == layer_scratch_bytes(3 * 3 * 8, 0)
+    assert "tml_huffman_decode_s8(" in cnn_build.generated.files["model.c"]
     model = host.load_model(cnn_build.out_dir)
     x = np.random.default_rng(6).integers(-128, 128, size=(10, 8, 8, 1), dtype=np.int8)
     np.testing.assert_array_equal(model(x), run_int8(graph, x)[graph.outputs[0]].reshape(10, -1))
@@ -351,7 +365,7 @@ def test_raw_layers_keep_the_core_kernels_and_auto_picks_the_smallest():
 
 def test_bad_options_are_one_paragraph():
     bad = ("huffman", {"layers": {"fc9": "raw"}})
-    with pytest.raises(RecipeError, match=r"`layers` names 'fc9', which is no fc or conv2d layer.*fc1, fc2"):
+    with pytest.raises(RecipeError, match=r"`layers` names 'fc9', which is no fc, conv2d or dwconv2d layer.*fc1, fc2"):
         compiler.compile(mlp((16, 12, 4)), calibration((16,)), ["quantize-int8", bad], progress=False)
     with pytest.raises(RecipeError, match="after `quantize-int8`"):
         compiler.compile(mlp((16, 12, 4)), calibration((16,)), ["huffman", "quantize-int8"], progress=False)
@@ -389,6 +403,29 @@ def test_encoded_weights_run_on_the_board(mlp_build, cnn_build, model, board, tm
     result = run_firmware(firmware.out_dir, timeout=60)
     assert result.outputs_match_reference is True
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(4, -1))
+
+
+@pytest.mark.qemu
+def test_compressed_ram_is_no_more_than_int8_ram_plus_the_declared_scratch(mlp_build, tmp_path: Path):
+    """RAM (.data + .bss + stack high water) of the encoded MLP on stm32 against the same model in plain int8:
+    every byte decoding takes is scratch the memory plan declares, none hides on the stack."""
+    from tinyml.board.boards import resolve_board
+    from tinyml.board.project import build_firmware
+    from tinyml.board.qemu import run_firmware
+    from tinyml.board.size import size_report
+
+    board = resolve_board("stm32")
+    plain = compiler.compile(mlp(), calibration((64,)), ["quantize-int8"], out_dir=tmp_path / "int8", progress=False)
+    x = np.random.default_rng(8).integers(-128, 128, size=(2, 64), dtype=np.int8)
+    ram = {}
+    for name, build in (("int8", plain), ("encoded", mlp_build)):
+        out = build_firmware(build.out_dir, board, tmp_path / f"{name}-fw", x).out_dir
+        run = run_firmware(out, timeout=60)
+        assert run.outputs_match_reference is True
+        ram[name] = size_report(out).ram_bytes + run.stack_bytes
+    declared = sum(mlp_build.generated.kernels[n.name].scratch_bytes for n in mlp_build.graph.nodes)
+    assert declared >= 3 * READER_BYTES
+    assert ram["encoded"] <= ram["int8"] + declared, ram
 
 
 def test_an_encoded_constant_no_kernel_reads_is_refused():

@@ -1,4 +1,4 @@
-"""The share-weights technique: k-means codebooks in each layer's int8 quantization, centroids fine-tuned."""
+"""The share-weights technique: k-means codebooks in float or in each layer's int8 quantization, centroids tuned."""
 
 from __future__ import annotations
 
@@ -198,11 +198,45 @@ def test_a_key_naming_no_layer_is_one_paragraph_listing_the_layers() -> None:
         ShareWeights(bits={"features.relu": 2}).apply(q, context)
 
 
-def test_the_float_graph_is_refused_naming_the_order() -> None:
-    q, context, _ = setup(small_net())
-    float_graph = from_torch(small_net(), torch.zeros(1, 1, 6, 6))
-    with pytest.raises(RecipeError, match="after 'quantize-int8'"):
-        ShareWeights().apply(float_graph, context)
+@pytest.mark.parametrize("epochs", [0, 1])
+def test_listed_before_quantize_int8_it_shares_float_weights_and_int8_keeps_one_codebook(epochs: int) -> None:
+    model = prune_smallest(small_net(), 0.6)
+    _, context, x = setup(model)
+    float_graph = from_torch(model, torch.from_numpy(x[:1]))
+    shared = ShareWeights(bits={"*": 3, "head.fc2": 2}, epochs=epochs, lr=0.01).apply(float_graph, context)
+    q = QuantizeInt8().apply(shared, context)
+    for name, w in weights(q).items():
+        f = weights(float_graph)[name].data
+        assert w.dtype == "int8" and len(np.unique(w.scale)) == 1, name  # one scale: one int8 codebook
+        assert len(w.codebook) <= (4 if name == "head.fc2" else 8)
+        assert set(np.unique(w.data)) <= set(w.codebook.tolist())
+        assert np.all(w.data[f == 0] == 0), name  # pruned weights stay exactly zero
+        assert 0 in w.codebook
+    # The shared int8 model still mostly agrees with the float model it came from.
+    assert np.mean(top1(q, x) == context.train_data[1]) >= 0.8
+
+
+def test_the_papers_order_compiles_to_c_equal_to_the_reference(tmp_path) -> None:
+    model = prune_smallest(small_net(), 0.5)
+    x = np.random.default_rng(1).normal(size=(64, 1, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x)).argmax(1).numpy()
+    techniques = [("share-weights", {"bits": 3, "epochs": 1}), "quantize-int8", ("huffman", {"encoding": "huffman"})]
+    build = compiler.compile(model, x, techniques, out_dir=tmp_path / "m", train_data=(x, labels), progress=False)
+    encoded = [n.inputs[1] for n in build.graph.nodes if n.op in ("fc", "conv2d")]
+    assert all(build.graph.tensors[w].encoding == "huffman" for w in encoded)
+    assert all(len(build.graph.tensors[w].codebook) <= 8 for w in encoded)
+    host = load_model(tmp_path / "m")
+    xq = host.quantize(nchw_to_graph(x))
+    np.testing.assert_array_equal(host(xq), run_int8(build.graph, xq)[build.graph.outputs[0]].reshape(len(x), -1))
+
+
+def test_qat_after_float_sharing_is_refused_naming_both_fixes() -> None:
+    _, context, x = setup(small_net())
+    shared = ShareWeights(bits=3, epochs=0).apply(from_torch(small_net(), torch.from_numpy(x[:1])), context)
+    with pytest.raises(RecipeError, match=r"qat_epochs = 1.*share-weights.*qat_epochs = 0.*after quantize-int8") as e:
+        QuantizeInt8(qat_epochs=1).apply(shared, context)
+    assert "\n" not in str(e.value)
 
 
 def test_fine_tuning_without_training_data_names_the_field() -> None:

@@ -50,8 +50,9 @@ class Tensor:
     scale: float | np.ndarray | None = None  # per tensor, or per output channel for weights
     zero_point: int = 0
     # Weight storage, set by compression techniques and read by `tinyml_encode_weights` plugins:
-    # `codebook` holds the distinct values an int8 weight may take (weight sharing: at most
-    # 2**bits of them, in the tensor's own quantization, so kernels stay integer-exact);
+    # `codebook` holds the distinct values a weight may take (weight sharing: at most 2**bits of
+    # them; float values before quantization, which maps them to one int8 codebook, int8 values in
+    # the tensor's own quantization after it, so kernels stay integer-exact);
     # `encoding` names the storage a technique asks for ("raw", "packed", "sparse", "huffman").
     codebook: np.ndarray | None = None
     encoding: str = "raw"

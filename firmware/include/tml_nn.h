@@ -108,7 +108,8 @@ tml_status tml_conv2d_s8(const tml_conv_params *params, const tml_quant_channels
 int32_t tml_conv2d_s8_scratch_bytes(const tml_shape *input_shape, const tml_shape *filter_shape,
                                     const tml_shape *output_shape);
 
-/* One output channel o of the portable convolution loop, from that channel's filter (filter_o:
+/* One output channel o of the direct convolution loop (SMLAD on a DSP target),
+ * from that channel's filter (filter_o:
  * [k_h][k_w][in_c], e.g. decoded into scratch by a kernel whose weights are stored encoded).
  * params and shapes as for tml_conv2d_s8, arguments already checked; output is the whole NHWC
  * output, of which channel o is written. Gives tml_conv2d_s8's bytes for that channel. */

@@ -1,6 +1,6 @@
 """huffman: compressed int8 weights on the device, decoded inside the kernels (Deep Compression's last stage).
 
-A graph technique `huffman` chooses per layer how fc and conv2d weights are stored:
+A graph technique `huffman` chooses per layer how fc, conv2d and dwconv2d weights are stored:
 
 - `packed`: fixed-width codebook indices of 1..8 bits (TFLite Micro's compression);
 - `sparse`: nonzeros as (gap to the previous one, index) entries, a filler entry when a gap
@@ -13,8 +13,11 @@ A graph technique `huffman` chooses per layer how fc and conv2d weights are stor
 
 `tinyml_encode_weights` writes the stream, codebook and code tables as C arrays (see `codes`
 for the bit format, `storage` for the C); `tinyml_select_kernel` gives those layers kernels that
-decode one fc row or conv filter into scratch at a time (`kernels`), so compressed weights
-cost flash only, and the outputs equal the plain int8 kernels' byte for byte. The C is in
+decode one fc row or conv filter into scratch at a time (`kernels`; sparse fc rows are multiplied
+as they are read), so compressed weights cost flash only, and the outputs equal the plain int8
+kernels' byte for byte. A depthwise layer, whose kernel cannot decode inside, is decoded whole
+into scratch just before the core kernel runs. The decoder's state is scratch too: all the RAM
+decoding takes is in the memory plan. The C is in
 `c/` (`tml_huffman.h`), compiled into every host and board build.
 """
 

@@ -1,15 +1,20 @@
 """Kernels for layers whose weights are encoded: fused decoding, or zero skipping over sparse rows.
 
 `tml_huffman_fc_s8` and `tml_huffman_conv2d_s8` decode one output channel's weights (an fc row, a
-conv filter) into scratch and use them before decoding the next; the scratch is the one row or
-filter, sized here in Python as the C library's `tml_huffman_*_scratch_bytes` sizes it (code
-generation never compiles C). `tml_sparse_fc_s8` and `tml_sparse_conv1x1_s8` read `sparse-csr`
-weights as they are stored and touch only the nonzeros, with no scratch. A layer whose weights
-are raw keeps the core's kernels.
+conv filter) into scratch and use them before decoding the next (an fc layer's sparse weights are
+multiplied as they are read, never written out); the scratch is the decoder's state
+(`READER_BYTES`) and the one row or filter, sized here in Python as the C library's
+`tml_huffman_*_scratch_bytes` sizes it (code generation never compiles C), so the memory plan
+holds all the RAM decoding takes and the kernels' stack frames stay small. A depthwise layer,
+whose kernel cannot decode inside, has its whole weights decoded into scratch just before the
+core's kernel runs on them (TFLite Micro's way). `tml_sparse_fc_s8` and `tml_sparse_conv1x1_s8`
+read `sparse-csr` weights as they are stored and touch only the nonzeros, with no scratch. A layer
+whose weights are raw keeps the core's kernels.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +28,8 @@ from tinyml_plugins.huffman.storage import HEADER, SPARSE_HEADER
 if TYPE_CHECKING:
     from tinyml.board.boards import Board
 
-FUSED_OPS = ("fc", "conv2d")
+FUSED_OPS = ("fc", "conv2d")  # kernels that decode inside, a row or filter at a time
+ENCODED_OPS = (*FUSED_OPS, "dwconv2d")  # the rest decode their layer into scratch before the core kernel
 STORED = (*ENCODINGS, SPARSE_CSR)  # every encoding this plugin writes
 SPARSE_REASON = "weights stored sparse-csr: only the nonzeros are read"
 
@@ -68,18 +74,24 @@ def sparse_is_faster(node: Node, graph: Graph, board: Board | None) -> bool:
     return sparsity > SPARSE_CROSSOVER[kernel_path(board)]["fc" if node.op == "fc" else "conv1x1"]
 
 
+# TML_HUFFMAN_READER_BYTES: the scratch a tml_huffman_reader takes (at least its size with 64-bit
+# pointers, so the same on the host and the boards): the stream position, each code table's limits and
+# its look-up of the codes of at most 6 bits, built when a kernel starts; mirrors `tml_huffman_reader_bytes`.
+READER_BYTES = 448
+
+
 def fc_scratch_bytes(in_features: int) -> int:
-    """Scratch of `tml_huffman_fc_s8`: one decoded row. Mirrors `tml_huffman_fc_s8_scratch_bytes`."""
-    return in_features
+    """Scratch of `tml_huffman_fc_s8`: the reader, then one decoded row. Mirrors `tml_huffman_fc_s8_scratch_bytes`."""
+    return READER_BYTES + in_features
 
 
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int]) -> int:
-    """Scratch of `tml_huffman_conv2d_s8`: one decoded filter (h, w, c).
+    """Scratch of `tml_huffman_conv2d_s8`: the reader, then one decoded filter (h, w, c).
 
     Mirrors `tml_huffman_conv2d_s8_scratch_bytes`.
     """
     h, w, c = filter_shape
-    return h * w * c
+    return READER_BYTES + h * w * c
 
 
 def _fc_params(call: CallSite) -> str:
@@ -176,22 +188,27 @@ def _sparse_kernel(node: Node, graph: Graph) -> Kernel:
 
 
 def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
-    """The fused kernel of an fc or conv2d node whose weight is encoded; None for every other node.
+    """The kernel of a node whose weight is encoded; None for every other node.
 
-    A node of another op with an encoded constant is refused: no kernel of it reads encoded weights.
+    fc and conv2d decode inside the kernel (or skip zeros over sparse-csr); any other op with
+    weights (depthwise conv2d) decodes its whole layer into scratch just before the core kernel runs.
+    A node with another encoded constant (a bias) is refused: no kernel reads it encoded.
     """
     encoded = [name for name in node.inputs if graph.tensors[name].encoding in STORED]
     if not encoded:
         return None
-    if node.op not in FUSED_OPS or encoded != [node.inputs[1]]:
+    if node.op not in ENCODED_OPS or encoded != [node.inputs[1]]:
         raise TinymlError(
             f"Layer `{node.name}` ({node.op}) has encoded constants {encoded} "
-            f"({', '.join(graph.tensors[n].encoding for n in encoded)}), but only the weights of fc and conv2d "
-            "layers can be read encoded; leave this layer's weights raw (technique `huffman`, option `layers`)."
+            f"({', '.join(graph.tensors[n].encoding for n in encoded)}), but only the weights of fc, conv2d and "
+            "dwconv2d layers can be read encoded; leave this layer's weights raw (technique `huffman`, option "
+            "`layers`)."
         )
     w = graph.tensors[node.inputs[1]]
     if w.encoding == SPARSE_CSR:
         return _sparse_kernel(node, graph)
+    if node.op not in FUSED_OPS:
+        return _layer_kernel(node, graph, board)
     if node.op == "fc":
         return Kernel(
             function="tml_huffman_fc_s8", emit=_emit_fc, scratch_bytes=fc_scratch_bytes(w.shape[1]),
@@ -201,4 +218,41 @@ def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | Non
     return Kernel(
         function="tml_huffman_conv2d_s8", emit=_emit_conv, scratch_bytes=conv2d_scratch_bytes((kh, kw, in_c)),
         headers=("tml_nn.h", HEADER), reason=f"weights stored {w.encoding}: decoded filter by filter inside the kernel",
+    )  # fmt: skip
+
+
+def layer_scratch_bytes(weights: int, core_scratch: int) -> int:
+    """Scratch of decoding a whole layer before its core kernel: the reader while decoding, then the core
+    kernel's own scratch (they share the start, one dead before the other is used), rounded to 8, then the
+    decoded weights."""
+    return -(-max(READER_BYTES, core_scratch) // 8) * 8 + weights
+
+
+def _layer_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel:
+    """The core's kernel for `node`, run on its weights decoded into scratch by `tml_huffman_decode_s8`
+    (TFLite Micro's way, for layers whose kernel cannot decode inside)."""
+    from tinyml.kernels import tinyml_select_kernel as core_kernel
+
+    core = core_kernel(node, graph, board)
+    w = graph.tensors[node.inputs[1]]
+    weights_at = layer_scratch_bytes(0, core.scratch_bytes)
+
+    def emit(call: CallSite) -> str:
+        reader = f"(tml_huffman_reader *)(void *){call.scratch}"
+        decoded = f"({call.scratch} + {weights_at})"
+        on_decoded = replace(
+            call,
+            tensor=lambda name: decoded if name == node.inputs[1] else call.tensor(name),
+            scratch=call.scratch if core.scratch_bytes else "NULL",
+        )
+        core_call = core.emit(on_decoded).replace("\n", "\n    ")
+        return (
+            f"status = tml_huffman_decode_s8(&{call.tensor(node.inputs[1])}, {decoded}, {reader});\n"
+            f"if (status == TML_OK) {{\n    {core_call}\n}}"
+        )
+
+    return Kernel(
+        function=core.function, emit=emit, scratch_bytes=layer_scratch_bytes(w.size, core.scratch_bytes),
+        headers=(*core.headers, HEADER),
+        reason=f"weights stored {w.encoding}: the layer decoded into scratch before {core.function} runs",
     )  # fmt: skip

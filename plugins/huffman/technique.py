@@ -1,4 +1,4 @@
-"""The `huffman` technique: choose how each fc and conv2d layer's int8 weights are stored.
+"""The `huffman` technique: choose how each fc, conv2d and dwconv2d layer's int8 weights are stored.
 
 It runs after `quantize-int8` (and after `share-weights`, whose codebook it keeps) and only marks
 tensors: it sets `Tensor.encoding` and, when no technique set one, `Tensor.codebook` to the
@@ -21,7 +21,7 @@ from tinyml.ir import Graph, Node, Tensor
 from tinyml.technique import Context, Technique
 from tinyml_plugins.huffman.codes import ENCODINGS, SPARSE_CSR, encode, index_of
 from tinyml_plugins.huffman.csr import encode_csr
-from tinyml_plugins.huffman.kernels import FUSED_OPS, reads_sparse_rows, sparse_is_faster
+from tinyml_plugins.huffman.kernels import ENCODED_OPS, reads_sparse_rows, sparse_is_faster
 
 Choice = Literal["huffman", "packed", "sparse", "sparse-csr", "auto", "speed", "raw"]
 
@@ -31,7 +31,7 @@ class HuffmanOptions(BaseModel):
 
     encoding: Choice = Field(
         "huffman",
-        description="storage of every fc and conv2d layer's weights: huffman (canonical Huffman codes over "
+        description="storage of every fc, conv2d and dwconv2d layer's weights: huffman (canonical Huffman codes over "
         "codebook indices, or over sparse gaps and indices, whichever is smaller), packed (fixed-width "
         "indices), sparse (nonzeros with relative indices), sparse-csr (nonzeros by row with their columns, "
         "read by kernels that skip the zeros; fc and 1x1 conv2d only), raw, auto (the smallest in bytes) or "
@@ -65,12 +65,12 @@ class Huffman(Technique):
             raise RecipeError(
                 "Technique 'huffman' encodes int8 weights: list it after `quantize-int8` in the recipe's techniques."
             )
-        layers = {node.name: node for node in graph.nodes if node.op in FUSED_OPS}
+        layers = {node.name: node for node in graph.nodes if node.op in ENCODED_OPS}
         unknown = sorted(set(self.options.layers) - set(layers))
         if unknown:
             raise RecipeError(
-                f"technique 'huffman' option `layers` names {', '.join(map(repr, unknown))}, which is no fc or "
-                f"conv2d layer of the model; its fc and conv2d layers are: {', '.join(layers) or 'none'}."
+                f"technique 'huffman' option `layers` names {', '.join(map(repr, unknown))}, which is no fc, conv2d or "
+                f"dwconv2d layer of the model; its layers with weights are: {', '.join(layers) or 'none'}."
             )
         graph = graph.copy()
         for name, node in layers.items():

@@ -1,4 +1,4 @@
-"""share-weights: weight sharing after Deep Compression (Han, Mao and Dally, ICLR 2016), in int8.
+"""share-weights: weight sharing after Deep Compression (Han, Mao and Dally, ICLR 2016), float or int8.
 
 Each layer's weights (conv, depthwise conv, fully connected) take at most 2**bits values: k-means
 clusters them (scikit-learn, centroids initialised linearly over [min, max] as in the paper, one
@@ -11,19 +11,24 @@ shared weights are stored as plain int8 (same bytes, same kernels).
 Per-channel scales and one codebook per layer
 ---------------------------------------------
 quantize-int8 gives every output channel c its own scale s_c (max |w| of the channel maps to 127).
-A codebook in float weights cannot survive that: s_c * round(w / s_c) puts each channel's share of
+A codebook of float weights cannot survive that: s_c * round(w / s_c) puts each channel's share of
 a centroid on its own grid, so one float codebook becomes a different set of integers per channel.
-Two ways out:
+The technique runs wherever it is listed, and each place has its answer:
 
-(a) share in the integer domain, after quantization (chosen). k-means runs over the layer's int8
-    values; the codebook holds integers and channel c's real weights are s_c * codebook[index]. The
-    kernels, biases, multipliers and the numpy reference are untouched: a shared layer is an
-    ordinary int8 layer whose values happen to lie in the codebook. The scales stay per channel,
-    so each channel keeps its own range: the codebook is shared over weights normalised per channel
-    (each channel's largest weight at 127), and channel c's 2**bits real values are s_c times it.
-(b) cluster the float weights and force one per-tensor scale on the shared layers. That needs a
-    second quantization path in quantize-int8 (per-tensor scale for some layers, bias and
-    multipliers re-derived), and a channel with small weights falls between few shared values.
+(a) after quantize-int8 (`quantize-int8, share-weights`): sharing in the integer domain. k-means
+    runs over the layer's int8 values; the codebook holds integers and channel c's real weights
+    are s_c * codebook[index]. The scales stay per channel, so each channel keeps its own range:
+    the codebook is shared over weights normalised per channel (each channel's largest weight at
+    127). Nothing outside this plugin changes.
+(b) before quantize-int8 (`share-weights, quantize-int8`, the paper's order): sharing in the float
+    domain. k-means runs over the float weights and the float centroids are the codebook;
+    quantize-int8 then gives a layer with a codebook one scale for all its channels (max |centroid|
+    maps to 127), so the float codebook maps to one int8 codebook, round(centroid / s). Per-channel
+    int8 codebooks (one float codebook, a scale per channel) would keep the channels' own ranges,
+    but cost out_channels x 2**bits bytes of flash (4,800 B for the MLP's 64x300 layer at 4 bits,
+    as much as its whole Huffman stream) and a codebook switch per row in every decoder. The
+    biases and multipliers follow from the scales as for any layer; every kernel stays
+    integer-exact and the numpy reference stays the oracle.
 
 Measured on the digits example (held-out split, 450 samples; float and plain int8 both 98.44%), no
 fine-tuning, accuracy and cross-entropy of the int8 outputs:
@@ -34,29 +39,30 @@ fine-tuning, accuracy and cross-entropy of the int8 outputs:
     2                        95.78%  0.138        94.44%  0.188
     2, first conv only       99.11%               96.22%
 
-(a) is as good at 4 bits (one sample apart) and better where the codebook is small, most of all
-on the first convolution, whose folded batch norm gives its channels very different ranges; and it
-needs nothing outside this plugin. So this is a graph technique listed after quantize-int8. With
-two epochs of centroid fine-tuning, 4 bits (classifier 2) gives 98.44%, plain int8's accuracy.
+(a) is as good at 4 bits and better where the codebook is small, most of all on the first
+convolution, whose folded batch norm gives its channels very different ranges; (b) is the paper's
+order and clusters the real weights. With two epochs of centroid fine-tuning, (a) at 4 bits
+(classifier 2) gives 98.44%, plain int8's accuracy.
 
 Zeros stay exact
 ----------------
-A pruned layer (its int8 histogram shows it: 0 is more frequent than -1 and 1 together, see
-`is_pruned`) gets 0 as a fixed codebook entry, and k-means clusters the nonzero values into the
+A pruned layer gets 0 as a fixed codebook entry, and k-means clusters the nonzero values into the
 other 2**bits - 1 entries, as the paper clusters the weights that survive pruning. A zero never
-moves, so pruning composes and a sparse encoding keeps skipping zeros. An unpruned layer's few
+moves, so pruning composes and a sparse encoding keeps skipping zeros. In int8 the histogram shows
+pruning (0 is more frequent than -1 and 1 together, see `is_pruned`); an unpruned layer's few
 zeros (weights that round to 0) are clustered like any value: fixing 0 there would cost one of
-four entries at 2 bits (relative weight error 0.39 instead of 0.29 on the digits classifier).
+four entries at 2 bits (relative weight error 0.39 instead of 0.29 on the digits classifier). In
+float a weight is exactly 0 only where pruning set it, so any exact zero marks a pruned layer.
 
 Fine-tuning
 -----------
-The int8 graph runs in torch through `tinyml_plugins.qat.FakeQuantGraph` (activations rounded with
+The graph runs in torch through `tinyml_plugins.qat.FakeQuantGraph` (activations rounded with
 their int8 scales and zero points) with every weight frozen except the centroids; a shared weight
-is s_c * centroid[index], so each centroid's gradient is the sum of its members' gradients (each
-times its channel's scale, by the chain rule). The forward pass uses the centroids rounded to
-integers (straight-through), so training sees what the kernels will compute; the learning rate is
-in int8 steps. Assignments of weights to centroids do not change, as in the paper. `seed` fixes the
-k-means and the batch order: the same options give the same weights.
+is centroid[index] (times its channel's scale s_c in int8), so each centroid's gradient is the sum
+of its members' gradients. The forward pass uses the centroids rounded as the kernels will see
+them (straight-through): to integers in int8, to the layer's one int8 grid in float. Assignments
+of weights to centroids do not change, as in the paper. `seed` fixes the k-means and the batch
+order: the same options give the same weights.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ class ShareWeightsOptions(BaseModel):
 
 
 class ShareWeights(Technique):
-    """k-means weight sharing in each layer's int8 quantization, centroids fine-tuned."""
+    """k-means weight sharing, in the float weights or in each layer's int8 quantization, centroids fine-tuned."""
 
     name = "share-weights"
     stage = "graph"
@@ -108,12 +114,6 @@ class ShareWeights(Technique):
     reduces = ("flash",)
 
     def apply(self, graph: Graph, context: Context) -> Graph:
-        if not graph.is_quantized:
-            raise RecipeError(
-                "Technique 'share-weights' clusters int8 weights, in each layer's own quantization, but it was "
-                "given the float graph: list it after 'quantize-int8' in the recipe's [[techniques]] (for "
-                "example prune, quantize-int8, share-weights, huffman)."
-            )
         options = self.options
         bits = layer_bits(graph, options.bits)
         if options.epochs > 0:
@@ -176,14 +176,20 @@ def _weight(graph: Graph, layer: str) -> Tensor:
 
 @dataclass
 class SharedLayer:
-    """One layer's clustering: each weight's entry in `centroids`; entry 0 is a fixed zero when `zero_fixed`."""
+    """One layer's clustering: each weight's entry in `centroids`; entry 0 is a fixed zero when `zero_fixed`.
+
+    `integer`: the centroids are in int8 steps (clustered after quantization), else float weights.
+    """
 
     index: np.ndarray  # int64, shaped like the weight
-    centroids: np.ndarray  # float64, in int8 steps
+    centroids: np.ndarray  # float64
     zero_fixed: bool
+    integer: bool = True
 
     def weights(self) -> np.ndarray:
-        """The int8 weights: each its centroid rounded to an integer."""
+        """The shared weights: int8, each its centroid rounded to an integer; or float32 centroids."""
+        if not self.integer:
+            return self.centroids[self.index].astype(np.float32)
         values = np.clip(np.round(self.centroids), -INT8_LIMIT, INT8_LIMIT)
         return values[self.index].astype(np.int8)
 
@@ -197,16 +203,19 @@ def is_pruned(values: np.ndarray, counts: np.ndarray) -> bool:
 
 
 def cluster(weights: np.ndarray, bits: int, seed: int) -> SharedLayer:
-    """k-means of one layer's int8 weights into at most 2**bits values, 0 a fixed entry when the layer is pruned.
+    """k-means of one layer's weights (int8, or float) into at most 2**bits values, 0 a fixed entry when pruned.
 
     Clustered as a histogram (each distinct value weighted by its count), which is the same k-means
-    as over every weight and costs at most 255 points; a layer with no more distinct values than
-    entries keeps them all.
+    as over every weight and costs at most 255 points in int8; a layer with no more distinct values
+    than entries keeps them all. A float layer is pruned when any weight is exactly 0.
     """
     from sklearn.cluster import KMeans
 
-    values, counts = np.unique(np.asarray(weights, dtype=np.int64), return_counts=True)
-    zero_fixed = is_pruned(values, counts)
+    weights = np.asarray(weights)
+    integer = weights.dtype == np.int8
+    flat = weights.astype(np.int64 if integer else np.float64)
+    values, counts = np.unique(flat, return_counts=True)
+    zero_fixed = is_pruned(values, counts) if integer else bool((values == 0).any())
     free = values != 0 if zero_fixed else np.ones(len(values), bool)
     entries = 2**bits - int(zero_fixed)
     points = values[free].astype(np.float64)
@@ -221,5 +230,5 @@ def cluster(weights: np.ndarray, bits: int, seed: int) -> SharedLayer:
     entry_of_value[free] = labels + int(zero_fixed)
     if zero_fixed:
         centroids = np.concatenate([[0.0], centroids])
-    index = entry_of_value[np.searchsorted(values, np.asarray(weights, dtype=np.int64))]
-    return SharedLayer(index, np.asarray(centroids, np.float64), zero_fixed)
+    index = entry_of_value[np.searchsorted(values, flat)]
+    return SharedLayer(index, np.asarray(centroids, np.float64), zero_fixed, integer)

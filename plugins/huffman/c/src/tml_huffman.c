@@ -5,9 +5,12 @@
  * keeps up to 32 bits of the stream in a left-aligned accumulator, loaded a byte at a time; past
  * the stream's data it loads zeros, and a read that used more bits than the stream holds is
  * reported as corrupt. A Huffman code is decoded as in canonical decoders (e.g. zstd's): the next
- * TML_HUFFMAN_MAX_BITS bits, left-aligned, are compared with each length's limit, shortest first;
+ * first TML_HUFFMAN_LOOKUP_BITS bits index a look-up table of the short codes (most of a skewed
+ * stream); past it, the next TML_HUFFMAN_MAX_BITS bits, left-aligned, are compared with each
+ * longer length's limit, shortest first;
  * the first length whose limit is above them is the code's. The limits are computed from the
- * table's counts when the reader starts (on the stack), so the flash holds counts and symbols only.
+ * table's counts when the reader starts (in the reader, which the fused kernels keep in their
+ * scratch), so the flash holds counts and symbols only.
  */
 #include "tml_huffman.h"
 
@@ -34,13 +37,23 @@ static inline int32_t take_bits(tml_huffman_reader *r, int32_t n)
     return value;
 }
 
-/* One symbol of a canonical Huffman code, or -1 if the bits are no code of the table. */
-static inline int32_t take_symbol(tml_huffman_reader *r, const tml_huffman_table *table, const uint16_t *limit,
-                                  const int16_t *base, int32_t shortest)
+/* One symbol of a canonical Huffman code, or -1 if the bits are no code of the table. Codes of at most
+ * TML_HUFFMAN_LOOKUP_BITS bits are one look-up of the next bits (symbol << 4 | length, 0 for a longer
+ * code); longer ones are compared with each length's limit. */
+static inline int32_t take_symbol(tml_huffman_reader *r, const tml_huffman_table *table, const uint16_t *lookup,
+                                  const uint16_t *limit, const int16_t *base)
 {
     refill(r);
+    const uint32_t entry = lookup[r->acc >> (32 - TML_HUFFMAN_LOOKUP_BITS)];
+    if (entry != 0) {
+        const int32_t len = (int32_t)(entry & 15u);
+        r->acc <<= len;
+        r->acc_bits -= len;
+        r->bits_used += len;
+        return (int32_t)(entry >> 4);
+    }
     const uint32_t window = r->acc >> (32 - TML_HUFFMAN_MAX_BITS);
-    for (int32_t len = shortest; len <= table->max_bits; len++) {
+    for (int32_t len = TML_HUFFMAN_LOOKUP_BITS + 1; len <= table->max_bits; len++) {
         if (window < limit[len]) {
             r->acc <<= len;
             r->acc_bits -= len;
@@ -51,10 +64,11 @@ static inline int32_t take_symbol(tml_huffman_reader *r, const tml_huffman_table
     return -1;
 }
 
-/* Per length: the first code past that length's codes, left-aligned, and where its symbols start. */
-static int prepare(const tml_huffman_table *t, uint16_t *limit, int16_t *base, int32_t *shortest)
+/* Per length: the first code past that length's codes, left-aligned, and where its symbols start; and the
+ * look-up of every code of at most TML_HUFFMAN_LOOKUP_BITS bits (each fills the entries its bits begin). */
+static int prepare(const tml_huffman_table *t, uint16_t *lookup, uint16_t *limit, int16_t *base)
 {
-    *shortest = 1;
+    memset(lookup, 0, sizeof(uint16_t) << TML_HUFFMAN_LOOKUP_BITS);
     if (t == NULL) {
         return 1;
     }
@@ -70,15 +84,28 @@ static int prepare(const tml_huffman_table *t, uint16_t *limit, int16_t *base, i
         if (first + count > (1 << len)) {
             return 0; /* more codes than a length has: not a prefix code */
         }
-        if (index == 0 && count == 0) {
-            *shortest = len + 1; /* no code this short */
-        }
         base[len] = (int16_t)(index - first);
         limit[len] = (uint16_t)((first + count) << (TML_HUFFMAN_MAX_BITS - len));
+        if (len <= TML_HUFFMAN_LOOKUP_BITS) {
+            const int32_t spread = TML_HUFFMAN_LOOKUP_BITS - len;
+            for (int32_t k = 0; k < count; k++) {
+                const uint16_t entry = (uint16_t)(t->symbols[index + k] << 4 | len);
+                for (int32_t e = (first + k) << spread; e < (first + k + 1) << spread; e++) {
+                    lookup[e] = entry;
+                }
+            }
+        }
         index += count;
         first = (first + count) << 1;
     }
     return 1;
+}
+
+_Static_assert(sizeof(tml_huffman_reader) <= TML_HUFFMAN_READER_BYTES, "the reader outgrew its scratch");
+
+int32_t tml_huffman_reader_bytes(void)
+{
+    return TML_HUFFMAN_READER_BYTES;
 }
 
 tml_status tml_huffman_reader_init(tml_huffman_reader *reader, const tml_huffman_weights *weights)
@@ -87,8 +114,8 @@ tml_status tml_huffman_reader_init(tml_huffman_reader *reader, const tml_huffman
         || weights->count < 1 || weights->entries < 0 || weights->stream_bytes < 1
         || weights->codebook_size < 1 || weights->codebook_size > 256
         || weights->index_bits < 1 || weights->index_bits > 8 || weights->gap_bits > 8
-        || !prepare(weights->index_code, reader->index_limit, reader->index_base, &reader->index_shortest)
-        || !prepare(weights->gap_code, reader->gap_limit, reader->gap_base, &reader->gap_shortest)) {
+        || !prepare(weights->index_code, reader->index_lookup, reader->index_limit, reader->index_base)
+        || !prepare(weights->gap_code, reader->gap_lookup, reader->gap_limit, reader->gap_base)) {
         return TML_ARG_ERROR;
     }
     reader->weights = weights;
@@ -110,7 +137,7 @@ static inline int32_t take_value(tml_huffman_reader *r)
 {
     const tml_huffman_weights *w = r->weights;
     const int32_t index = w->index_code != NULL
-        ? take_symbol(r, w->index_code, r->index_limit, r->index_base, r->index_shortest)
+        ? take_symbol(r, w->index_code, r->index_lookup, r->index_limit, r->index_base)
         : take_bits(r, w->index_bits);
     return index >= 0 && index < w->codebook_size ? w->codebook[index] : 1000;
 }
@@ -118,7 +145,7 @@ static inline int32_t take_value(tml_huffman_reader *r)
 static inline int32_t take_gap(tml_huffman_reader *r)
 {
     const tml_huffman_weights *w = r->weights;
-    return w->gap_code != NULL ? take_symbol(r, w->gap_code, r->gap_limit, r->gap_base, r->gap_shortest)
+    return w->gap_code != NULL ? take_symbol(r, w->gap_code, r->gap_lookup, r->gap_limit, r->gap_base)
                                : take_bits(r, w->gap_bits);
 }
 
@@ -139,12 +166,27 @@ static int32_t read_dense(tml_huffman_reader *restrict r, int8_t *restrict out, 
     } else {
         for (int32_t i = 0; i < n; i++) {
             const uint32_t index =
-                (uint32_t)take_symbol(r, w->index_code, r->index_limit, r->index_base, r->index_shortest);
+                (uint32_t)take_symbol(r, w->index_code, r->index_lookup, r->index_limit, r->index_base);
             bad |= index >= size; /* -1, no code, is past any codebook too */
             out[i] = codebook[index < size ? index : 0];
         }
     }
     return bad != 0;
+}
+
+/* The next sparse entry into the reader: `zeros_left` zeros, then `value`; 1 on a corrupt stream. */
+static inline int32_t next_entry(tml_huffman_reader *r)
+{
+    const int32_t gap = take_gap(r);
+    const int32_t value = take_value(r);
+    if (gap < 0 || value > 127) {
+        return 1;
+    }
+    r->zeros_left = gap;
+    r->value = value;
+    r->has_value = 1;
+    r->entries_left--;
+    return 0;
 }
 
 /* Sparse weights: (gap, index) entries, the zeros between them written out. */
@@ -158,15 +200,9 @@ static int32_t read_sparse(tml_huffman_reader *restrict r, int8_t *restrict out,
                 memset(out + i, 0, (size_t)(n - i));
                 break;
             }
-            const int32_t gap = take_gap(r);
-            const int32_t value = take_value(r);
-            if (gap < 0 || value > 127) {
+            if (next_entry(r)) {
                 return 1;
             }
-            r->zeros_left = gap;
-            r->value = value;
-            r->has_value = 1;
-            r->entries_left--;
         }
         const int32_t zeros = r->zeros_left < n - i ? r->zeros_left : n - i;
         r->zeros_left -= zeros;
@@ -195,12 +231,54 @@ tml_status tml_huffman_read_s8(tml_huffman_reader *reader, int8_t *out, int32_t 
     return bad ? TML_ARG_ERROR : TML_OK;
 }
 
-tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out)
+/* Sparse weights as a dot product with x: the zeros are skipped, never written. */
+static int32_t dot_sparse(tml_huffman_reader *restrict r, const int8_t *restrict x, int32_t n, int32_t *dot,
+                          int32_t *sum)
 {
-    tml_huffman_reader reader;
-    tml_status status = tml_huffman_reader_init(&reader, weights);
+    int32_t i = 0, acc = 0, total = 0;
+    while (i < n) {
+        if (!r->has_value) {
+            if (r->entries_left == 0) { /* the trailing zeros */
+                break;
+            }
+            if (next_entry(r)) {
+                return 1;
+            }
+        }
+        if (r->zeros_left >= n - i) { /* the entry's weight lies in a later row */
+            r->zeros_left -= n - i;
+            break;
+        }
+        i += r->zeros_left;
+        r->zeros_left = 0;
+        acc += x[i++] * r->value;
+        total += r->value;
+        r->has_value = 0;
+    }
+    *dot = acc;
+    *sum = total;
+    return r->done == r->weights->count && (r->has_value || r->entries_left != 0);
+}
+
+tml_status tml_huffman_dot_sparse_s8(tml_huffman_reader *reader, const int8_t *x, int32_t n, int32_t *dot,
+                                     int32_t *sum)
+{
+    if (reader == NULL || reader->weights == NULL || reader->weights->gap_bits == 0 || x == NULL || dot == NULL
+        || sum == NULL || n < 1 || n > reader->weights->count - reader->done) {
+        return TML_ARG_ERROR;
+    }
+    tml_huffman_reader *r = reader;
+    r->done += n;
+    int32_t bad = dot_sparse(r, x, n, dot, sum);
+    bad |= r->bits_used > 8 * (r->weights->stream_bytes - 1);
+    return bad ? TML_ARG_ERROR : TML_OK;
+}
+
+tml_status tml_huffman_decode_s8(const tml_huffman_weights *weights, int8_t *out, tml_huffman_reader *reader)
+{
+    tml_status status = tml_huffman_reader_init(reader, weights);
     if (status != TML_OK) {
         return status;
     }
-    return tml_huffman_read_s8(&reader, out, weights->count);
+    return tml_huffman_read_s8(reader, out, weights->count);
 }

@@ -2,7 +2,8 @@
  * tml_huffman_conv2d_s8.c - int8 2-D convolution whose OHWI weights are encoded (tml_huffman_weights).
  *
  * Filter by filter: filter o (k_h * k_w * in_c weights) is decoded into scratch and run over
- * every output position before the next is decoded, so the RAM the weights take is one filter.
+ * every output position before the next is decoded, so the RAM the weights take is one filter
+ * (after the decoder's state, which the scratch holds too).
  * Each filter runs through tml_conv2d_s8_channel, the core's own portable loop for one output
  * channel, so the outputs equal tml_conv2d_s8's on the decoded weights byte for byte.
  */
@@ -27,12 +28,13 @@ tml_status tml_huffman_conv2d_s8(const tml_conv_params *params, const tml_quant_
         return TML_ARG_ERROR;
     }
     const tml_conv_params p = *params; /* a copy the int8 output stores cannot alias */
-    tml_huffman_reader reader;
-    tml_status status = tml_huffman_reader_init(&reader, weights);
+    tml_huffman_reader *reader = (tml_huffman_reader *)(void *)scratch;
+    int8_t *filter = scratch + TML_HUFFMAN_READER_BYTES;
+    tml_status status = tml_huffman_reader_init(reader, weights);
     for (int32_t o = 0; o < output_shape->c && status == TML_OK; o++) {
-        status = tml_huffman_read_s8(&reader, scratch, filter_len);
+        status = tml_huffman_read_s8(reader, filter, filter_len);
         if (status == TML_OK) {
-            tml_conv2d_s8_channel(&p, quant, o, input_shape, input, filter_shape, scratch, bias, output_shape,
+            tml_conv2d_s8_channel(&p, quant, o, input_shape, input, filter_shape, filter, bias, output_shape,
                                   output);
         }
     }
@@ -41,5 +43,5 @@ tml_status tml_huffman_conv2d_s8(const tml_conv_params *params, const tml_quant_
 
 int32_t tml_huffman_conv2d_s8_scratch_bytes(const tml_shape *filter_shape)
 {
-    return filter_shape->h * filter_shape->w * filter_shape->c;
+    return tml_huffman_reader_bytes() + filter_shape->h * filter_shape->w * filter_shape->c;
 }
