@@ -1,0 +1,159 @@
+"""Which convolutions run as Winograd F(2x2, 3x3), what that is predicted to save, and the C that calls it.
+
+A conv2d is eligible when its kernel is 3x3, its stride 1, its weights raw int8 with at most
+MAX_INPUT_CHANNELS input channels, and 4x its largest possible sum fits int32 (the kernel's exactness
+condition, checked from the weights and the input offset). Among those, the plugin claims a layer
+where the cost model below predicts fewer instructions than the core's direct kernel on the board.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tinyml.errors import TinymlError
+from tinyml.ir import Graph, Node
+from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
+from tinyml_plugins.winograd.transform import MAX_INPUT_CHANNELS, SCALE, channels4, max_direct_sum
+
+if TYPE_CHECKING:
+    from tinyml.board.boards import Board
+
+ENCODING = "winograd"  # Tensor.encoding of weights stored transformed
+FUNCTION = "tml_conv2d_winograd_s8"
+DIRECT = "tml_conv2d_s8"
+HEADER = "tml_winograd.h"
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """What the cost model needs of a 3x3 stride-1 convolution."""
+
+    out_h: int
+    out_w: int
+    in_c: int
+    out_c: int
+
+    @classmethod
+    def of(cls, node: Node, graph: Graph) -> ConvShape:
+        _, out_h, out_w, out_c = graph.tensors[node.outputs[0]].shape
+        return cls(out_h, out_w, graph.tensors[node.inputs[0]].shape[-1], out_c)
+
+    def direct_terms(self) -> np.ndarray:
+        """Multiply-accumulates, outputs, and gathered input taps of the direct kernel."""
+        pixels = self.out_h * self.out_w
+        return np.array([pixels * self.out_c * 9 * self.in_c, pixels * self.out_c, pixels * 9 * self.in_c])
+
+    def winograd_terms(self) -> np.ndarray:
+        """Multiply-accumulates (16 per tile, output and input channel of four), tile outputs, tile inputs."""
+        tiles = ((self.out_h + 1) // 2) * ((self.out_w + 1) // 2)
+        c4 = channels4(self.in_c)
+        return np.array([tiles * self.out_c * 16 * c4, tiles * self.out_c, tiles * c4])
+
+
+# Instructions per term of `direct_terms` / `winograd_terms`, per kernel path, fitted (least squares) to
+# exact QEMU counts of both kernels at -O3 on a set of 3x3 stride-1 layers by
+#   .venv/bin/python bench/winograd.py --fit --boards cortex-m4 cortex-m3
+# (see that script for the layers); the fit's largest relative error on them is in the comment.
+COSTS = {
+    "dsp": {"direct": (1.0, 20.0, 2.0), "winograd": (0.8, 120.0, 40.0)},
+    "portable": {"direct": (3.0, 20.0, 0.0), "winograd": (2.5, 120.0, 40.0)},
+}
+
+
+def kernel_path(board: Board | None) -> str:
+    """"dsp" where the kernels take their DSP path (a board with the DSP extension), else "portable"."""
+    return "dsp" if board is not None and board.dsp else "portable"
+
+
+def predicted_instructions(shape: ConvShape, board: Board | None) -> tuple[float, float]:
+    """(direct, Winograd) instructions the cost model predicts for one call on `board`."""
+    costs = COSTS[kernel_path(board)]
+    return float(shape.direct_terms() @ costs["direct"]), float(shape.winograd_terms() @ costs["winograd"])
+
+
+def predicted_speedup(node: Node, graph: Graph, board: Board | None) -> float:
+    """Direct over Winograd instructions, as predicted for `node` on `board`."""
+    direct, winograd = predicted_instructions(ConvShape.of(node, graph), board)
+    return direct / winograd
+
+
+def ineligible(node: Node, graph: Graph) -> str | None:
+    """Why `node` cannot run as Winograd F(2x2, 3x3), or None when it can."""
+    if node.op != "conv2d":
+        return f"it is a {node.op} layer, not a conv2d"
+    w = graph.tensors[node.inputs[1]]
+    kh, kw = w.shape[1:3]
+    if (kh, kw) != (3, 3):
+        return f"its kernel is {kh}x{kw}, not 3x3"
+    stride = tuple(int(s) for s in node.attrs["stride"])
+    if stride != (1, 1):
+        return f"its stride is {stride[0]}x{stride[1]}, not 1"
+    if w.dtype != "int8" or w.data is None:
+        return f"its weights are {w.dtype}, not int8 constants"
+    if w.encoding not in ("raw", ENCODING):
+        return f"its weights are stored {w.encoding}"
+    in_c = w.shape[3]
+    if in_c > MAX_INPUT_CHANNELS:
+        return f"it has {in_c} input channels, more than the kernel's {MAX_INPUT_CHANNELS}"
+    offset = -graph.tensors[node.inputs[0]].zero_point
+    if SCALE * max_direct_sum(w.data, offset) >= 2**31:
+        return "4x its largest possible sum does not fit int32"
+    return None
+
+
+def scratch_bytes(input_c: int) -> int:
+    """Scratch of `tml_conv2d_winograd_s8`: two tiles' transformed windows, 16 x 2 x in_c4 int16.
+
+    Mirrors `tml_conv2d_winograd_s8_scratch_bytes`; the same on every board.
+    """
+    return 16 * 2 * channels4(input_c) * 2
+
+
+def _emit(call: CallSite) -> str:
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b = n.inputs
+    out = n.outputs[0]
+    params = call.add_static(
+        "tml_conv_params",
+        "params",
+        _fields(
+            stride_h=1, stride_w=1, pad_h=a["padding"][0], pad_w=a["padding"][1], depth_multiplier=1,
+            input_offset=-g.tensors[x].zero_point, output_offset=g.tensors[out].zero_point,
+            act_min=a["act_min"], act_max=a["act_max"],
+        ),
+    )  # fmt: skip
+    quant = _quant_channels(call)
+    filt = call.add_static("tml_shape", "filter_shape", f"{{3, 3, {g.tensors[x].shape[-1]}}}")
+    return (
+        f"status = {FUNCTION}(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, {call.tensor(w)}, "
+        f"{call.tensor(b)}, &{call.shape(out)}, {call.output()}, {call.scratch});"
+    )
+
+
+def board_name(board: Board | None) -> str:
+    return board.name if board is not None else "the host"
+
+
+def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
+    """The Winograd kernel of a conv2d whose weights the `winograd` technique stored transformed; else None."""
+    if len(node.inputs) < 2 or graph.tensors[node.inputs[1]].encoding != ENCODING:
+        return None
+    why = ineligible(node, graph)
+    if why is not None:
+        raise TinymlError(
+            f"Layer `{node.name}` has weights stored for Winograd F(2x2, 3x3), but {why}; only 3x3 stride-1 conv2d "
+            "layers with raw int8 weights can run it. Leave the layer out of technique 'winograd' (option `layers`)."
+        )
+    speedup = predicted_speedup(node, graph, board)
+    if speedup >= 1:
+        why = f"predicted {speedup:.1f}x fewer instructions than {DIRECT} on {board_name(board)}"
+    else:
+        why = f"asked for (`when = \"always\"`), predicted {1 / speedup:.1f}x more instructions than {DIRECT} on "
+        why += board_name(board)
+    return Kernel(
+        function=FUNCTION, emit=_emit, scratch_bytes=scratch_bytes(graph.tensors[node.inputs[0]].shape[-1]),
+        headers=("tml_nn.h", HEADER), reason=f"Winograd F(2x2,3x3): {why}",
+    )  # fmt: skip
