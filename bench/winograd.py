@@ -17,8 +17,8 @@ bench/layers.py draws it) are built at -O3 for each board with the direct kernel
 `speedup` is direct / Winograd, computed here from the two counts. `weight_bytes` are the int8
 weights, `winograd_weight_bytes` the transformed int16 ones the build stores in flash.
 
-`--fit` measures both kernels on the FIT_LAYERS and prints the least-squares costs per term that
-`plugins/winograd/kernels.py` holds in `COSTS` (the plugin's cost model).
+`--fit` measures both kernels on the FIT_LAYERS and prints the costs per term (non-negative least
+squares of the relative error) that `plugins/winograd/kernels.py` holds in `COSTS` (the plugin's cost model).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from layers import Layer, layer_data, layer_graph, write_model
 from rich.console import Console
 from rich.table import Table
+from scipy.optimize import nnls
 
 from tinyml import host, plugins
 from tinyml.board.boards import resolve_board
@@ -63,6 +64,10 @@ FIT_LAYERS = (
     Layer("fit-16x16x4-4", "conv2d", (16, 16, 4), 4, (3, 3), (1, 1), (1, 1), -7),
     Layer("fit-12x12x12-20", "conv2d", (12, 12, 12), 20, (3, 3), (1, 1), (0, 0), -9),
     Layer("fit-6x6x64-64", "conv2d", (6, 6, 64), 64, (3, 3), (1, 1), (1, 1), -10),
+    Layer("fit-16x16x3-16", "conv2d", (16, 16, 3), 16, (3, 3), (1, 1), (1, 1), -8),
+    Layer("fit-4x4x16-16", "conv2d", (4, 4, 16), 16, (3, 3), (1, 1), (0, 0), -9),
+    Layer("fit-3x3x32-32", "conv2d", (3, 3, 32), 32, (3, 3), (1, 1), (0, 0), -9),
+    Layer("fit-9x9x8-8", "conv2d", (9, 9, 8), 8, (3, 3), (1, 1), (1, 1), -8),
 )
 
 
@@ -226,17 +231,21 @@ def fit(boards: list[str], work: Path) -> dict:
     """Least-squares instructions per cost-model term, per kernel path, from FIT_LAYERS measured on `boards`."""
     costs = {}
     for board in boards:
+        dsp = resolve_board(board).dsp
         rows = [measure(layer, board, work) for layer in FIT_LAYERS]
         shapes = [ConvShape(*layer.output[:2], layer.input[2], layer.out_c) for layer in FIT_LAYERS]
         result = {}
         for kernel, terms in (("direct", ConvShape.direct_terms), ("winograd", ConvShape.winograd_terms)):
-            a = np.array([terms(s) for s in shapes], dtype=np.float64)
+            a = np.array([terms(s, dsp) for s in shapes], dtype=np.float64)
             b = np.array([row[f"{kernel}_instructions"] for row in rows], dtype=np.float64)
-            coefficients = np.linalg.lstsq(a, b, rcond=None)[0]
+            coefficients = nnls(a / b[:, None], np.ones_like(b))[0]  # non-negative, relative error
             error = float(np.max(np.abs(a @ coefficients - b) / b))
-            result[kernel] = {"costs": [round(float(v), 3) for v in coefficients], "max_relative_error": round(error, 4),
-                              "instructions": [int(v) for v in b]}  # fmt: skip
-        path = "dsp" if resolve_board(board).dsp else "portable"
+            result[kernel] = {
+                "costs": [round(float(v), 3) for v in coefficients],
+                "max_relative_error": round(error, 4),
+                "instructions": [int(v) for v in b],
+            }
+        path = "dsp" if dsp else "portable"
         costs[path] = {"board": board, **result}
     return costs
 

@@ -41,25 +41,41 @@ class ConvShape:
         _, out_h, out_w, out_c = graph.tensors[node.outputs[0]].shape
         return cls(out_h, out_w, graph.tensors[node.inputs[0]].shape[-1], out_c)
 
-    def direct_terms(self) -> np.ndarray:
-        """Multiply-accumulates, outputs, and gathered input taps of the direct kernel."""
+    def direct_terms(self, dsp: bool) -> np.ndarray:
+        """The direct kernel's work: multiply-accumulates, outputs, gathered taps, pixels, calls of its
+        two-by-two inner loop, output channels. The DSP path computes pixels and channels in pairs (a lone
+        last one twice) over windows rounded up to four taps."""
         pixels = self.out_h * self.out_w
-        return np.array([pixels * self.out_c * 9 * self.in_c, pixels * self.out_c, pixels * 9 * self.in_c])
+        taps = (9 * self.in_c + 3) & ~3
+        macs = _even(pixels) * _even(self.out_c) * taps if dsp else pixels * self.out_c * 9 * self.in_c
+        pairs = ((pixels + 1) // 2) * ((self.out_c + 1) // 2)
+        return np.array([macs, pixels * self.out_c, pixels * taps, pixels, pairs, self.out_c])
 
-    def winograd_terms(self) -> np.ndarray:
-        """Multiply-accumulates (16 per tile, output and input channel of four), tile outputs, tile inputs."""
+    def winograd_terms(self, dsp: bool) -> np.ndarray:
+        """The Winograd kernel's work: multiply-accumulates (16 per tile, output and input channel), tile outputs,
+        transformed tile inputs, tiles, calls of the two-by-two product loop, output channels. Tiles go in
+        pairs (a lone last one twice), and on the DSP path channels too."""
         tiles = ((self.out_h + 1) // 2) * ((self.out_w + 1) // 2)
         c4 = channels4(self.in_c)
-        return np.array([tiles * self.out_c * 16 * c4, tiles * self.out_c, tiles * c4])
+        macs = _even(tiles) * (_even(self.out_c) if dsp else self.out_c) * 16 * c4
+        pairs = ((tiles + 1) // 2) * ((self.out_c + 1) // 2)
+        return np.array([macs, tiles * self.out_c, tiles * c4, tiles, pairs, self.out_c])
 
 
-# Instructions per term of `direct_terms` / `winograd_terms`, per kernel path, fitted (least squares) to
-# exact QEMU counts of both kernels at -O3 on a set of 3x3 stride-1 layers by
+def _even(n: int) -> int:
+    """n rounded up to a pair."""
+    return n + (n & 1)
+
+
+# Instructions per term of `direct_terms` / `winograd_terms`, per kernel path: non-negative least squares of
+# the relative error over exact QEMU counts of both kernels at -O3 on twelve 3x3 stride-1 layers (2x2 to
+# 16x16 outputs, 3 to 64 channels: FIT_LAYERS in bench/winograd.py), printed by
 #   .venv/bin/python bench/winograd.py --fit --boards cortex-m4 cortex-m3
-# (see that script for the layers); the fit's largest relative error on them is in the comment.
 COSTS = {
-    "dsp": {"direct": (1.0, 20.0, 2.0), "winograd": (0.8, 120.0, 40.0)},
-    "portable": {"direct": (3.0, 20.0, 0.0), "winograd": (2.5, 120.0, 40.0)},
+    "dsp": {"direct": (1.036, 0.0, 2.222, 233.822, 229.782, 11.219),
+            "winograd": (0.782, 253.983, 96.756, 305.854, 44.619, 157.416)},
+    "portable": {"direct": (3.832, 0.0, 0.0, 0.0, 576.758, 1160.704),
+                 "winograd": (4.737, 212.617, 255.124, 349.751, 351.777, 313.168)},
 }
 
 
@@ -70,8 +86,9 @@ def kernel_path(board: Board | None) -> str:
 
 def predicted_instructions(shape: ConvShape, board: Board | None) -> tuple[float, float]:
     """(direct, Winograd) instructions the cost model predicts for one call on `board`."""
-    costs = COSTS[kernel_path(board)]
-    return float(shape.direct_terms() @ costs["direct"]), float(shape.winograd_terms() @ costs["winograd"])
+    path = kernel_path(board)
+    costs, dsp = COSTS[path], path == "dsp"
+    return float(shape.direct_terms(dsp) @ costs["direct"]), float(shape.winograd_terms(dsp) @ costs["winograd"])
 
 
 def predicted_speedup(node: Node, graph: Graph, board: Board | None) -> float:

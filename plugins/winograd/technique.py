@@ -46,7 +46,8 @@ class Winograd(Technique):
     def apply(self, graph: Graph, context: Context) -> Graph:
         if not graph.is_quantized:
             raise RecipeError(
-                "Technique 'winograd' transforms int8 weights: list it after `quantize-int8` in the recipe's techniques."
+                "Technique 'winograd' transforms int8 weights: list it after `quantize-int8` in the recipe's "
+                "techniques."
             )
         convs = {node.name: node for node in graph.nodes if node.op == "conv2d"}
         named = self.options.layers

@@ -7,7 +7,7 @@ With 2G in place of Lavin & Gray's G, every matrix is an integer one:
     A^T = [1 1 1 0; 0 1 -1 -1]                        (4x4 products -> 2x2 outputs A^T (U . V) A)
 
 and A^T (U . V) A is 4x the direct convolution of the window, exactly. Bounds: the rows of 2G sum
-to at most 3 in absolute value, so an int8 filter gives |U| <= 3 * 3 * 127 = 1143; each row of B^T
+to at most 3 in absolute value, so an int8 filter gives |U| <= 3 * 3 * 128 = 1152; each row of B^T
 has two entries +-1, so an input window offset to |d| <= 255 gives |V| <= 2 * 2 * 255 = 1020: both
 fit int16, and a product fits 21 bits.
 

@@ -30,8 +30,8 @@ extern "C" {
  *   quant:        per-output-channel multiplier (0x40000000..0x7FFFFFFF) and shift (-31..30).
  *   input_shape:  h, w >= 1, c in 1..1024; input: [h][w][c].
  *   filter_shape: {3, 3, input_shape->c} (the weights before the transform).
- *   filter:       the transformed weights, int16 [out_c][16][in_c4] as above, each |value| <= 1143
- *                 (4 * 9 * 127: 2G g 2G^T of int8 weights).
+ *   filter:       the transformed weights, int16 [out_c][16][in_c4] as above, each |value| <= 1152
+ *                 (9 * 128: 2G g 2G^T of int8 weights).
  *   bias:         int32 [out_c] or NULL.
  *   output_shape: h = input h + 2 * pad_h - 2, w likewise, c = out_c >= 1; output: [h][w][c].
  *   scratch:      4-byte aligned, tml_conv2d_winograd_s8_scratch_bytes long (two tiles' transformed

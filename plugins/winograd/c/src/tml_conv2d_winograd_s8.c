@@ -6,13 +6,13 @@
  * scratch, where d = x + input_offset on input cells and 0 on padding:
  *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
  * Every row of B^T has two entries +-1, so |V| <= 4 * max|d| <= 4 * 255 = 1020: int16 holds it.
- * Then per output channel o and position k of the 4x4: M[k] = sum_c U[k][o][c] * V[k][c], with
- * U = 2G g 2G^T (|U| <= 1143) from the build, and the 2x2 outputs are A^T M A,
+ * Then per output channel o and position k of the 4x4: M[k] = sum_c U[o][k][c] * V[k][c], with
+ * U = 2G g 2G^T (|U| <= 9 * 128 = 1152) from the build, and the 2x2 outputs are A^T M A,
  *   A^T = [1 1 1 0; 0 1 -1 -1],
  * which is 4x the direct sum exactly. The accumulators and A^T M A run modulo 2^32 (a product is
- * at most 1143 * 1020 < 2^21, but a sum of 9 * in_c4 of them need not fit); the end result does
- * fit, as the caller guarantees |4 * direct| < 2^31, so an arithmetic shift right by 2 gives the
- * direct sum, which is then requantized by tml_conv_output as in tml_conv2d_s8.
+ * at most 1152 * 1020 < 2^21, but in_c4 of them summed, and nine such sums added, need not fit);
+ * the end result does fit, as the caller guarantees |4 * direct| < 2^31, so an arithmetic shift
+ * right by 2 gives the direct sum, which is then requantized as tml_conv_output does.
  *
  * The DSP path (Cortex-M4, M7, M33) transforms four channels at a time: one word of four int8
  * inputs, split by SXTB16 into pairs (c0, c2) and (c1, c3), transformed by SADD16/SSUB16. Cells
@@ -20,7 +20,7 @@
  * B^T J B = 4 at position (1, 1) for J all ones, so V[1][1] += 4 * input_offset), which keeps
  * every lane within +-1024. The products run in tml_winograd_mac_2x2_dsp: two channels by two
  * tiles, per four channels two weight LDRDs, two input LDRDs and eight SMLADs. The portable path
- * computes the same integers one channel at a time.
+ * computes the same integers one channel at a time, each weight read once for both tiles.
  */
 #include "tml_winograd.h"
 #include "tml_nn.h"
@@ -83,54 +83,50 @@ static void tile_cells(const tile_geometry *g, int32_t tile, const int8_t *cells
     }
 }
 
-/* Where a tile's outputs go: channel 0 of its top-left output, and how many of its rows and columns
- * lie inside the output (the last tiles of an odd size have one). */
+/* Where a tile's four outputs go, channel 0 (row-major in the tile): offsets into the output, -1 for one
+ * past its edge (the last tiles of an odd size). */
 typedef struct {
-    int8_t *out;
-    int32_t rows, cols;
+    int32_t offset[4];
 } tile_output;
 
 static tile_output tile_output_at(const tile_geometry *g, int32_t tile)
 {
     const int32_t ty = tile / g->tiles_w, tx = tile - ty * g->tiles_w;
     const int32_t oy = 2 * ty, ox = 2 * tx;
-    const tile_output t = {
-        .out = g->output + (oy * g->out_w + ox) * g->out_c,
-        .rows = oy + 1 < g->out_h ? 2 : 1,
-        .cols = ox + 1 < g->out_w ? 2 : 1,
-    };
+    const int32_t at = (oy * g->out_w + ox) * g->out_c, row = g->out_w * g->out_c;
+    const int32_t right = ox + 1 < g->out_w, below = oy + 1 < g->out_h;
+    const tile_output t = {{at, right ? at + g->out_c : -1, below ? at + row : -1,
+                            right && below ? at + row + g->out_c : -1}};
     return t;
 }
 
-/* One output channel's requantization, its steps shared by the tile outputs (tml_requantize_output). */
+/* One output channel's requantization, its steps shared by the tile outputs: tml_requantize_output with
+ * tml_divide_by_power_of_two's mask and threshold computed once. */
 typedef struct {
     uint32_t bias;
-    int32_t multiplier, left, right;
+    int32_t multiplier, left, right, mask, half;
 } channel_quant;
 
 static channel_quant channel_quant_at(const tml_quant_channels *quant, const int32_t *bias, int32_t ch)
 {
     const int32_t shift = quant->shift[ch];
+    const int32_t right = shift > 0 ? 0 : -shift;
+    const int32_t mask = (int32_t)((1u << right) - 1u);
     const channel_quant q = {
         .bias = bias != NULL ? (uint32_t)bias[ch] : 0u,
         .multiplier = quant->multiplier[ch],
         .left = shift > 0 ? shift : 0,
-        .right = shift > 0 ? 0 : -shift,
+        .right = right,
+        .mask = mask,
+        .half = mask >> 1,
     };
     return q;
 }
 
-/* The direct sum y / 4 of an output, requantized: tml_conv_output's bytes. */
-static inline int8_t output_value(const tile_geometry *g, const channel_quant *q, uint32_t y)
-{
-    int32_t v = (int32_t)(((uint32_t)((int32_t)y >> 2) + q->bias) << q->left);
-    v = tml_divide_by_power_of_two(tml_doubling_high_mult(v, q->multiplier), q->right);
-    return (int8_t)(tml_clamp(v, g->lo, g->hi) + g->output_offset);
-}
-
-/* A^T M A of one tile and channel (M[k] = m[k * stride]), divided by 4, requantized, stored. */
-__attribute__((always_inline)) static inline void finish_tile(const tile_geometry *g, const tile_output *t, int32_t ch,
-                                                              const int32_t *m, int32_t stride, const channel_quant *q)
+/* A^T M A of one tile and channel (M[k] = m[k * stride]), divided by 4, requantized and stored: the bytes
+ * tml_conv_output gives the direct sum. */
+static void finish_tile(const tile_geometry *g, const tile_output *t, int8_t *output, const int32_t *m,
+                        int32_t stride, const channel_quant *q)
 {
     uint32_t t0[4], t1[4];
     for (int32_t j = 0; j < 4; j++) {
@@ -139,17 +135,17 @@ __attribute__((always_inline)) static inline void finish_tile(const tile_geometr
         t0[j] = m0 + m1 + m2;
         t1[j] = m1 - m2 - m3;
     }
-    int8_t *out = t->out + ch;
-    const int32_t row = g->out_w * g->out_c;
-    out[0] = output_value(g, q, t0[0] + t0[1] + t0[2]);
-    if (t->cols == 2) {
-        out[g->out_c] = output_value(g, q, t0[1] - t0[2] - t0[3]);
-    }
-    if (t->rows == 2) {
-        out[row] = output_value(g, q, t1[0] + t1[1] + t1[2]);
-        if (t->cols == 2) {
-            out[row + g->out_c] = output_value(g, q, t1[1] - t1[2] - t1[3]);
+    const uint32_t y[4] = {t0[0] + t0[1] + t0[2], t0[1] - t0[2] - t0[3], t1[0] + t1[1] + t1[2], t1[1] - t1[2] - t1[3]};
+    for (int32_t k = 0; k < 4; k++) {
+        if (t->offset[k] < 0) {
+            continue;
         }
+        int32_t v = (int32_t)(((uint32_t)((int32_t)y[k] >> 2) + q->bias) << q->left);
+        v = tml_doubling_high_mult(v, q->multiplier);
+        const int32_t remainder = v & q->mask;
+        v >>= q->right;
+        v += remainder > q->half + (v < 0);
+        output[t->offset[k]] = (int8_t)(tml_clamp(v, g->lo, g->hi) + g->output_offset);
     }
 }
 
@@ -164,34 +160,75 @@ static uint32_t tail_word(const int8_t *x, int32_t n, int8_t zero_point)
     return v;
 }
 
+/* B on the right of one row of four cells' int16 pairs, (d0 - d2, d1 + d2, d2 - d1, d1 - d3): the even pairs
+ * to dst[0], dst[stride], dst[2 * stride], dst[3 * stride], the odd pairs one word after each. */
+static inline void row_transform_dsp(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3, uint32_t *dst, int32_t stride)
+{
+    int32_t d0 = tml_sxtb16_even(w0), d1 = tml_sxtb16_even(w1), d2 = tml_sxtb16_even(w2), d3 = tml_sxtb16_even(w3);
+    dst[0] = (uint32_t)__ssub16(d0, d2);
+    dst[stride] = (uint32_t)__sadd16(d1, d2);
+    dst[2 * stride] = (uint32_t)__ssub16(d2, d1);
+    dst[3 * stride] = (uint32_t)__ssub16(d1, d3);
+    d0 = tml_sxtb16_odd(w0);
+    d1 = tml_sxtb16_odd(w1);
+    d2 = tml_sxtb16_odd(w2);
+    d3 = tml_sxtb16_odd(w3);
+    dst[1] = (uint32_t)__ssub16(d0, d2);
+    dst[stride + 1] = (uint32_t)__sadd16(d1, d2);
+    dst[2 * stride + 1] = (uint32_t)__ssub16(d2, d1);
+    dst[3 * stride + 1] = (uint32_t)__ssub16(d1, d3);
+}
+
+/* Four channels from c of a cell as one word: the zero point outside the input and past in_c. */
+static inline uint32_t cell_word(const tile_geometry *g, const int8_t *cell, int32_t c, uint32_t zero4)
+{
+    if (cell == NULL) {
+        return zero4;
+    }
+    const int32_t n = g->in_c - c;
+    return n >= 4 ? tml_read_u32(cell + c) : tail_word(cell + c, n, (int8_t)zero4);
+}
+
 /* V of one tile, four channels at a time as int16 pairs, into tile slot t (0 or 1) of the scratch layout
- * [16 positions][in_c4 / 4 groups][2 tiles][2 words]. */
+ * [16 positions][in_c4 / 4 groups][2 tiles][2 words]: B on the right of each row of cells, written in place,
+ * then B^T on the left of each column, where the offset is added. */
 static void transform_tile_dsp(const tile_geometry *g, const int8_t *const cells[TILE_CELLS], uint32_t *v, int32_t t)
 {
-    const int8_t zero_point = (int8_t)(-g->input_offset);
-    const uint32_t zero4 = (uint8_t)zero_point * 0x01010101u;
+    const uint32_t zero4 = (uint8_t)(-g->input_offset) * 0x01010101u;
     const int32_t offset4 = 4 * g->input_offset;
     const int32_t offset4_pair = (int32_t)(((uint32_t)offset4 & 0xFFFFu) | ((uint32_t)offset4 << 16));
-    const int32_t position_stride = g->c4; /* words: c4 / 4 groups * 2 tiles * 2 words */
-    uint32_t *dst = v + t * 2;
+    const int32_t ps = g->c4; /* words per position: c4 / 4 groups * 2 tiles * 2 words */
+    uint32_t *base = v + t * 2;
+    for (int32_t i = 0; i < 4; i++) {
+        const int8_t *const *row = cells + i * 4;
+        uint32_t *dst = base + i * 4 * ps;
+        int32_t c = 0;
+        if (row[0] != NULL && row[1] != NULL && row[2] != NULL && row[3] != NULL) { /* four adjacent cells */
+            const int8_t *x = row[0];
+            const int32_t step = g->in_c;
+            for (; c + 4 <= g->in_c; c += 4) {
+                row_transform_dsp(tml_read_u32(x + c), tml_read_u32(x + c + step), tml_read_u32(x + c + 2 * step),
+                                  tml_read_u32(x + c + 3 * step), dst, ps);
+                dst += 4;
+            }
+        }
+        for (; c < g->c4; c += 4) { /* cells outside the input, the last partial group */
+            row_transform_dsp(cell_word(g, row[0], c, zero4), cell_word(g, row[1], c, zero4),
+                              cell_word(g, row[2], c, zero4), cell_word(g, row[3], c, zero4), dst, ps);
+            dst += 4;
+        }
+    }
     for (int32_t c = 0; c < g->c4; c += 4) {
-        const int32_t n = g->in_c - c;
-        int32_t e[TILE_CELLS], od[TILE_CELLS];
-        for (int32_t k = 0; k < TILE_CELLS; k++) {
-            const int8_t *x = cells[k];
-            const uint32_t w = x == NULL ? zero4 : (n >= 4 ? tml_read_u32(x + c) : tail_word(x + c, n, zero_point));
-            e[k] = tml_sxtb16_even(w);
-            od[k] = tml_sxtb16_odd(w);
+        for (int32_t j = 0; j < 8; j++) { /* column j / 2, even and odd pairs */
+            uint32_t *p = base + c + (j >> 1) * ps + (j & 1);
+            const int32_t d0 = (int32_t)p[0], d1 = (int32_t)p[4 * ps], d2 = (int32_t)p[8 * ps];
+            const int32_t d3 = (int32_t)p[12 * ps];
+            const int32_t r1 = __sadd16(d1, d2);
+            p[0] = (uint32_t)__ssub16(d0, d2);
+            p[4 * ps] = (uint32_t)((j >> 1) == 1 ? __sadd16(r1, offset4_pair) : r1);
+            p[8 * ps] = (uint32_t)__ssub16(d2, d1);
+            p[12 * ps] = (uint32_t)__ssub16(d1, d3);
         }
-        TML_WINOGRAD_BT_D_B(e, __sadd16, __ssub16);
-        TML_WINOGRAD_BT_D_B(od, __sadd16, __ssub16);
-        e[5] = __sadd16(e[5], offset4_pair);
-        od[5] = __sadd16(od[5], offset4_pair);
-        for (int32_t k = 0; k < TILE_CELLS; k++) {
-            dst[k * position_stride] = (uint32_t)e[k];
-            dst[k * position_stride + 1] = (uint32_t)od[k];
-        }
-        dst += 4;
     }
 }
 
@@ -284,9 +321,9 @@ static void tile_pair_dsp(const tile_geometry *g, const tml_quant_channels *quan
         tml_winograd_mac_2x2_dsp(v, filter + o * filter_row, c4 >> 2, acc, pair ? filter_row * 2 : 0);
         for (int32_t c = 0; c <= pair; c++) {
             const channel_quant q = channel_quant_at(quant, bias, o + c);
-            finish_tile(g, &ta, o + c, acc + c * 2, 4, &q);
+            finish_tile(g, &ta, g->output + o + c, acc + c * 2, 4, &q);
             if (b != a) {
-                finish_tile(g, &tb, o + c, acc + c * 2 + 1, 4, &q);
+                finish_tile(g, &tb, g->output + o + c, acc + c * 2 + 1, 4, &q);
             }
         }
     }
@@ -343,9 +380,9 @@ static void tile_pair(const tile_geometry *g, const tml_quant_channels *quant, c
             u += c4;
         }
         const channel_quant q = channel_quant_at(quant, bias, o);
-        finish_tile(g, &ta, o, m, 2, &q);
+        finish_tile(g, &ta, g->output + o, m, 2, &q);
         if (b != a) {
-            finish_tile(g, &tb, o, m + 1, 2, &q);
+            finish_tile(g, &tb, g->output + o, m + 1, 2, &q);
         }
     }
 }
