@@ -234,7 +234,7 @@ def test_a_recipe_with_winograd_equals_the_reference_on_the_board(cnn_build, tmp
 def test_drawn_chains_equal_the_reference_on_the_board(bench, board, tmp_path: Path):
     """Chains of 3x3 convolutions with any padding and zero points, every layer on the Winograd kernel."""
 
-    @settings(max_examples=2, derandomize=True, database=None, deadline=None)
+    @settings(max_examples=3, derandomize=True, database=None, deadline=None)
     @given(chain=bench.chains())
     def check(chain: dict) -> None:
         graph = bench.chain_graph(chain)
@@ -295,3 +295,17 @@ def test_weights_marked_for_a_layer_that_cannot_run_it_are_refused():
     graph.tensors[stride2.inputs[1]].encoding = "winograd"
     with pytest.raises(TinymlError, match=rf"Layer `{stride2.name}` has weights stored for Winograd.*stride is 2x2"):
         generate(graph, None, plugins.plugin_manager())
+
+
+def test_tinyml_plugins_lists_it_with_its_hooks():
+    import json
+
+    from click.testing import CliRunner
+
+    from tinyml.cli import main
+
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0, result.stderr
+    hooks = {info["name"]: info["hooks"] for info in json.loads(result.stdout)}["winograd"]
+    for hook in ("tinyml_techniques", "tinyml_select_kernel", "tinyml_encode_weights", "tinyml_kernel_sources"):
+        assert hook in hooks
