@@ -15,7 +15,7 @@ import numpy as np
 
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
-from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
+from tinyml.kernels import CallSite, Kernel, emit_conv_call
 from tinyml_plugins.winograd.transform import MAX_INPUT_CHANNELS, SCALE, channels4, max_direct_sum
 
 if TYPE_CHECKING:
@@ -134,24 +134,8 @@ def scratch_bytes(input_c: int) -> int:
 
 
 def _emit(call: CallSite) -> str:
-    g, n, a = call.graph, call.node, call.node.attrs
-    x, w, b = n.inputs
-    out = n.outputs[0]
-    params = call.add_static(
-        "tml_conv_params",
-        "params",
-        _fields(
-            stride_h=1, stride_w=1, pad_h=a["padding"][0], pad_w=a["padding"][1], depth_multiplier=1,
-            input_offset=-g.tensors[x].zero_point, output_offset=g.tensors[out].zero_point,
-            act_min=a["act_min"], act_max=a["act_max"],
-        ),
-    )  # fmt: skip
-    quant = _quant_channels(call)
-    filt = call.add_static("tml_shape", "filter_shape", f"{{3, 3, {g.tensors[x].shape[-1]}}}")
-    return (
-        f"status = {FUNCTION}(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, {call.tensor(w)}, "
-        f"{call.tensor(b)}, &{call.shape(out)}, {call.output()}, {call.scratch});"
-    )
+    """`tml_conv2d_winograd_s8` takes `tml_conv2d_s8`'s arguments, its weights the transformed ones."""
+    return emit_conv_call(call, FUNCTION)
 
 
 def board_name(board: Board | None) -> str:
