@@ -127,8 +127,11 @@ def chain_graph(chain: dict) -> Graph:
 
 
 def chain_inputs(graph: Graph, seed: int, n: int = 3) -> np.ndarray:
-    shape = graph.tensors[graph.inputs[0]].shape[1:]
-    return np.random.default_rng(seed).integers(-128, 128, size=(n, int(np.prod(shape))), dtype=np.int8)
+    """n inputs: every value 127, every value -128 (the transformed windows' extremes), then random ones."""
+    size = int(np.prod(graph.tensors[graph.inputs[0]].shape[1:]))
+    x = np.random.default_rng(seed).integers(-128, 128, size=(n, size), dtype=np.int8)
+    x[0], x[1] = 127, -128
+    return x
 
 
 def check_on_host(graph: Graph, x: np.ndarray, work: Path) -> None:
