@@ -84,7 +84,7 @@ COSTS = {  # largest relative error of the fit on those layers: 3.9%, 4.7%, 5.4%
 
 
 def kernel_path(board: Board | None) -> str:
-    """ "dsp" where the kernels take their DSP path (a board with the DSP extension), else "portable"."""
+    """The path both kernels take on `board`: "dsp" with the DSP extension (SMLAD), else "portable"."""
     return "dsp" if board is not None and board.dsp else "portable"
 
 
