@@ -123,10 +123,8 @@ static channel_quant channel_quant_at(const tml_quant_channels *quant, const int
     return q;
 }
 
-/* A^T M A of one tile and channel (M[k] = m[k * stride]), divided by 4, requantized and stored: the bytes
- * tml_conv_output gives the direct sum. */
-static void finish_tile(const tile_geometry *g, const tile_output *t, int8_t *output, const int32_t *m,
-                        int32_t stride, const channel_quant *q)
+/* A^T M A of one tile (M[k] = m[k * stride]): 4x the direct sums of its 2x2 outputs, row-major. */
+static inline void output_transform(const int32_t *m, int32_t stride, uint32_t y[4])
 {
     uint32_t t0[4], t1[4];
     for (int32_t j = 0; j < 4; j++) {
@@ -135,17 +133,39 @@ static void finish_tile(const tile_geometry *g, const tile_output *t, int8_t *ou
         t0[j] = m0 + m1 + m2;
         t1[j] = m1 - m2 - m3;
     }
-    const uint32_t y[4] = {t0[0] + t0[1] + t0[2], t0[1] - t0[2] - t0[3], t1[0] + t1[1] + t1[2], t1[1] - t1[2] - t1[3]};
+    y[0] = t0[0] + t0[1] + t0[2];
+    y[1] = t0[1] - t0[2] - t0[3];
+    y[2] = t1[0] + t1[1] + t1[2];
+    y[3] = t1[1] - t1[2] - t1[3];
+}
+
+/* Channel ch of tiles a and b (M of tile a at m[k * stride], of b one word after; b == a: one tile), divided
+ * by 4, requantized and stored: the bytes tml_conv_output gives the direct sums. */
+static void finish_tiles(const tile_geometry *g, const tile_output *ta, const tile_output *tb, int32_t same,
+                         int8_t *output, const int32_t *m, int32_t stride, const channel_quant *q)
+{
+    uint32_t y[8];
+    int32_t at[8];
+    output_transform(m, stride, y);
+    output_transform(m + 1, stride, y + 4);
     for (int32_t k = 0; k < 4; k++) {
-        if (t->offset[k] < 0) {
+        at[k] = ta->offset[k];
+        at[4 + k] = same ? -1 : tb->offset[k];
+    }
+    /* locals: the int8 stores below may alias anything, which would make the compiler read these again */
+    const uint32_t bias = q->bias;
+    const int32_t multiplier = q->multiplier, left = q->left, right = q->right, mask = q->mask, half = q->half;
+    const int32_t lo = g->lo, hi = g->hi, offset = g->output_offset;
+    for (int32_t k = 0; k < 8; k++) {
+        if (at[k] < 0) {
             continue;
         }
-        int32_t v = (int32_t)(((uint32_t)((int32_t)y[k] >> 2) + q->bias) << q->left);
-        v = tml_doubling_high_mult(v, q->multiplier);
-        const int32_t remainder = v & q->mask;
-        v >>= q->right;
-        v += remainder > q->half + (v < 0);
-        output[t->offset[k]] = (int8_t)(tml_clamp(v, g->lo, g->hi) + g->output_offset);
+        int32_t v = (int32_t)(((uint32_t)((int32_t)y[k] >> 2) + bias) << left);
+        v = tml_doubling_high_mult(v, multiplier);
+        const int32_t remainder = v & mask;
+        v >>= right;
+        v += remainder > half + (v < 0);
+        output[at[k]] = (int8_t)(tml_clamp(v, lo, hi) + offset);
     }
 }
 
@@ -321,10 +341,7 @@ static void tile_pair_dsp(const tile_geometry *g, const tml_quant_channels *quan
         tml_winograd_mac_2x2_dsp(v, filter + o * filter_row, c4 >> 2, acc, pair ? filter_row * 2 : 0);
         for (int32_t c = 0; c <= pair; c++) {
             const channel_quant q = channel_quant_at(quant, bias, o + c);
-            finish_tile(g, &ta, g->output + o + c, acc + c * 2, 4, &q);
-            if (b != a) {
-                finish_tile(g, &tb, g->output + o + c, acc + c * 2 + 1, 4, &q);
-            }
+            finish_tiles(g, &ta, &tb, b == a, g->output + o + c, acc + c * 2, 4, &q);
         }
     }
 }
@@ -380,10 +397,7 @@ static void tile_pair(const tile_geometry *g, const tml_quant_channels *quant, c
             u += c4;
         }
         const channel_quant q = channel_quant_at(quant, bias, o);
-        finish_tile(g, &ta, g->output + o, m, 2, &q);
-        if (b != a) {
-            finish_tile(g, &tb, g->output + o, m + 1, 2, &q);
-        }
+        finish_tiles(g, &ta, &tb, b == a, g->output + o, m, 2, &q);
     }
 }
 #endif
