@@ -98,7 +98,9 @@ def _fields(**values: int) -> str:
     return "{" + ", ".join(f".{k} = {int(v)}" for k, v in values.items()) + "}"
 
 
-def _emit_conv(call: CallSite) -> str:
+def emit_conv_call(call: CallSite, function: str) -> str:
+    """The C calling `function` with `tml_conv2d_s8`'s arguments for a conv2d or dwconv2d node: the core's
+    kernels, and a plugin's that takes the same ones (params, quantization, shapes, buffers, scratch)."""
     g, n, a = call.graph, call.node, call.node.attrs
     x, w, b = n.inputs
     out = n.outputs[0]
@@ -115,11 +117,14 @@ def _emit_conv(call: CallSite) -> str:
     kh, kw = g.tensors[w].shape[1:3]
     in_c = g.tensors[x].shape[-1]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {in_c}}}")
-    fn = "tml_dwconv2d_s8" if n.op == "dwconv2d" else "tml_conv2d_s8"
     return (
-        f"status = {fn}(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, {call.tensor(w)}, "
+        f"status = {function}(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, &{filt}, {call.tensor(w)}, "
         f"{call.tensor(b)}, &{call.shape(out)}, {call.output()}, {call.scratch});"
     )
+
+
+def _emit_conv(call: CallSite) -> str:
+    return emit_conv_call(call, "tml_dwconv2d_s8" if call.node.op == "dwconv2d" else "tml_conv2d_s8")
 
 
 def _quant_channels(call: CallSite) -> str:
