@@ -3,7 +3,8 @@
 A `sign` node's output is stored as packed bits (`tml_binarize_s8`) for the conv2d and fc layers
 that read it, whose weights are +m/-m per output channel (`Tensor.encoding == "binary"`, set by
 `sign.quantize`): those run `tml_conv2d_xnor` / `tml_fc_xnor` on the bits and write int8, the
-same bytes the int8 kernels would give on the +1/-1 values. No binary kernel needs scratch.
+same bytes the int8 kernels would give on the +1/-1 values. Their scratch (the offsets of a
+window's set input bits) is sized here as `tml_*_xnor_scratch_bytes` size it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node, Tensor
 from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
 from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
-from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weights, words
+from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
 from tinyml_plugins.binarize.sign import BINARY, BINARY_OPS, OP
 
 if TYPE_CHECKING:
@@ -24,6 +25,20 @@ if TYPE_CHECKING:
 
 HEADER = "tml_xnor.h"
 ADVICE = "train the model with technique `binarize`, which binarizes a layer's input and weights together"
+
+
+MAX_TAPS = 65535  # TML_XNOR_MAX_TAPS: set-bit offsets are uint16
+
+
+def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
+    """Scratch of `tml_conv2d_xnor`; mirrors `tml_conv2d_xnor_scratch_bytes`."""
+    taps = int(np.prod(filter_shape))
+    return ((2 * taps + 3) & ~3) + 4 * out_channels
+
+
+def fc_scratch_bytes(in_features: int) -> int:
+    """Scratch of `tml_fc_xnor`; mirrors `tml_fc_xnor_scratch_bytes`."""
+    return (2 * in_features + 3) & ~3
 
 
 def packed_bytes(shape: tuple[int, ...]) -> int:
@@ -74,9 +89,11 @@ def _emit_sign(call: CallSite) -> str:
     )
 
 
-def _magnitude(call: CallSite) -> str:
+def _channel_arrays(call: CallSite) -> str:
+    """The `tap_ones, magnitude` arguments: positive weights per filter position, |weight| per channel."""
     weights = call.graph.tensors[call.node.inputs[1]].data
-    return call.add_int32_array("magnitude", binary_magnitudes(weights))
+    ones = call.add_array("int16_t", "tap_ones", tap_ones(weights))
+    return f"{ones}, {call.add_int32_array('magnitude', binary_magnitudes(weights))}"
 
 
 def _emit_conv(call: CallSite) -> str:
@@ -97,7 +114,8 @@ def _emit_conv(call: CallSite) -> str:
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
     return (
         f"status = tml_conv2d_xnor(&{params}, &{quant}, &{call.shape(x)}, (const uint32_t *){call.input(0)}, "
-        f"&{filt}, {call.tensor(w)}, {_magnitude(call)}, {call.tensor(b)}, &{call.shape(out)}, {call.output()});"
+        f"&{filt}, {call.tensor(w)}, {_channel_arrays(call)}, {call.tensor(b)}, &{call.shape(out)}, "
+        f"{call.output()}, {call.scratch});"
     )
 
 
@@ -114,7 +132,7 @@ def _emit_fc(call: CallSite) -> str:
     quant = _quant_channels(call)
     return (
         f"status = tml_fc_xnor(&{params}, &{quant}, {in_f}, (const uint32_t *){call.input(0)}, {call.tensor(w)}, "
-        f"{_magnitude(call)}, {call.tensor(b)}, {out_f}, {call.output()});"
+        f"{_channel_arrays(call)}, {call.tensor(b)}, {out_f}, {call.output()}, {call.scratch});"
     )
 
 
@@ -136,16 +154,21 @@ def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | Non
             f"so no XNOR kernel can run it; {ADVICE}."
         )
     w = graph.tensors[node.inputs[1]]
-    channels = w.shape[-1]
+    taps = int(np.prod(w.shape[1:]))
+    if taps > MAX_TAPS:
+        raise TinymlError(
+            f"Layer {_describe(node)} has {taps} weights per output channel; the XNOR kernels take at most "
+            f"{MAX_TAPS}. Keep this layer int8 (technique `binarize`, option `layers`)."
+        )
     shape = f"{w.shape[1]}x{w.shape[2]} conv" if node.op == "conv2d" else "fc"
     reason = (
-        f"binary input and +-1 weights ({shape}, {channels} input channels in {words(channels)} word(s) a pixel): "
-        "XOR and popcount over packed bits, {} instead of {} int8 multiply-accumulates"
+        f"binary input and +-1 weights ({shape}, {taps} taps an output): the weights of 32 output channels packed "
+        "in a word, summed over the input's set bits in bit-sliced carry-save counters"
     )
-    macs_per_output = int(np.prod(w.shape[1:]))
-    reason = reason.format(f"{words(channels) * macs_per_output // channels} word operations", macs_per_output)
-    function, emit = ("tml_conv2d_xnor", _emit_conv) if node.op == "conv2d" else ("tml_fc_xnor", _emit_fc)
-    return Kernel(function=function, emit=emit, headers=("tml_nn.h", HEADER), reason=reason)
+    if node.op == "conv2d":
+        scratch = conv2d_scratch_bytes(tuple(w.shape[1:]), w.shape[0])
+        return Kernel("tml_conv2d_xnor", _emit_conv, scratch, ("tml_nn.h", HEADER), reason)
+    return Kernel("tml_fc_xnor", _emit_fc, fc_scratch_bytes(w.shape[1]), ("tml_nn.h", HEADER), reason)
 
 
 def encode_weights(tensor: Tensor) -> EncodedTensor | None:
@@ -157,11 +180,12 @@ def encode_weights(tensor: Tensor) -> EncodedTensor | None:
             f"Constant `{tensor.name}` is marked binary but is not int8 weights of +m or -m per output channel; "
             f"{ADVICE}."
         )
-    packed = pack_weights(tensor.data)
+    packed = pack_weight_blocks(tensor.data)
     symbol = symbol_for(tensor)
     summary = c_comment(
-        f"{tensor.name}: binary {list(tensor.data.shape)} packed as {list(packed.shape)} uint32 words (bit 1: "
-        f"positive weight): {packed.nbytes} bytes, int8 {tensor.data.nbytes}, float32 {tensor.data.size * 4}"
+        f"{tensor.name}: binary {list(tensor.data.shape)} as {packed.shape[0]} block(s) of 32 output channels by "
+        f"{packed.shape[1]} taps, uint32 (bit j: channel 32 * block + j positive): {packed.nbytes} bytes, int8 "
+        f"{tensor.data.nbytes}, float32 {tensor.data.size * 4}"
     )
     definition = (
         f"/* {summary} */\nconst uint32_t {symbol}[{packed.size}] = {{\n    {c_values(packed, 'u')}\n}};\n"

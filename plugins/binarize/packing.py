@@ -1,10 +1,12 @@
 """Bits packed 32 to a word, and the numpy reference of the binary kernels on packed bits.
 
-The layout is `c/include/tml_xnor.h`'s: a pixel of c binary channels is `words(c)` uint32 words,
+The layouts are `c/include/tml_xnor.h`'s: a pixel of c binary channels is `words(c)` uint32 words,
 channel k in bit k % 32 of word k // 32, 1 for +1, 0 for -1 and for the padding past the last
-channel. The references count differing bits with XOR and popcount as the C does, and requantize
+channel; the kernels read weights packed across output channels (`pack_weight_blocks`), 32 to a
+word. The references count the differing bits of input and filter (XOR, popcount) and requantize
 with the core's integer rules, so `conv2d_xnor` equals `tinyml.reference.conv.conv2d_s8` on
-+1/-1 inputs and +m/-m weights byte for byte (a test holds the two equal).
++1/-1 inputs and +m/-m weights byte for byte (a test holds the two equal); the kernels count
+another way (tml_xnor.h) and must give the same bytes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,21 @@ def binary_magnitudes(weights: np.ndarray) -> np.ndarray | None:
 def pack_weights(weights: np.ndarray) -> np.ndarray:
     """int8 weights [o, ..., c] (+m/-m) as the kernels read them: uint32 [o, ..., words(c)], 1 for positive."""
     return pack_bits(np.asarray(weights) > 0)
+
+
+def pack_weight_blocks(weights: np.ndarray) -> np.ndarray:
+    """int8 weights [o, ..., c] as the kernels read them: uint32 [(o + 31) // 32, taps], taps in [..., c]
+    order, bit j of a word set when output channel 32 * block + j has a positive weight there."""
+    w = np.asarray(weights)
+    positive = (w.reshape(len(w), -1) > 0).T  # [taps, o]
+    return pack_bits(positive).T.copy()  # [blocks, taps]
+
+
+def tap_ones(weights: np.ndarray) -> np.ndarray:
+    """int16 [o, kh * kw] (an fc: [o, 1]): each output channel's positive weights at each filter position."""
+    w = np.asarray(weights)
+    channels = w.shape[-1]
+    return (w.reshape(len(w), -1, channels) > 0).sum(axis=2).astype(np.int16)
 
 
 def binarize_s8(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
