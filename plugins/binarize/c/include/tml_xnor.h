@@ -72,7 +72,7 @@ int32_t tml_fc_xnor_scratch_bytes(int32_t in_features);
 /* cdef-end */
 
 #if defined(__GNUC__)
-#define TML_XNOR_NOINLINE __attribute__((noinline)) /* a loop of its own gets every register */
+#define TML_XNOR_NOINLINE __attribute__((noinline, unused)) /* a loop of its own gets every register */
 #else
 #define TML_XNOR_NOINLINE
 #endif

@@ -54,7 +54,9 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
         const tml_window_span sy = tml_window_span_at(oy, p.stride_h, p.pad_h, filter.h, in.h);
         for (int32_t ox = 0; ox < out.w; ox++) {
             const tml_window_span sx = tml_window_span_at(ox, p.stride_w, p.pad_w, filter.w, in.w);
-            const int32_t n = (sy.end - sy.begin) * (sx.end - sx.begin) * in.c;
+            const int32_t rows = sy.end > sy.begin ? sy.end - sy.begin : 0; /* none: all padding */
+            const int32_t columns = sx.end > sx.begin ? sx.end - sx.begin : 0;
+            const int32_t n = rows * columns * in.c;
             uint16_t *end = offsets;
             for (int32_t ky = sy.begin; ky < sy.end; ky++) {
                 const uint32_t *row = input + ((size_t)(sy.origin + ky) * in.w + sx.origin) * words;
