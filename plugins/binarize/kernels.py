@@ -15,7 +15,7 @@ import numpy as np
 
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node, Tensor
-from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
+from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels, conv_params
 from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
 from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
 from tinyml_plugins.binarize.sign import BINARY, BINARY_OPS, OP
@@ -97,18 +97,10 @@ def _channel_arrays(call: CallSite) -> str:
 
 
 def _emit_conv(call: CallSite) -> str:
-    g, n, a = call.graph, call.node, call.node.attrs
+    g, n = call.graph, call.node
     x, w, b = n.inputs
     out = n.outputs[0]
-    params = call.add_static(
-        "tml_conv_params",
-        "params",
-        _fields(
-            stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
-            depth_multiplier=1, input_offset=0, output_offset=g.tensors[out].zero_point, act_min=a["act_min"],
-            act_max=a["act_max"],
-        ),
-    )  # fmt: skip
+    params = conv_params(call)  # the input offset is 0: a sign's output has zero point 0
     quant = _quant_channels(call)
     kh, kw = g.tensors[w].shape[1:3]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
