@@ -13,13 +13,14 @@ codebook maps to one int8 codebook (see `tinyml_plugins.share_weights`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tinyml import numbers
-from tinyml.errors import CalibrationError, RecipeError
+from tinyml.errors import CalibrationError, RecipeError, TinymlError
 from tinyml.float_eval import run_float
 from tinyml.hookspecs import hookimpl
 from tinyml.ir import Graph, Node, Tensor
@@ -243,8 +244,18 @@ def quantize(graph: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
             _set_activation(out, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT)
         else:
             _set_activation(out, *activation_quant(*ranges[node.outputs[0]]))
-        QUANTIZERS[node.op](q, node)
+        (QUANTIZERS.get(node.op) or _plugin_quantizer(node))(q, node)
     return q
+
+
+def _plugin_quantizer(node: Node) -> Callable[[Graph, Node], None]:
+    """The quantization of an op a plugin adds (hook `tinyml_ops`)."""
+    from tinyml import plugins
+
+    op = plugins.ops().get(node.op)
+    if op is None:
+        raise TinymlError(f"quantize-int8 cannot quantize op {node.op!r} (node `{node.name}`); is its plugin disabled?")
+    return op.quantize
 
 
 def _set_activation(t: Tensor, scale: float, zero_point: int) -> None:

@@ -34,15 +34,20 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     values = {input_name: x}
     for node in graph.nodes:
         args = [values[i] if i in values else graph.tensors[i].data for i in node.inputs]
-        try:
-            kernel = _KERNELS[node.op]
-        except KeyError:
-            raise TinymlError(
-                f"run_float has no float implementation of op {node.op!r} (node `{node.name}`)."
-            ) from None
+        kernel = _KERNELS.get(node.op) or _plugin_float(node)
         out = kernel(node, *args)
         values[node.outputs[0]] = _activate(out, node.attrs.get("activation", "none"))
     return values
+
+
+def _plugin_float(node: Node) -> Callable[..., np.ndarray]:
+    """The float evaluation of an op a plugin adds (hook `tinyml_ops`)."""
+    from tinyml import plugins
+
+    op = plugins.ops().get(node.op)
+    if op is None:
+        raise TinymlError(f"run_float has no float implementation of op {node.op!r} (node `{node.name}`).")
+    return op.run_float
 
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:

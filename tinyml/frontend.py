@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinyml import plugins
 from tinyml.errors import TinymlError, UnsupportedOpError
-from tinyml.ir import Graph, Node, Tensor
+from tinyml.ir import Graph, Node, OpDefinition, Tensor
 
 INPUT_NAME = "input"
 
@@ -190,6 +191,7 @@ class _Converter:
             **{op: self._activation for op in _ACTIVATION_OPS},
             **{op: self._identity for op in _IDENTITY_OPS},
             **{op: self._reshape for op in _RESHAPE_OPS},
+            **{op.torch_op: self._plugin_op(op) for op in plugins.ops().values()},
         }
 
     # --- driver -------------------------------------------------------------------------------
@@ -587,6 +589,19 @@ class _Converter:
         if a["dim"] % rank != 1:
             raise self._unsupported(node, f"Concatenation along dim {a['dim']}; only channels (dim 1) are supported.")
         self._emit(node, "concat", parts, {})
+
+    def _plugin_op(self, op: OpDefinition) -> Callable[[torch.fx.Node, dict[str, Any]], None]:
+        """The handler of an op a plugin adds: activations become inputs, arrays constants, the rest attrs."""
+
+        def convert(node: torch.fx.Node, a: dict[str, Any]) -> None:
+            inputs = [value for value in a.values() if isinstance(value, str)]
+            constants = {name: value for name, value in a.items() if isinstance(value, np.ndarray)}
+            attrs = {name: value for name, value in a.items() if not isinstance(value, str | np.ndarray)}
+            if not inputs:
+                raise self._unsupported(node, "Its input must be an activation computed from the model input.")
+            self._emit(node, op.name, inputs, attrs, constants)
+
+        return convert
 
     def _getitem(self, node: torch.fx.Node, a: dict[str, Any]) -> None:
         container, index = a["args"]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import click
 
     from tinyml.board.boards import Board
-    from tinyml.ir import Graph, Node, Tensor
+    from tinyml.ir import Graph, Node, OpDefinition, Tensor
     from tinyml.kernels import Kernel
     from tinyml.technique import Technique
     from tinyml.weights import EncodedTensor
@@ -63,6 +63,17 @@ def tinyml_kernel_sources() -> list[Path]:
     A plugin keeps its C in its own package (``Path(__file__).parent / "c"``, shipped as package
     data). Declarations a header puts between ``/* cdef-begin */`` and ``/* cdef-end */`` are
     callable from Python through `tinyml.host.build_kernels()`, to test a kernel on its own.
+    """
+
+
+@hookspec
+def tinyml_ops() -> list[OpDefinition]:
+    """Return the IR ops this plugin adds (`tinyml.ir.OpDefinition`), beyond the core's `tinyml.ir.OPS`.
+
+    Each names the torch operator the frontend maps to it (usually a ``torch.library`` custom op the
+    plugin defines, so a trained model exports with it) and gives its float evaluation, its int8
+    quantization and its integer reference; `tinyml_select_kernel` then gives it a C kernel. Names
+    must be unique across plugins and differ from the core's ops.
     """
 
 

@@ -25,11 +25,15 @@ Ops and their attributes:
 
 `activation` is "none", "relu" or "relu6". The int8 attributes a quantizer adds are listed in
 `tinyml/reference.py`, the oracle that defines what each int8 op computes.
+
+A plugin may add ops (hook `tinyml_ops`): an `OpDefinition` says which torch operator the frontend
+maps to it and how float evaluation, the int8 quantizer and the integer reference run it.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,26 @@ import numpy as np
 
 OPS = ("conv2d", "dwconv2d", "fc", "maxpool", "avgpool", "add", "softmax", "concat", "flatten")
 ACTIVATIONS = ("none", "relu", "relu6")
+
+
+@dataclass(frozen=True)
+class OpDefinition:
+    """An op a plugin adds to the IR, and how each stage that interprets ops runs it.
+
+    `torch_op` is the operator the frontend maps to it, as the frontend names ops ("mylib.sign" for a
+    `torch.library` custom op `mylib::sign`): its arguments computed from the model input become the
+    node's inputs, parameter and buffer arguments its constants (`<node>.<argument>`), other
+    arguments its attrs. `run_float(node, *args)` evaluates it on a float batch in graph layout
+    (calibration, float checks); `quantize(graph, node)` makes it int8 after the int8 quantizer gave
+    its output a calibrated scale (it may set another); `run_int8(graph, node, *args)` is its integer
+    reference on one sample, the oracle its C kernel must match byte for byte.
+    """
+
+    name: str
+    torch_op: str
+    run_float: Callable[..., np.ndarray]
+    quantize: Callable[[Graph, Node], None]
+    run_int8: Callable[..., np.ndarray]
 
 
 @dataclass

@@ -98,21 +98,27 @@ def _fields(**values: int) -> str:
     return "{" + ", ".join(f".{k} = {int(v)}" for k, v in values.items()) + "}"
 
 
-def emit_conv_call(call: CallSite, function: str) -> str:
-    """The C calling `function` with `tml_conv2d_s8`'s arguments for a conv2d or dwconv2d node: the core's
-    kernels, and a plugin's that takes the same ones (params, quantization, shapes, buffers, scratch)."""
+def conv_params(call: CallSite) -> str:
+    """The static `tml_conv_params` of a conv2d or dwconv2d node: stride, padding, offsets and clamp."""
     g, n, a = call.graph, call.node, call.node.attrs
-    x, w, b = n.inputs
-    out = n.outputs[0]
-    params = call.add_static(
+    return call.add_static(
         "tml_conv_params",
         "params",
         _fields(
             stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
-            depth_multiplier=a.get("depth_multiplier", 1), input_offset=-g.tensors[x].zero_point,
-            output_offset=g.tensors[out].zero_point, act_min=a["act_min"], act_max=a["act_max"],
+            depth_multiplier=a.get("depth_multiplier", 1), input_offset=-g.tensors[n.inputs[0]].zero_point,
+            output_offset=g.tensors[n.outputs[0]].zero_point, act_min=a["act_min"], act_max=a["act_max"],
         ),
     )  # fmt: skip
+
+
+def emit_conv_call(call: CallSite, function: str) -> str:
+    """The C calling `function` with `tml_conv2d_s8`'s arguments for a conv2d or dwconv2d node: the core's
+    kernels, and a plugin's that takes the same ones (params, quantization, shapes, buffers, scratch)."""
+    g, n = call.graph, call.node
+    x, w, b = n.inputs
+    out = n.outputs[0]
+    params = conv_params(call)
     quant = _quant_channels(call)
     kh, kw = g.tensors[w].shape[1:3]
     in_c = g.tensors[x].shape[-1]

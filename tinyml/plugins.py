@@ -24,6 +24,7 @@ from tinyml.errors import PluginError
 
 if TYPE_CHECKING:
     from tinyml.board.boards import Board
+    from tinyml.ir import OpDefinition
     from tinyml.technique import Technique
 
 CORE_PLUGINS = ("tinyml.kernels", "tinyml.weights", "tinyml.board.boards")
@@ -179,6 +180,22 @@ def techniques() -> dict[str, type[Technique]]:
             )
         found[name], offered_by[name] = cls, plugin
         _technique_plugins[cls] = plugin
+    return found
+
+
+def ops() -> dict[str, OpDefinition]:
+    """Every IR op the plugins add (hook ``tinyml_ops``), by name."""
+    from tinyml.ir import OPS, OpDefinition
+
+    found: dict[str, OpDefinition] = {}
+    offered_by: dict[str, str] = {}
+    for plugin, op in _each_result("tinyml_ops"):
+        if not isinstance(op, OpDefinition):
+            raise PluginError(f"Plugin '{plugin}' returned {op!r} from tinyml_ops; expected a tinyml.ir.OpDefinition.")
+        if op.name in OPS or (op.name in found and found[op.name] is not op):
+            other = "the core" if op.name in OPS else f"'{offered_by[op.name]}'"
+            raise PluginError(f"Plugin '{plugin}' adds an op named '{op.name}', which {other} already defines.")
+        found[op.name], offered_by[op.name] = op, plugin
     return found
 
 

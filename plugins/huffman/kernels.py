@@ -21,7 +21,7 @@ import numpy as np
 
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
-from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
+from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels, conv_params
 from tinyml_plugins.huffman.codes import ENCODINGS, SPARSE_CSR
 from tinyml_plugins.huffman.storage import HEADER, SPARSE_HEADER
 
@@ -129,24 +129,11 @@ def _fc_call(call: CallSite, function: str, scratch: bool) -> str:
     )
 
 
-def _conv_params(call: CallSite) -> str:
-    g, n, a = call.graph, call.node, call.node.attrs
-    return call.add_static(
-        "tml_conv_params",
-        "params",
-        _fields(
-            stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
-            depth_multiplier=1, input_offset=-g.tensors[n.inputs[0]].zero_point,
-            output_offset=g.tensors[n.outputs[0]].zero_point, act_min=a["act_min"], act_max=a["act_max"],
-        ),
-    )  # fmt: skip
-
-
 def _emit_conv(call: CallSite) -> str:
     g, n = call.graph, call.node
     x, w, b = n.inputs
     out = n.outputs[0]
-    params = _conv_params(call)
+    params = conv_params(call)
     quant = _quant_channels(call)
     kh, kw = g.tensors[w].shape[1:3]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
@@ -159,7 +146,7 @@ def _emit_conv(call: CallSite) -> str:
 def _emit_sparse_conv1x1(call: CallSite) -> str:
     x, w, b = call.node.inputs
     out = call.node.outputs[0]
-    params = _conv_params(call)
+    params = conv_params(call)
     quant = _quant_channels(call)
     return (
         f"status = tml_sparse_conv1x1_s8(&{params}, &{quant}, &{call.shape(x)}, {call.input(0)}, "

@@ -84,6 +84,17 @@ OPS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+def _plugin_reference(node: Node) -> Callable[..., np.ndarray]:
+    """The integer reference of an op a plugin adds (hook `tinyml_ops`)."""
+    from tinyml import plugins
+    from tinyml.errors import TinymlError
+
+    op = plugins.ops().get(node.op)
+    if op is None:
+        raise TinymlError(f"The int8 reference has no op {node.op!r} (node `{node.name}`); is its plugin disabled?")
+    return op.run_int8
+
+
 def run_int8(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     """Run an int8 graph on a batch `x` (graph layout, batch first); every activation by name, batch first."""
     x = np.asarray(x, dtype=np.int8)
@@ -92,7 +103,7 @@ def run_int8(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         values = {graph.inputs[0]: sample}
         for node in graph.nodes:
             args = [values[n] for n in node.inputs if not graph.tensors[n].is_constant]
-            out = OPS[node.op](graph, node, *args)
+            out = (OPS.get(node.op) or _plugin_reference(node))(graph, node, *args)
             values[node.outputs[0]] = out.reshape(graph.tensors[node.outputs[0]].shape[1:])
         for name, value in values.items():
             results.setdefault(name, []).append(value)

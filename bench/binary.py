@@ -1,0 +1,261 @@
+"""Binary (XNOR) layers against int8 on Cortex-M: held-out accuracy, weight bytes, instructions per layer.
+
+    .venv/bin/python bench/binary.py [--json] [--board cortex-m4] [--model-board stm32] [--inputs N]
+
+Model: the digits example compiled twice for `--model-board` (default stm32): int8 (`quantize-int8`)
+and binary (`binarize`, then `quantize-int8`: the inner convolutions binary, the first and last layers
+int8). Both firmwares run the held-out split in QEMU and the accuracy is counted from the board's
+outputs, which must equal the numpy reference byte for byte. Weight bytes of the binary layers are
+the packed words in flash against the same weights as float32.
+
+Layers: a 3x3 convolution 32x32x64 -> 32x32x64 (stride 1, padding 1) and a fully connected layer
+1024 -> 1024, each as a one-layer binary graph (a `sign` packing the int8 input, then the layer on
+bits: `tml_conv2d_xnor`, `tml_fc_xnor`) and as the int8 layer on the same shapes with whatever kernel
+the code generator picks for `--board` (default cortex-m4, the best int8 kernel there), built at -O3
+and counted exactly by the QEMU instruction-count plugin. `speedup` is int8 / binary instructions of
+the layer itself (the packing of its int8 input is reported apart). The binary kernels count with
+bit-sliced carry-save adders over the input's set bits, so their counts depend on the inputs: these
+are random, half the bits set, as balanced binary activations are. Every ELF is searched for
+`__popcountsi2`, the libgcc call an Armv7-M popcount would become.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+import tinyml
+from tinyml import graphfile, plugins
+from tinyml.board.boards import resolve_board
+from tinyml.board.project import ELF_NAME, build_firmware, default_test_inputs
+from tinyml.board.qemu import run_firmware
+from tinyml.codegen import generate
+from tinyml.examples import get_example
+from tinyml.ir import Graph, Node, Tensor
+from tinyml.manifest import write_manifest
+from tinyml.reference.conv import conv_output_size
+
+POPCOUNT_CALL = "__popcountsi2"
+SEED = 9
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    op: str  # conv2d or fc
+    input: tuple[int, ...]  # (h, w, c) or (n,)
+    out_c: int
+    kernel: int = 1
+    padding: int = 0
+    shift: int = -9
+
+    @property
+    def output(self) -> tuple[int, ...]:
+        if self.op == "fc":
+            return (self.out_c,)
+        h, w, _ = self.input
+        return (conv_output_size(h, self.kernel, 1, self.padding), conv_output_size(w, self.kernel, 1, self.padding),
+                self.out_c)  # fmt: skip
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.op == "fc":
+            return (self.out_c, self.input[0])
+        return (self.out_c, self.kernel, self.kernel, self.input[2])
+
+
+LAYERS = (
+    Layer("conv3x3 32x32x64->64", "conv2d", (32, 32, 64), 64, kernel=3, padding=1, shift=-10),
+    Layer("fc 1024->1024", "fc", (1024,), 1024, shift=-8),
+)
+
+
+def log(message: str) -> None:
+    print(f"[binary] {message}", file=sys.stderr, flush=True)
+
+
+def layer_graph(layer: Layer, binary: bool) -> Graph:
+    """One int8 layer (random weights, input zero point -128), or the same shapes binary: sign, then the layer."""
+    rng = np.random.default_rng(SEED)
+    weights = rng.integers(-127, 128, size=layer.weight_shape).astype(np.int8)
+    if binary:
+        weights = np.where(rng.integers(0, 2, size=layer.weight_shape) > 0, 127, -127).astype(np.int8)
+    tensors = {
+        "x": Tensor("x", (1, *layer.input), "int8", scale=1.0, zero_point=0 if binary else -128),
+        "y": Tensor("y", (1, *layer.output), "int8", scale=1.0, zero_point=-128),
+        "w": Tensor("w", layer.weight_shape, "int8", data=weights, scale=np.ones(layer.out_c),
+                    encoding="binary" if binary else "raw"),  # fmt: skip
+        "b": Tensor("b", (layer.out_c,), "int32", data=rng.integers(-16384, 16384, layer.out_c).astype(np.int32)),
+    }
+    attrs: dict[str, Any] = {
+        "activation": "none", "act_min": -128, "act_max": 127,
+        "multiplier": rng.integers(1 << 30, 1 << 31, layer.out_c).astype(np.int32),
+        "shift": np.full(layer.out_c, layer.shift, dtype=np.int32),
+    }  # fmt: skip
+    if layer.op == "conv2d":
+        attrs.update(stride=(1, 1), padding=(layer.padding, layer.padding))
+    nodes = []
+    source = "x"
+    if binary:
+        channels = layer.input[-1]
+        tensors["t"] = Tensor("t", (channels,), "int32", data=np.zeros(channels, dtype=np.int32))
+        tensors["s"] = Tensor("s", (1, *layer.input), "int8", scale=1.0, zero_point=0)
+        nodes.append(Node("sign", "sign", ["x", "t"], ["s"], {}))
+        source = "s"
+    nodes.append(Node("layer", layer.op, [source, "w", "b"], ["y"], attrs))
+    return Graph(tensors, nodes, ["x"], ["y"])
+
+
+def elf_calls_popcount(firmware_dir: Path) -> bool:
+    """Whether the ELF has the libgcc popcount among its symbols."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(firmware_dir / ELF_NAME, "rb") as stream:
+        symbols = ELFFile(stream).get_section_by_name(".symtab").iter_symbols()
+        return any(symbol.name == POPCOUNT_CALL for symbol in symbols)
+
+
+def run_layer(graph: Graph, board_name: str, folder: Path) -> dict[str, Any]:
+    """Generate, build at -O3 and run one layer graph; its kernels and per-layer instructions."""
+    board = resolve_board(board_name)
+    generated = generate(graph, board, plugins.plugin_manager())
+    model_dir = folder / "model"
+    model_dir.mkdir(parents=True)
+    for name, text in generated.files.items():
+        (model_dir / name).write_text(text)
+    graphfile.save_graph(graph, model_dir)
+    write_manifest(model_dir, "model", {"board": board.name}, files=[p.name for p in model_dir.iterdir()])
+    rng = np.random.default_rng(SEED + 1)
+    inputs = rng.integers(-128, 128, size=(1, graph.tensors["x"].size)).astype(np.int8)
+    firmware = build_firmware(model_dir, board, folder / "firmware", inputs, optimization="-O3")
+    result = run_firmware(firmware.out_dir, timeout=900)
+    if not result.outputs_match_reference:
+        raise SystemExit(f"{folder.name}: the board's output differs from the numpy reference {result.mismatches()}")
+    return {
+        "kernels": [generated.kernels[n.name].function for n in graph.nodes],
+        "instructions": [int(v) for v in result.layer_instructions[0]],
+        "popcount_call": elf_calls_popcount(firmware.out_dir),
+        "weight_bytes": generated.weights["w"].nbytes,
+    }
+
+
+def bench_layer(layer: Layer, board: str, work: Path) -> dict[str, Any]:
+    slug = layer.name.split()[0]
+    int8 = run_layer(layer_graph(layer, binary=False), board, work / f"{slug}-int8")
+    binary = run_layer(layer_graph(layer, binary=True), board, work / f"{slug}-binary")
+    row = {
+        "layer": layer.name,
+        "board": board,
+        "int8_kernel": int8["kernels"][0],
+        "int8_instructions": int8["instructions"][0],
+        "binary_kernel": binary["kernels"][1],
+        "binary_instructions": binary["instructions"][1],
+        "packing_kernel": binary["kernels"][0],
+        "packing_instructions": binary["instructions"][0],
+        "speedup": round(int8["instructions"][0] / binary["instructions"][1], 2),
+        "speedup_with_packing": round(int8["instructions"][0] / sum(binary["instructions"]), 2),
+        "int8_weight_bytes": int8["weight_bytes"],
+        "binary_weight_bytes": binary["weight_bytes"],
+        "popcountsi2_in_elf": binary["popcount_call"],
+        "matches_reference": True,
+    }
+    log(f"{layer.name}: int8 {row['int8_instructions']:,}, binary {row['binary_instructions']:,}, "
+        f"speedup {row['speedup']}x")
+    return row
+
+
+def bench_digits(board_name: str, inputs: int | None, work: Path) -> dict[str, Any]:
+    """The digits example int8 and binary: accuracy from the board's outputs, weight bytes of the binary layers."""
+    example = get_example("digits")
+    count = len(example.x_test) if inputs is None else min(inputs, len(example.x_test))
+    x_test, y_test = example.x_test[:count], example.y_test[:count]
+    board = resolve_board(board_name)
+    result: dict[str, Any] = {"model": "digits", "board": board.name, "samples": count}
+    for variant, techniques in (("int8", ["quantize-int8"]), ("binary", ["binarize", "quantize-int8"])):
+        log(f"digits {variant}: compiling")
+        build = tinyml.compile(
+            example.model, example.calibration, techniques, board=board, out_dir=work / f"digits-{variant}",
+            validation=(x_test, y_test), train_data=(example.x_train, example.y_train), progress=False,
+        )  # fmt: skip
+        test_inputs = default_test_inputs(build.out_dir, count)
+        firmware = build_firmware(build.out_dir, board, work / f"digits-{variant}-{board.name}", test_inputs)
+        run = run_firmware(firmware.out_dir, timeout=900)
+        accuracy = float((run.outputs.astype(np.int16).argmax(1) == y_test).mean())
+        result[f"{variant}_accuracy"] = accuracy
+        result[f"{variant}_matches_reference"] = bool(run.outputs_match_reference)
+        result[f"{variant}_instructions"] = int(round(float(np.mean(run.instructions))))
+        result[f"{variant}_weight_bytes"] = build.generated.weight_bytes
+        if variant == "binary":
+            binary_layers = [n for n in build.graph.nodes if build.generated.kernels[n.name].function.endswith("xnor")]
+            weights = [build.graph.tensors[n.inputs[1]] for n in binary_layers]
+            packed = sum(build.generated.weights[w.name].nbytes for w in weights)
+            result["binary_layers"] = [n.name for n in binary_layers]
+            result["binary_layer_weight_bytes"] = packed
+            result["binary_layer_float32_bytes"] = sum(4 * w.size for w in weights)
+            result["binary_layer_int8_bytes"] = sum(w.size for w in weights)
+            result["weight_reduction_vs_float32"] = round(result["binary_layer_float32_bytes"] / packed, 1)
+            result["popcountsi2_in_elf"] = elf_calls_popcount(firmware.out_dir)
+        log(f"digits {variant}: {100 * accuracy:.2f}% on {board.name}")
+    return result
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    console = Console(width=140)
+    d = report["digits"]
+    table = Table(title=f"digits, {d['samples']} held-out samples run on {d['board']} (QEMU)")
+    for column in ("model", "accuracy", "instructions / inference", "weights B (all)", "matches reference"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for variant in ("int8", "binary"):
+        table.add_row(variant, f"{100 * d[f'{variant}_accuracy']:.2f}%", f"{d[f'{variant}_instructions']:,}",
+                      f"{d[f'{variant}_weight_bytes']:,}", str(d[f"{variant}_matches_reference"]))  # fmt: skip
+    console.print(table)
+    console.print(
+        f"binary layers {', '.join(d['binary_layers'])}: {d['binary_layer_weight_bytes']:,} B packed, "
+        f"{d['binary_layer_int8_bytes']:,} B as int8, {d['binary_layer_float32_bytes']:,} B as float32 "
+        f"({d['weight_reduction_vs_float32']}x smaller); __popcountsi2 in the ELF: {d['popcountsi2_in_elf']}"
+    )
+    table = Table(title=f"one layer at -O3 on {report['layers'][0]['board']}: instructions (QEMU, exact)")
+    for column in ("layer", "int8 kernel", "int8", "binary kernel", "binary", "packing input", "speedup",
+                   "weights B int8 / binary", "__popcountsi2"):  # fmt: skip
+        table.add_column(column, justify="left" if "kernel" in column or column == "layer" else "right")
+    for r in report["layers"]:
+        weights = f"{r['int8_weight_bytes']:,} / {r['binary_weight_bytes']:,}"
+        table.add_row(r["layer"], r["int8_kernel"], f"{r['int8_instructions']:,}", r["binary_kernel"],
+                      f"{r['binary_instructions']:,}", f"{r['packing_instructions']:,}", f"{r['speedup']:.2f}x",
+                      weights, str(r["popcountsi2_in_elf"]))  # fmt: skip
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    parser.add_argument("--board", default="cortex-m4", help="board of the layer counts (default cortex-m4)")
+    parser.add_argument("--model-board", default="stm32", help="board the digits models run on (default stm32)")
+    parser.add_argument("--inputs", type=int, default=None, help="held-out samples to run (default: all)")
+    parser.add_argument("--skip-model", action="store_true", help="measure the layers only")
+    args = parser.parse_args()
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tinyml-binary-") as scratch:
+        work = Path(scratch)
+        report["layers"] = [bench_layer(layer, args.board, work) for layer in LAYERS]
+        if not args.skip_model:
+            report["digits"] = bench_digits(args.model_board, args.inputs, work)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif "digits" in report:
+        print_tables(report)
+    else:
+        print(json.dumps(report["layers"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The binarize plugin: XNOR kernels equal the numpy references on the host and in QEMU, the technique
+trains binary layers that export as sign + conv/linear, and bad input gets a one-paragraph error.
+
+The C is compiled for the host through `tinyml.host.build_kernels()` (the plugin header's cdef
+block) and checked with hypothesis over shapes, strides, padding and channel counts that are not a
+multiple of 32; a small trained binary model runs on the host and in QEMU on cortex-m3 and cortex-m4.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from tinyml import compiler, plugins
+from tinyml.codegen import generate
+from tinyml.errors import RecipeError, TinymlError
+from tinyml.reference import run_int8
+from tinyml.reference.conv import conv2d_s8, fc_s8
+from tinyml_plugins.binarize import kernels, packing
+from tinyml_plugins.binarize.technique import Binarize
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def binary_weights(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """+m/-m per output channel, m in 0..127 (an all-zero channel now and then)."""
+    m = rng.integers(0, 128, size=shape[0])
+    m[rng.random(shape[0]) < 0.1] = 0
+    signs = np.where(rng.random(shape) < 0.5, -1, 1)
+    return (signs * m.reshape(-1, *([1] * (len(shape) - 1)))).astype(np.int8)
+
+
+def requantization(rng: np.random.Generator, n: int) -> dict:
+    return {
+        "multiplier": rng.integers(1 << 30, 1 << 31, size=n).astype(np.int32),
+        "shift": rng.integers(-12, 3, size=n).astype(np.int32),
+        "output_offset": int(rng.integers(-128, 128)),
+        "act_min": int(rng.integers(-128, 0)),
+        "act_max": int(rng.integers(0, 128)),
+    }
+
+
+def c_quant(ffi, q: dict):
+    return ffi.new("tml_quant_channels *", {"multiplier": ffi.from_buffer("int32_t[]", q["multiplier"]),
+                                            "shift": ffi.from_buffer("int32_t[]", q["shift"])})  # fmt: skip
+
+
+@SETTINGS
+@given(
+    h=st.integers(1, 7), w=st.integers(1, 7), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
+    k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 2), density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, k, stride, pad, density, seed):
+    assume(h + 2 * pad >= k and w + 2 * pad >= k)
+    ffi, c = lib.ffi, lib.lib
+    rng = np.random.default_rng(seed)
+    out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    signs = rng.random((h, w, in_c)) < density
+    weights = binary_weights(rng, (out_c, k, k, in_c))
+    bias = rng.integers(-20000, 20000, size=out_c).astype(np.int32)
+    q = requantization(rng, out_c)
+    # the plugin's bit-level reference equals the core's int8 convolution on +1/-1 inputs
+    x_packed = packing.pack_bits(signs)
+    expected = packing.conv2d_xnor(x_packed, in_c, packing.pack_weights(weights), packing.binary_magnitudes(weights),
+                                   bias, stride=(stride, stride), padding=(pad, pad), **q)  # fmt: skip
+    plus_minus = np.where(signs, 1, -1).astype(np.int8)
+    np.testing.assert_array_equal(
+        expected, conv2d_s8(plus_minus, weights, bias, stride=(stride, stride), padding=(pad, pad), input_offset=0, **q)
+    )
+    params = ffi.new("tml_conv_params *", {
+        "stride_h": stride, "stride_w": stride, "pad_h": pad, "pad_w": pad, "depth_multiplier": 1,
+        "input_offset": 0, "output_offset": q["output_offset"], "act_min": q["act_min"], "act_max": q["act_max"],
+    })  # fmt: skip
+    f_shape = ffi.new("tml_shape *", [k, k, in_c])
+    scratch = np.zeros(c.tml_conv2d_xnor_scratch_bytes(f_shape, out_c), np.int8)
+    assert len(scratch) == kernels.conv2d_scratch_bytes((k, k, in_c), out_c)
+    got = np.zeros((out_h, out_w, out_c), np.int8)
+    status = c.tml_conv2d_xnor(
+        params, c_quant(ffi, q), ffi.new("tml_shape *", [h, w, in_c]), ffi.from_buffer("uint32_t[]", x_packed),
+        f_shape, ffi.from_buffer("uint32_t[]", packing.pack_weight_blocks(weights)),
+        ffi.from_buffer("int16_t[]", packing.tap_ones(weights)),
+        ffi.from_buffer("int32_t[]", packing.binary_magnitudes(weights).astype(np.int32)),
+        ffi.from_buffer("int32_t[]", bias), ffi.new("tml_shape *", [out_h, out_w, out_c]),
+        ffi.from_buffer("int8_t[]", got), ffi.from_buffer("int8_t[]", scratch),
+    )  # fmt: skip
+    assert status == 0
+    np.testing.assert_array_equal(got, expected)
+
+
+@SETTINGS
+@given(in_f=st.integers(1, 300), out_f=st.integers(1, 80), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_fc_xnor_equals_the_references(lib, in_f, out_f, density, seed):
+    ffi, c = lib.ffi, lib.lib
+    rng = np.random.default_rng(seed)
+    signs = rng.random(in_f) < density
+    weights = binary_weights(rng, (out_f, in_f))
+    bias = rng.integers(-20000, 20000, size=out_f).astype(np.int32)
+    q = requantization(rng, out_f)
+    x_packed = packing.pack_bits(signs)
+    expected = packing.fc_xnor(x_packed, in_f, packing.pack_weights(weights), packing.binary_magnitudes(weights),
+                               bias, **q)  # fmt: skip
+    np.testing.assert_array_equal(expected, fc_s8(np.where(signs, 1, -1).astype(np.int8), weights, bias,
+                                                  input_offset=0, **q))  # fmt: skip
+    params = ffi.new("tml_fc_params *", {"input_offset": 0, "output_offset": q["output_offset"],
+                                         "act_min": q["act_min"], "act_max": q["act_max"], "folded_bias": ffi.NULL})
+    scratch = np.zeros(c.tml_fc_xnor_scratch_bytes(in_f), np.int8)
+    assert len(scratch) == kernels.fc_scratch_bytes(in_f)
+    got = np.zeros(out_f, np.int8)
+    status = c.tml_fc_xnor(
+        params, c_quant(ffi, q), in_f, ffi.from_buffer("uint32_t[]", x_packed),
+        ffi.from_buffer("uint32_t[]", packing.pack_weight_blocks(weights)),
+        ffi.from_buffer("int16_t[]", packing.tap_ones(weights)),
+        ffi.from_buffer("int32_t[]", packing.binary_magnitudes(weights).astype(np.int32)),
+        ffi.from_buffer("int32_t[]", bias), out_f, ffi.from_buffer("int8_t[]", got),
+        ffi.from_buffer("int8_t[]", scratch),
+    )  # fmt: skip
+    assert status == 0
+    np.testing.assert_array_equal(got, expected)
+
+
+@SETTINGS
+@given(pixels=st.integers(1, 9), channels=st.integers(1, 100), seed=st.integers(0, 2**32 - 1))
+def test_binarize_s8_packs_what_the_reference_packs(lib, pixels, channels, seed):
+    ffi, c = lib.ffi, lib.lib
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(pixels, channels)).astype(np.int8)
+    threshold = rng.integers(-130, 131, size=channels).astype(np.int32)
+    got = np.full((pixels, packing.words(channels)), 0xFFFFFFFF, np.uint32)
+    assert c.tml_binarize_s8(ffi.from_buffer("int8_t[]", x), pixels, channels, ffi.from_buffer("int32_t[]", threshold),
+                             ffi.from_buffer("uint32_t[]", got)) == 0  # fmt: skip
+    np.testing.assert_array_equal(got, packing.binarize_s8(x, threshold))
+    np.testing.assert_array_equal(packing.unpack_bits(got, channels), x >= threshold)
+
+
+def test_kernels_refuse_bad_arguments(lib):
+    ffi, c = lib.ffi, lib.lib
+    params = ffi.new("tml_fc_params *", {"act_min": -128, "act_max": 127})
+    quant = ffi.new("tml_quant_channels *", {"multiplier": ffi.new("int32_t[1]"), "shift": ffi.new("int32_t[1]")})
+    words, ones, mag, out = ffi.new("uint32_t[4]"), ffi.new("int16_t[1]"), ffi.new("int32_t[1]"), ffi.new("int8_t[1]")
+    scratch = ffi.new("int8_t[256]")
+    assert c.tml_fc_xnor(params, quant, 0, words, words, ones, mag, ffi.NULL, 1, out, scratch) == -1
+    assert c.tml_fc_xnor(params, quant, 70000, words, words, ones, mag, ffi.NULL, 1, out, scratch) == -1
+    assert c.tml_fc_xnor(params, quant, 4, words, words, ones, mag, ffi.NULL, 1, out, ffi.NULL) == -1
+    assert c.tml_binarize_s8(ffi.new("int8_t[1]"), 1, 0, ffi.new("int32_t[1]"), words) == -1
+
+
+# --- the technique and a whole model ----------------------------------------------------------
+
+
+def small_cnn() -> torch.nn.Module:
+    """int8 conv, then a binary conv (stride 2, 12 channels) and a binary linear, then the int8 classifier."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(OrderedDict(
+        conv1=torch.nn.Conv2d(1, 8, 3, padding=1), relu1=torch.nn.ReLU(),
+        conv2=torch.nn.Conv2d(8, 12, 3, stride=2, padding=1), bn2=torch.nn.BatchNorm2d(12), relu2=torch.nn.ReLU(),
+        flatten=torch.nn.Flatten(), fc1=torch.nn.Linear(12 * 4 * 4, 40), relu3=torch.nn.ReLU(),
+        classifier=torch.nn.Linear(40, 4),
+    )).eval()  # fmt: skip
+
+
+def samples(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 8, 8)).astype(np.float32), rng.integers(0, 4, n)
+
+
+@pytest.fixture(scope="module")
+def binary_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
+    x, y = samples(96)
+    return compiler.compile(
+        small_cnn(), x[:32], [("binarize", {"epochs": 1}), "quantize-int8"], train_data=(x, y),
+        validation=samples(16, seed=4), out_dir=tmp_path_factory.mktemp("binarize") / "cnn", progress=False,
+    )  # fmt: skip
+
+
+def test_binary_layers_get_the_xnor_kernels_and_packed_weights(binary_build):
+    kernel = {name: k.function for name, k in binary_build.generated.kernels.items()}
+    ops = [(n.op, kernel[n.name]) for n in binary_build.graph.nodes]
+    assert ops == [
+        ("conv2d", "tml_conv2d_s8"), ("sign", "tml_binarize_s8"), ("conv2d", "tml_conv2d_xnor"),
+        ("flatten", "tml_flatten_s8"), ("sign", "tml_binarize_s8"), ("fc", "tml_fc_xnor"), ("fc", "tml_fc_s8"),
+    ]  # fmt: skip
+    reasons = [binary_build.generated.kernels[n.name].reason for n in binary_build.graph.nodes]
+    assert "bit-sliced" in reasons[2] and "packed 32 channels to a word" in reasons[1]
+    conv = binary_build.graph.nodes[2]
+    weight = binary_build.graph.tensors[conv.inputs[1]]
+    assert weight.encoding == "binary" and packing.binary_magnitudes(weight.data) is not None
+    assert binary_build.generated.weights[weight.name].nbytes == 4 * 9 * 8  # one block of 32 channels, 72 taps
+    assert "__builtin_popcount" not in binary_build.generated.files["model.c"]
+
+
+def test_binary_model_c_equals_the_reference_on_the_host(binary_build):
+    from tinyml.validation import validate
+
+    result = validate(binary_build.out_dir)
+    assert result["c_matches_reference"] is True and result["samples"] == 16
+
+
+def test_sign_op_is_exact_in_float_and_int8():
+    from tinyml_plugins.binarize.sign import int8_threshold, sign
+
+    x = torch.tensor([[-1.0, 0.0, 0.5, 2.0]])
+    assert sign(x, torch.tensor([0.0, 0.0, 0.5, 3.0])).tolist() == [[-1.0, 1.0, 1.0, -1.0]]
+    # q >= threshold exactly when (q - zp) * scale >= t
+    t = np.array([-1e9, -0.26, 0.0, 0.26, 1e9])
+    q = int8_threshold(t, 0.1, 3)
+    assert q.tolist() == [-128, 1, 3, 6, 128]
+
+
+def test_the_first_and_last_layers_stay_int8_and_bad_options_are_one_paragraph():
+    assert Binarize().choose_layers(small_cnn()) == ["conv2", "fc1"]
+    with pytest.raises(RecipeError, match=r"names `conv1`, the model's first or last conv/linear layer"):
+        Binarize({"layers": ["conv1"]}).choose_layers(small_cnn())
+    with pytest.raises(RecipeError, match=r"names `conv9`, which is no conv/linear layer of the model"):
+        Binarize({"layers": ["conv9"]}).choose_layers(small_cnn())
+    with pytest.raises(RecipeError, match=r"technique 'binarize' options.epochs: Input should be greater"):
+        Binarize({"epochs": 0})
+    with pytest.raises(RecipeError, match="needs at least 3"):
+        Binarize().choose_layers(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+    tiny_input = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Linear(2, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(RecipeError, match=r"`1` is a layer with 2 inputs per position"):
+        Binarize().choose_layers(tiny_input)
+
+
+def test_binarize_needs_training_data():
+    from tinyml.errors import DataError
+
+    with pytest.raises(DataError, match="needs labelled training data"):
+        compiler.compile(small_cnn(), samples(8)[0], ["binarize", "quantize-int8"], progress=False)
+
+
+def test_a_binary_activation_read_by_an_int8_layer_is_refused(binary_build):
+    graph = binary_build.graph.copy()
+    fc = graph.nodes[5]
+    graph.tensors[fc.inputs[1]].encoding = "raw"
+    graph.tensors[fc.inputs[1]].data[0, 0] = 5  # no longer +m/-m
+    with pytest.raises(TinymlError, match=r"The binary activation `fc1.sign` \(from `fc1`\) is read by `fc1.fc`"):
+        generate(graph, None, plugins.plugin_manager())
+    graph.tensors[fc.inputs[1]].encoding = "binary"
+    with pytest.raises(TinymlError, match="is marked binary but is not int8 weights of \\+m or -m"):
+        generate(graph, None, plugins.plugin_manager())
+
+
+# --- on the boards ----------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["cortex-m3", "cortex-m4"])
+def test_binary_model_runs_on_the_board(binary_build, board, tmp_path: Path):
+    """The XNOR kernels in firmware (portable and DSP cores): outputs equal the reference, no __popcountsi2."""
+    from tinyml.board.boards import resolve_board
+    from tinyml.board.project import ELF_NAME, build_firmware
+    from tinyml.board.qemu import run_firmware
+
+    graph = binary_build.graph
+    shape = graph.tensors[graph.inputs[0]].shape[1:]
+    x = np.random.default_rng(7).integers(-128, 128, size=(6, *shape), dtype=np.int8)
+    firmware = build_firmware(binary_build.out_dir, resolve_board(board), tmp_path / board, x.reshape(6, -1),
+                              optimization="-O3")  # fmt: skip
+    result = run_firmware(firmware.out_dir, timeout=60)
+    assert result.outputs_match_reference is True
+    np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(6, -1))
+    from elftools.elf.elffile import ELFFile
+
+    with open(firmware.out_dir / ELF_NAME, "rb") as stream:
+        names = {s.name for s in ELFFile(stream).get_section_by_name(".symtab").iter_symbols()}
+    assert "tml_conv2d_xnor" in names and "tml_fc_xnor" in names
+    assert "__popcountsi2" not in names
