@@ -48,7 +48,7 @@ class DistillOptions(BaseModel):
     teacher: str | None = Field(
         None, description='the teacher\'s "FILE.py:FUNCTION" (default: a copy of the model, trained further)'
     )
-    teacher_weights: Path | None = Field(
+    teacher_weights: str | None = Field(
         None, description="the teacher's state_dict (torch.save); without it the teacher is trained first"
     )
     teacher_epochs: int = Field(20, ge=0, description="epochs of training a teacher that has no weights")
@@ -87,21 +87,27 @@ class Distill(Technique):
         x, y = context.require_train_data("distill")
         data = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
         student = copy.deepcopy(model)
-        teacher = self.teacher(student, data, context)
-        check_outputs(student, teacher, data[0][:2])
+        teacher, untrained = self.teacher(student)
+        check_outputs(student, teacher, data[0][:2])  # before any training, so a wrong teacher costs nothing
+        if untrained:
+            with context.progress(untrained, total=opts.teacher_epochs * batches(len(x), opts.batch_size)) as advance:
+                train_teacher(teacher, data, opts, advance)
         with seeded(opts.seed):
             matcher = FeatureMatcher(student, teacher, opts.features, data[0][:2])
         masks = zero_masks(student)
         description = f"distilling (T = {opts.temperature:g}, alpha = {opts.alpha:g})"
         try:
-            with context.progress(description, total=opts.epochs * batches(len(data[0]), opts.batch_size)) as advance:
+            with context.progress(description, total=opts.epochs * batches(len(x), opts.batch_size)) as advance:
                 distill(student, teacher, matcher, masks, data, opts, advance)
         finally:
             matcher.remove()
         return student.eval()
 
-    def teacher(self, student: nn.Module, data: tuple[torch.Tensor, torch.Tensor], context: Context) -> nn.Module:
-        """The teacher as given, or trained here when it has no weights (see the module docstring)."""
+    def teacher(self, student: nn.Module) -> tuple[nn.Module, str | None]:
+        """The teacher, and what training it still needs (a description for the progress bar), if any.
+
+        A teacher given with weights is ready; one without, or a copy of the student, is trained first.
+        """
         opts = self.options
         if opts.teacher is not None:
             from tinyml.recipe import load_factory
@@ -109,27 +115,28 @@ class Distill(Technique):
             file, function = opts.teacher.rsplit(":", 1)
             with seeded(opts.seed):  # a teacher to train starts from the same initialization every run
                 teacher = load_factory(
-                    Path(file), function, opts.teacher_weights, f"{OPTION} teacher", f"{OPTION} teacher_weights"
+                    Path(file), function, _path(opts.teacher_weights), f"{OPTION} teacher", f"{OPTION} teacher_weights"
                 )
             if opts.teacher_weights is not None:
-                return teacher.eval()
-            what = f"training the teacher {Path(file).name}:{function}"
+                return teacher.eval(), None
+            untrained = f"training the teacher {Path(file).name}:{function}"
         else:
-            teacher = copy.deepcopy(student)
-            what = "training the teacher (a copy of the model)"
+            teacher, untrained = copy.deepcopy(student), "training the teacher (a copy of the model)"
         if opts.teacher_epochs == 0:
             raise RecipeError(
                 f"{OPTION} teacher_epochs is 0, but the teacher has no weights to start from: set `teacher_weights` "
                 "to its trained state_dict, or give the teacher epochs of training."
             )
-        with context.progress(what, total=opts.teacher_epochs * batches(len(data[0]), opts.batch_size)) as advance:
-            train_teacher(teacher, data, opts, advance)
-        return teacher.eval()
+        return teacher, untrained
 
 
 @hookimpl
 def tinyml_techniques() -> list[type[Technique]]:
     return [Distill]
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def batches(samples: int, batch_size: int) -> int:
@@ -270,18 +277,25 @@ def distill(
     optimizer = torch.optim.Adam([*student.parameters(), *matcher.parameters()], lr=opts.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.epochs)
     generator = torch.Generator().manual_seed(opts.seed)
-    teacher.eval()
-    student.train()
     temperature = opts.temperature
+    teacher.eval()
+    with torch.no_grad():  # the teacher is fixed and the data are not augmented: its soft targets are computed once
+        soft_targets = torch.cat(
+            [F.softmax(teacher_logits(teacher(x[i : i + opts.batch_size])) / temperature, dim=1)
+             for i in range(0, len(x), opts.batch_size)]
+        )  # fmt: skip
+    matcher.seen.clear()
+    student.train()
     with seeded(opts.seed):
         for _ in range(opts.epochs):
             order = torch.randperm(len(x), generator=generator)
             for i in range(0, len(x), opts.batch_size):
                 idx = order[i : i + opts.batch_size]
-                with torch.no_grad():
-                    soft_targets = F.softmax(teacher_logits(teacher(x[idx])) / temperature, dim=1)
+                if matcher.pairs:  # the teacher's features of this batch
+                    with torch.no_grad():
+                        teacher(x[idx])
                 out = student_logits(student(x[idx]))
-                loss = distillation_loss(out, soft_targets, y[idx], temperature, opts.alpha)
+                loss = distillation_loss(out, soft_targets[idx], y[idx], temperature, opts.alpha)
                 if matcher.pairs:
                     loss = loss + opts.feature_weight * matcher.loss()
                 optimizer.zero_grad()
