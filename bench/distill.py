@@ -43,16 +43,16 @@ DISTILL = {"epochs": 200, "lr": 1e-2, "temperature": 4.0, "alpha": 0.9, "batch_s
 
 
 def make_student() -> nn.Module:
-    """conv 1->4 3x3, max pool, conv 4->8 3x3 stride 2, linear 32->10: 644 weights, capacity-limited on digits."""
+    """conv 1->2 3x3, max pool, conv 2->4 3x3 stride 2, linear 16->10: 250 weights, capacity-limited on digits."""
     return nn.Sequential(
         OrderedDict(
-            conv1=nn.Conv2d(1, 4, 3, padding=1),
+            conv1=nn.Conv2d(1, 2, 3, padding=1),
             relu1=nn.ReLU(),
             pool1=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(4, 8, 3, padding=1, stride=2),
+            conv2=nn.Conv2d(2, 4, 3, padding=1, stride=2),
             relu2=nn.ReLU(),
             flatten=nn.Flatten(),
-            classifier=nn.Linear(8 * 2 * 2, 10),
+            classifier=nn.Linear(4 * 2 * 2, 10),
         )
     )
 

@@ -23,7 +23,7 @@ after every step, as `prune` does; a whole-filter-pruned student is just a small
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -275,8 +275,6 @@ def distill(
     student_logits, teacher_logits = logits_of(student), logits_of(teacher)
     params = dict(student.named_parameters())
     optimizer = torch.optim.Adam([*student.parameters(), *matcher.parameters()], lr=opts.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.epochs)
-    generator = torch.Generator().manual_seed(opts.seed)
     temperature = opts.temperature
     teacher.eval()
     with torch.no_grad():  # the teacher is fixed and the data are not augmented: its soft targets are computed once
@@ -286,28 +284,38 @@ def distill(
         )  # fmt: skip
     matcher.seen.clear()
     student.train()
-    with seeded(opts.seed):
-        for _ in range(opts.epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for i in range(0, len(x), opts.batch_size):
-                idx = order[i : i + opts.batch_size]
-                if matcher.pairs:  # the teacher's features of this batch
-                    with torch.no_grad():
-                        teacher(x[idx])
-                out = student_logits(student(x[idx]))
-                loss = distillation_loss(out, soft_targets[idx], y[idx], temperature, opts.alpha)
-                if matcher.pairs:
-                    loss = loss + opts.feature_weight * matcher.loss()
-                optimizer.zero_grad()
-                loss.backward()
-                for name, mask in masks.items():  # a pruned weight gets no gradient, and is zeroed again after
-                    if params[name].grad is not None:
-                        params[name].grad.masked_fill_(~mask, 0.0)
-                optimizer.step()
-                apply_masks(params, masks)
-                advance(1)
-            schedule.step()
+    for idx in shuffled_batches(len(x), optimizer, opts.epochs, opts):
+        if matcher.pairs:  # the teacher's features of this batch
+            with torch.no_grad():
+                teacher(x[idx])
+        out = student_logits(student(x[idx]))
+        loss = distillation_loss(out, soft_targets[idx], y[idx], temperature, opts.alpha)
+        if matcher.pairs:
+            loss = loss + opts.feature_weight * matcher.loss()
+        optimizer.zero_grad()
+        loss.backward()
+        for name, mask in masks.items():  # a pruned weight gets no gradient, and is zeroed again after
+            if params[name].grad is not None:
+                params[name].grad.masked_fill_(~mask, 0.0)
+        optimizer.step()
+        apply_masks(params, masks)
+        advance(1)
     student.eval()
+
+
+def shuffled_batches(
+    samples: int, optimizer: torch.optim.Optimizer, epochs: int, opts: DistillOptions
+) -> Iterator[torch.Tensor]:
+    """Indices of each batch, shuffled each epoch by a generator of `opts.seed`; the learning rate decays on a
+    cosine over the epochs; torch's global generator is seeded meanwhile (dropout), so a run is repeatable."""
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    generator = torch.Generator().manual_seed(opts.seed)
+    with seeded(opts.seed):
+        for _ in range(epochs):
+            order = torch.randperm(samples, generator=generator)
+            for i in range(0, samples, opts.batch_size):
+                yield order[i : i + opts.batch_size]
+            schedule.step()
 
 
 def distillation_loss(
@@ -329,17 +337,10 @@ def train_teacher(
     x, y = data
     logits = logits_of(teacher)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=opts.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.teacher_epochs)
-    generator = torch.Generator().manual_seed(opts.seed)
     teacher.train()
-    with seeded(opts.seed):
-        for _ in range(opts.teacher_epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for i in range(0, len(x), opts.batch_size):
-                idx = order[i : i + opts.batch_size]
-                optimizer.zero_grad()
-                F.cross_entropy(logits(teacher(x[idx])), y[idx]).backward()
-                optimizer.step()
-                advance(1)
-            schedule.step()
+    for idx in shuffled_batches(len(x), optimizer, opts.teacher_epochs, opts):
+        optimizer.zero_grad()
+        F.cross_entropy(logits(teacher(x[idx])), y[idx]).backward()
+        optimizer.step()
+        advance(1)
     teacher.eval()
