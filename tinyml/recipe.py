@@ -154,9 +154,11 @@ def load_recipe(path: Path | str | None = None, overrides: dict[str, Any] | None
     """
     where = str(path) if path is not None else "recipe"
     raw: dict[str, Any] = {}
+    base = Path.cwd()  # the techniques come from the recipe file only
     if path is not None:
         path = Path(path)
-        raw = _resolve_paths(_read_toml(path), path.resolve().parent)
+        base = path.resolve().parent
+        raw = _resolve_paths(_read_toml(path), base)
     raw = _merge(raw, _resolve_paths(overrides or {}, Path.cwd()))
     try:
         spec = RecipeFile.model_validate(raw)
@@ -166,7 +168,7 @@ def load_recipe(path: Path | str | None = None, overrides: dict[str, Any] | None
         model=spec.model,
         data=spec.data,
         board=_find_board(spec.board, where),
-        techniques=[_build_technique(entry, i, where) for i, entry in enumerate(spec.techniques)],
+        techniques=[_build_technique(entry, i, where, base) for i, entry in enumerate(spec.techniques)],
         path=path,
     )
 
@@ -188,12 +190,16 @@ def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
         value = fields.get(key) if isinstance(fields, dict) else None
         if not isinstance(value, str):
             continue
-        if key == "factory" and ":" in value:
-            file, function = value.rsplit(":", 1)
-            fields[key] = f"{base / Path(file).expanduser()}:{function}"
-        else:
-            fields[key] = str(base / Path(value).expanduser())
+        fields[key] = _resolve_path(value, base, function=key == "factory")
     return table
+
+
+def _resolve_path(value: str, base: Path, function: bool) -> str:
+    """`value` against `base`; with `function`, a "FILE.py:FUNCTION" value keeps its function."""
+    if function and ":" in value:
+        file, name = value.rsplit(":", 1)
+        return f"{base / Path(file).expanduser()}:{name}"
+    return str(base / Path(value).expanduser())
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +226,7 @@ def _find_board(name: str | None, where: str) -> Board | None:
         raise RecipeError(f"{where}: board: {err}") from None
 
 
-def _build_technique(entry: TechniqueEntry, index: int, where: str) -> Technique:
+def _build_technique(entry: TechniqueEntry, index: int, where: str, base: Path) -> Technique:
     available = plugins.techniques()
     if entry.name not in available:
         names = ", ".join(sorted(available)) or "none (no technique plugin is loaded)"
@@ -228,23 +234,40 @@ def _build_technique(entry: TechniqueEntry, index: int, where: str) -> Technique
             f"{where}: techniques[{index}].name: unknown technique {entry.name!r}. Available techniques: {names}."
         )
     cls = available[entry.name]
-    return cls(cls.parse_options(entry.options, where=f"{where}: techniques[{index}].options"))
+    options = dict(entry.options)
+    for key in cls.path_options:
+        if isinstance(options.get(key), str):
+            options[key] = _resolve_path(options[key], base, function=options[key].split(":")[0].endswith(".py"))
+    return cls(cls.parse_options(options, where=f"{where}: techniques[{index}].options"))
 
 
 def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
-    """Call the `[model] factory` function and load `weights` into the module it returns.
+    """Call the `[model] factory` function and load `weights` into the module it returns (see `load_factory`)."""
+    return load_factory(
+        spec.factory_file,
+        spec.factory_function,
+        spec.weights,
+        field_label("model.factory"),
+        field_label("model.weights"),
+    )
 
-    While the file loads and the function runs, the file's folder comes first on `sys.path`, so
+
+def load_factory(
+    file: Path, function: str, weights: Path | None, factory_field: str, weights_field: str
+) -> torch.nn.Module:
+    """Call `function` of the Python file `file` and load `weights` (a state_dict) into the module it returns.
+
+    Errors name `factory_field` or `weights_field`, the recipe field the file came from. While the
+    file loads and the function runs, the file's folder comes first on `sys.path`, so
     the model may import helper modules beside it (``from blocks import InvertedResidual``), as
     it would when run as a script. Afterwards `sys.path` and `sys.modules` are as they were: two
     model files whose helper modules share a name do not see each other's.
     """
     import torch
 
-    file, function = spec.factory_file, spec.factory_function
-    where = f"{field_label('model.factory')}: {file}:{function}"
+    where = f"{factory_field}: {file}:{function}"
     if not file.is_file():
-        raise RecipeError(f"{field_label('model.factory')}: the file {file} does not exist.")
+        raise RecipeError(f"{factory_field}: the file {file} does not exist.")
     with _importable_folder(file.resolve().parent):
         module_spec = importlib.util.spec_from_file_location(f"tinyml_user_model_{abs(hash(file))}", file)
         assert module_spec and module_spec.loader
@@ -253,27 +276,26 @@ def load_factory_model(spec: ModelSpec) -> torch.nn.Module:
             module_spec.loader.exec_module(module)
         except Exception as err:
             raise RecipeError(
-                f"{field_label('model.factory')}: importing {file} failed: {type(err).__name__}: {_one_line(err)}"
+                f"{factory_field}: importing {file} failed: {type(err).__name__}: {_one_line(err)}"
             ) from err
         make = getattr(module, function, None)
         if not callable(make):
-            raise RecipeError(f"{field_label('model.factory')}: {file} has no function {function!r}.")
+            raise RecipeError(f"{factory_field}: {file} has no function {function!r}.")
         try:
             model = make()
         except Exception as err:
             raise RecipeError(f"{where}() raised {type(err).__name__}: {_one_line(err)}") from err
     if not isinstance(model, torch.nn.Module):
         raise RecipeError(f"{where}() returned {type(model).__name__}, not a torch.nn.Module.")
-    if spec.weights is not None:
-        label = field_label("model.weights")
+    if weights is not None:
         try:
-            state = torch.load(spec.weights, map_location="cpu", weights_only=True)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state.state_dict() if isinstance(state, torch.nn.Module) else state)
         except FileNotFoundError:
-            raise RecipeError(f"{label}: the file {spec.weights} does not exist.") from None
+            raise RecipeError(f"{weights_field}: the file {weights} does not exist.") from None
         except Exception as err:
             raise RecipeError(
-                f"{label}: {spec.weights} does not fit the model from {file}:{function}: {_one_line(err)}"
+                f"{weights_field}: {weights} does not fit the model from {file}:{function}: {_one_line(err)}"
             ) from err
     return model.eval()
 

@@ -78,6 +78,9 @@ class Technique:
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
     # What the technique makes smaller, for the fit check's advice: "flash" (weights), "ram" (activations).
     reduces: ClassVar[tuple[Literal["flash", "ram"], ...]] = ()
+    # Options that name files (a teacher model's file and weights): a recipe resolves a relative path
+    # against its own folder, as it does `[model] factory`; a "FILE.py:FUNCTION" value keeps its function.
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: pydantic.BaseModel | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if isinstance(options, pydantic.BaseModel):
