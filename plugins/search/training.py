@@ -54,13 +54,21 @@ def train(
     seed: int,
     advance: Callable[[int], None] | None = None,
 ) -> Any:
-    """The candidate trained with Adam and a cosine schedule on (x, y) resized to its resolution; seeded."""
+    """The candidate trained on (x, y) resized to its resolution; seeded."""
+    import torch
+
+    torch.manual_seed(seed)
+    return fit(build_model(arch), resize(x, arch.resolution), y, epochs, seed, advance)
+
+
+def fit(
+    model: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, advance: Callable[[int], None] | None = None
+) -> Any:
+    """`model` trained with Adam and a cosine schedule on (x, y), batches drawn with `seed`."""
     import torch
     from torch import nn
 
-    torch.manual_seed(seed)
-    model = build_model(arch)
-    xt, yt = torch.from_numpy(resize(x, arch.resolution)), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     gen = torch.Generator().manual_seed(seed)
