@@ -23,7 +23,8 @@ TINY = {
     "workers": 2,
     "population": 2,
     "stack": 512,
-    "space": {"resolutions": [8], "widths": [0.5, 1.0], "depths": [1], "kernels": [3], "expansions": [1, 6]},
+    "space": {"resolutions": [8], "widths": [0.5, 1.0], "depths": [1], "blocks": ["ds", "ir"], "kernels": [3],
+              "expansions": [1, 6]},
 }
 
 

@@ -1,4 +1,4 @@
-"""The search space: microcontroller blocks (depthwise-separable, inverted residual) and how a choice becomes a model.
+"""The search space: microcontroller blocks (full, depthwise-separable, inverted residual) as models.
 
 A candidate (`Architecture`) is an input resolution, a width multiplier and, per stage, a depth, a
 block type, a kernel size and an expansion. `SearchSpace` lists the values each may take (the
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import optuna
     from torch import nn
 
-Block = Literal["ds", "ir"]
-BLOCK_NAMES = {"ds": "depthwise-separable", "ir": "inverted residual"}
+Block = Literal["conv", "ds", "ir"]
+BLOCK_NAMES = {"conv": "full convolution", "ds": "depthwise-separable", "ir": "inverted residual"}
 
 
 class StageSpec(BaseModel):
@@ -46,7 +46,7 @@ class SearchSpace(BaseModel):
         StageSpec(channels=32, stride=2),
     ]
     depths: list[pydantic.NonNegativeInt] = [1, 2]  # blocks per stage (0 skips a stage)
-    blocks: list[Block] = ["ds", "ir"]
+    blocks: list[Block] = ["conv", "ds", "ir"]
     kernels: list[Literal[3, 5]] = [3, 5]
     expansions: list[Literal[1, 3, 6]] = [1, 3, 6]  # inverted residual only
 
@@ -119,7 +119,7 @@ class Architecture:
             elif c.block == "ir":
                 parts.append(f"ir k{c.kernel}e{c.expansion}x{c.depth}")
             else:
-                parts.append(f"ds k{c.kernel}x{c.depth}")
+                parts.append(f"{c.block} k{c.kernel}x{c.depth}")
         return " ".join(parts)
 
 
@@ -234,6 +234,8 @@ def build_model(arch: Architecture) -> nn.Module:
                     s = stride if b == 0 else 1
                     if choice.block == "ir":
                         blocks.append(InvertedResidual(channels, cout, choice.kernel, s, choice.expansion))
+                    elif choice.block == "conv":  # a full kxk convolution: more weights (flash) per byte of RAM
+                        blocks.append(conv_bn(channels, cout, choice.kernel, s, 1, relu=True))
                     else:
                         blocks.append(DepthwiseSeparable(channels, cout, choice.kernel, s))
                     channels = cout
