@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,10 +227,18 @@ def write_build(
     out_dir: Path,
     validation: tuple[np.ndarray, np.ndarray] | None,
     float_pred: np.ndarray | None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Write everything into a temporary sibling of `out_dir`, then swap it in; the manifest goes last."""
+    """Write everything into a temporary sibling of `out_dir`, then swap it in; the manifest goes last.
+
+    `extra_files` (relative path -> content) are what a plugin keeps with the build (e.g. the model
+    factory and weights a search found, `tinyml.report.ADDED_SECTIONS`); the manifest lists them.
+    """
     out_dir = output_path(out_dir)
     with staged_directory(out_dir) as tmp:
+        for name, content in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(content)
         for name, text in build.generated.files.items():
             (tmp / name).write_text(text)
         graphfile.save_graph(build.graph, tmp)

@@ -7,7 +7,9 @@ The page is drawn from those files only, so `tinyml report BUILD_DIR` can redraw
 
 The page is a list of `Section`s, each built by one function of `SECTIONS` from a `BuildFolder`
 (returning None when the folder holds nothing for it). A technique that has figures to show
-(compression per layer, search results) adds its function to `SECTIONS`. The page needs no
+(compression per layer) adds its function to `SECTIONS`; a plugin writes its own sections as
+`ADDED_SECTIONS` (JSON: ``{"sections": [{"title", "html"}, ...]}``) into the build folder, and they are drawn
+after the others (`tinyml search` shows its candidates and Pareto plot so). The page needs no
 network: CSS is inline and plots are PNG images in `data:` URIs, drawn by matplotlib through Agg.
 """
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 REPORT_HTML = "report.html"
 REPORT_DATA = "report.json"
 RUN_FILE = "run.json"
+ADDED_SECTIONS = "report_sections.json"
 FIRMWARE_MODEL_DIR = "model"
 DATA_VERSION = 1
 LAYER_FIELDS = ("name", "op", "kernel", "output_shape", "weight_bytes", "arena_bytes")
@@ -276,6 +279,8 @@ def open_report(page: Path) -> bool:
 def render(folder: BuildFolder, sections: Sequence[SectionBuilder] | None = None) -> str:
     """The whole page: header, then every section that the folder has figures for."""
     built = [s for s in (build(folder) for build in (SECTIONS if sections is None else sections)) if s is not None]
+    if sections is None:
+        built += added_sections(folder)
     body = "\n".join(f'<section id="{_anchor(s.title)}">\n<h2>{_e(s.title)}</h2>\n{s.html}\n</section>' for s in built)
     nav = " · ".join(f'<a href="#{_anchor(s.title)}">{_e(s.title)}</a>' for s in built)
     return PAGE.format(
@@ -287,6 +292,17 @@ def render(folder: BuildFolder, sections: Sequence[SectionBuilder] | None = None
         css=CSS,
         version=_e(_tinyml_version()),
     )
+
+
+def added_sections(folder: BuildFolder) -> list[Section]:
+    """The sections a plugin wrote into the folder (`ADDED_SECTIONS`); a damaged file is reported."""
+    path = folder.path / ADDED_SECTIONS
+    if not path.is_file():
+        return []
+    entries = _read_json(path).get("sections")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"title", "html"} <= e.keys() for e in entries):
+        raise ReportError(f"{path} is damaged: it is not a list of sections with a title and html.")
+    return [Section(str(e["title"]), str(e["html"])) for e in entries]
 
 
 def _subtitle(folder: BuildFolder) -> str:
