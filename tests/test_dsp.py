@@ -168,6 +168,8 @@ def _depthwise_case(rng: np.random.Generator, variant: str, in_c: int, smlal: bo
         typical = 40 / (5500 * kernel[0] * kernel[1])
         pairs = [SMLAL_EXTREMES[rng.integers(len(SMLAL_EXTREMES))] if rng.integers(6) == 0
                  else quantize_multiplier(typical * 10.0 ** rng.uniform(-1, 1)) for _ in range(out_c)]  # fmt: skip
+        if out_c > 1 and rng.integers(2) == 0:  # a channel whose real multiplier is 0 beside live ones
+            pairs[-1] = (0, 30)
         quant["multiplier"] = np.array([q[0] for q in pairs], np.int32)
         quant["shift"] = np.array([q[1] for q in pairs], np.int32)
     kw = dict(stride=stride, padding=padding, depth_multiplier=mult, **quant)
