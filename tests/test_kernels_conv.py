@@ -489,21 +489,23 @@ def test_reference_conv2d_hand_computed():
     np.testing.assert_array_equal(out[:, :, 0], expected)
 
 
-# ---------------------------------------------------------------- the DSP depthwise output step
+# ---------------------------------------------------------------- the prepared requantization steps
 
 REQUANT_SMLAL_CDEF = """
 void requant_smlal_many(const int32_t *total, const int32_t *multiplier, const int32_t *shift, int32_t *out,
-                        int32_t *usable, int32_t n);
+                        int32_t *usable, int32_t *prepared, int32_t n);
 """
 REQUANT_SMLAL_C = """
 #include "tml_support.h"
 void requant_smlal_many(const int32_t *total, const int32_t *multiplier, const int32_t *shift, int32_t *out,
-                        int32_t *usable, int32_t n)
+                        int32_t *usable, int32_t *prepared, int32_t n)
 {
     for (int32_t i = 0; i < n; i++) {
         tml_requant_smlal q;
         usable[i] = tml_requant_smlal_make(&q, 0, multiplier[i], shift[i]);
         out[i] = usable[i] ? tml_requant_smlal_apply(&q, total[i]) : 0;
+        const tml_requant r = tml_requant_make(0, multiplier[i], shift[i]); /* either step, as it chooses */
+        prepared[i] = tml_requant_apply(&r, total[i]);
     }
 }
 """
@@ -517,12 +519,12 @@ def requant_smlal():
 
     built = host.build(REQUANT_SMLAL_CDEF, REQUANT_SMLAL_C, [], [FIRMWARE_DIR / "include"])
 
-    def run(total, multiplier, shift) -> tuple[np.ndarray, np.ndarray]:
+    def run(total, multiplier, shift) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         arrays = [np.ascontiguousarray(a, dtype=np.int32) for a in (total, multiplier, shift)]
-        out, usable = np.zeros(arrays[0].size, np.int32), np.zeros(arrays[0].size, np.int32)
-        ptr = [built.ffi.from_buffer("int32_t[]", a) for a in (*arrays, out, usable)]
+        out, usable, prepared = (np.zeros(arrays[0].size, np.int32) for _ in range(3))
+        ptr = [built.ffi.from_buffer("int32_t[]", a) for a in (*arrays, out, usable, prepared)]
         built.lib.requant_smlal_many(*ptr, arrays[0].size)
-        return out, usable.astype(bool)
+        return out, usable.astype(bool), prepared
 
     return run
 
@@ -546,9 +548,10 @@ def test_smlal_requantization_equals_the_reference_on_extremes(requant_smlal):
     m = np.repeat([p[0] for p in pairs], totals.size)
     s = np.repeat([p[1] for p in pairs], totals.size)
     t = np.tile(totals, len(pairs))
-    got, usable = requant_smlal(t, m, s)
+    got, usable, prepared = requant_smlal(t, m, s)
     np.testing.assert_array_equal(usable, _smlal_form(m, s))
     np.testing.assert_array_equal(got[usable], requantize(t, m, s)[usable])
+    np.testing.assert_array_equal(prepared, requantize(t, m, s))  # tml_requant: SMLAL where it applies, else not
 
 
 @settings(max_examples=300, deadline=None)
@@ -561,7 +564,8 @@ def test_smlal_requantization_equals_the_reference(requant_smlal, totals, multip
     from tinyml.numbers import requantize
 
     n = len(totals)
-    got, usable = requant_smlal(totals, [multiplier] * n, [shift] * n)
+    got, usable, prepared = requant_smlal(totals, [multiplier] * n, [shift] * n)
     assert usable.all() == bool(multiplier == 0 or shift <= -2)
     if usable.all():
         np.testing.assert_array_equal(got, requantize(np.array(totals), multiplier, shift))
+    np.testing.assert_array_equal(prepared, requantize(np.array(totals), multiplier, shift))

@@ -95,41 +95,6 @@ static inline int32_t tml_requantize(int32_t val, int32_t multiplier, int32_t sh
     return tml_divide_by_power_of_two(tml_doubling_high_mult(shifted, multiplier), right);
 }
 
-/* One output channel's requantization prepared once (bias, multiplier, shifts and rounding terms), so that
- * the step per output has no shift set-up: tml_requant_apply(q, acc) is tml_requantize(acc + bias, ...)
- * exactly. The rounding division by 2^right adds 2^(right-1) to values >= 0 (unsigned: no overflow) and
- * 2^(right-1) - 1 to negative ones before the shift, which is rounding half away from zero. */
-typedef struct {
-    uint32_t bias;     /* added to the accumulator with wrap-around */
-    int32_t multiplier;
-    int32_t left;      /* 0..31 */
-    int32_t right;     /* 0..31 */
-    uint32_t half;     /* 2^(right-1), or 0 when right = 0 */
-    uint32_t half_neg; /* half - 1, or 0 when right = 0 */
-} tml_requant;
-
-static inline tml_requant tml_requant_make(int32_t bias, int32_t multiplier, int32_t shift)
-{
-    tml_requant q;
-    q.bias = (uint32_t)bias;
-    q.multiplier = multiplier;
-    q.left = shift > 0 ? shift : 0;
-    q.right = shift > 0 ? 0 : -shift;
-    q.half = q.right > 0 ? 1u << (q.right - 1) : 0u;
-    q.half_neg = q.right > 0 ? q.half - 1u : 0u;
-    return q;
-}
-
-static inline int32_t tml_requant_apply(const tml_requant *q, int32_t acc)
-{
-    const int32_t v = (int32_t)(((uint32_t)acc + q->bias) << q->left);
-    const int32_t t = tml_doubling_high_mult(v, q->multiplier);
-    if (t < 0) {
-        return (int32_t)((uint32_t)t + q->half_neg) >> q->right;
-    }
-    return (int32_t)(((uint32_t)t + q->half) >> q->right);
-}
-
 /* tml_requantize(total, multiplier, shift) as one 64-bit multiply-accumulate (SMLAL on Arm) and a shift, for
  * the common case of a right shift of at least 2 (a real multiplier below 1/4) and multiplier >= 0.
  *
@@ -170,6 +135,56 @@ static inline int32_t tml_requant_smlal_apply(const tml_requant_smlal *q, int32_
     const int32_t hi = q->high + (total >> 31);
     const int64_t sum = (int64_t)(((uint64_t)(uint32_t)hi << 32) | lo) + (int64_t)total * q->multiplier;
     return (int32_t)(sum >> 32) >> q->shift;
+}
+
+/* One output channel's requantization prepared once (bias, multiplier, shifts and rounding terms), so that
+ * the step per output has no shift set-up: tml_requant_apply(q, acc) is tml_requantize(acc + bias, ...)
+ * exactly. The rounding division by 2^right adds 2^(right-1) to values >= 0 (unsigned: no overflow) and
+ * 2^(right-1) - 1 to negative ones before the shift, which is rounding half away from zero. Most layers'
+ * pairs (multiplier >= 0, a right shift of 2 or more) take the cheaper tml_requant_smlal step instead. */
+typedef struct {
+    uint32_t bias;     /* added to the accumulator with wrap-around */
+    int32_t multiplier;
+    int32_t left;      /* 0..31 */
+    int32_t right;     /* 0..31 */
+    uint32_t half;     /* 2^(right-1), or 0 when right = 0 */
+    uint32_t half_neg; /* half - 1, or 0 when right = 0 */
+    int32_t fast;      /* 1: the pair is in tml_requant_smlal's form and .smlal is used (one SMLAL, a shift) */
+    tml_requant_smlal smlal;
+} tml_requant;
+
+static inline tml_requant tml_requant_make(int32_t bias, int32_t multiplier, int32_t shift)
+{
+    tml_requant q;
+    q.bias = (uint32_t)bias;
+    q.multiplier = multiplier;
+    q.left = shift > 0 ? shift : 0;
+    q.right = shift > 0 ? 0 : -shift;
+    q.half = q.right > 0 ? 1u << (q.right - 1) : 0u;
+    q.half_neg = q.right > 0 ? q.half - 1u : 0u;
+    q.fast = tml_requant_smlal_make(&q.smlal, 0, multiplier, shift);
+    return q;
+}
+
+/* tml_requant_apply with the choice of step made by the caller: `fast` must be q->fast. A loop over many
+ * outputs of one channel calls it with a constant, so that the choice is made once, outside the loop. */
+static inline __attribute__((always_inline)) int32_t tml_requant_apply_as(const tml_requant *q, int32_t acc,
+                                                                          int32_t fast)
+{
+    if (fast) {
+        return tml_requant_smlal_apply(&q->smlal, (int32_t)((uint32_t)acc + q->bias));
+    }
+    const int32_t v = (int32_t)(((uint32_t)acc + q->bias) << q->left);
+    const int32_t t = tml_doubling_high_mult(v, q->multiplier);
+    if (t < 0) {
+        return (int32_t)((uint32_t)t + q->half_neg) >> q->right;
+    }
+    return (int32_t)(((uint32_t)t + q->half) >> q->right);
+}
+
+static inline int32_t tml_requant_apply(const tml_requant *q, int32_t acc)
+{
+    return tml_requant_apply_as(q, acc, q->fast);
 }
 
 /* A window geometry is consistent: out == (in + 2 * pad - kernel) / stride + 1, every size positive. */

@@ -280,20 +280,32 @@ static void widen_pair(uint32_t *dst, const int8_t *w0, const int8_t *w1, int32_
 }
 
 /* Requantize one channel of a chunk: pixel i's sum at sums[(i / 2) * 4 + i % 2], its output byte at
- * out + i * out_c. */
+ * out + i * out_c; `fast` is q.fast, a constant in each copy. */
+static inline __attribute__((always_inline)) void requantize_chunk_as(tml_requant q, const int32_t *sums, int32_t n,
+                                                                      int8_t *out, int32_t out_c, int32_t offset,
+                                                                      int32_t act_min, int32_t act_max,
+                                                                      int full_range, int32_t fast)
+{
+    for (int32_t i = 0; i + 1 < n; i += 2) {
+        out[0] = dsp_output(tml_requant_apply_as(&q, sums[0], fast), offset, act_min, act_max, full_range);
+        out[out_c] = dsp_output(tml_requant_apply_as(&q, sums[1], fast), offset, act_min, act_max, full_range);
+        sums += 4;
+        out += 2 * out_c;
+    }
+    if (n & 1) {
+        out[0] = dsp_output(tml_requant_apply_as(&q, sums[0], fast), offset, act_min, act_max, full_range);
+    }
+}
+
 static inline __attribute__((always_inline)) void requantize_chunk(tml_requant q, const int32_t *sums, int32_t n,
                                                                    int8_t *out, int32_t out_c, int32_t offset,
                                                                    int32_t act_min, int32_t act_max,
                                                                    int full_range)
 {
-    for (int32_t i = 0; i + 1 < n; i += 2) {
-        out[0] = dsp_output(tml_requant_apply(&q, sums[0]), offset, act_min, act_max, full_range);
-        out[out_c] = dsp_output(tml_requant_apply(&q, sums[1]), offset, act_min, act_max, full_range);
-        sums += 4;
-        out += 2 * out_c;
-    }
-    if (n & 1) {
-        out[0] = dsp_output(tml_requant_apply(&q, sums[0]), offset, act_min, act_max, full_range);
+    if (q.fast) {
+        requantize_chunk_as(q, sums, n, out, out_c, offset, act_min, act_max, full_range, 1);
+    } else {
+        requantize_chunk_as(q, sums, n, out, out_c, offset, act_min, act_max, full_range, 0);
     }
 }
 
