@@ -191,7 +191,7 @@ def exactness(boards: list[str], examples: int, qemu_examples: int, work: Path) 
 
 def layer_instructions(graph: Graph, board: str, folder: Path, x: np.ndarray) -> tuple[int, np.ndarray, int]:
     """(instructions of the one layer, the board's outputs, scratch bytes) of a -O3 build run in QEMU."""
-    scratch = write_model(graph, board, folder / "model")
+    scratch, _ = write_model(graph, board, folder / "model")
     firmware = build_firmware(folder / "model", resolve_board(board), folder / "firmware", x, optimization="-O3")
     result = run_firmware(firmware.out_dir, timeout=600)
     if not result.outputs_match_reference:

@@ -217,6 +217,17 @@ TIMELINE_COLUMNS = 64
 _BUFFER_MARKS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
+def _arena_definition(plan: MemoryPlan) -> list[str]:
+    """The arena, or a comment where no tensor or scratch lives in it (an unused array only draws warnings)."""
+    if not plan.offsets:
+        return ["/* No arena: no intermediate tensor or scratch; layers use the caller's input and output only. */", ""]
+    return [
+        "static int32_t tml_arena_words[(TML_MODEL_ARENA_BYTES + 3) / 4]; /* int32 for alignment */",
+        "#define tml_arena ((int8_t *)tml_arena_words)",
+        "",
+    ]
+
+
 def _plan_comment(graph: Graph, plan: MemoryPlan) -> list[str]:
     """The memory plan as a table, then as TFLite Micro's PrintMemoryPlan draws it: one row per layer."""
     names = [node.name for node in graph.nodes]
@@ -502,9 +513,7 @@ def _model_c(
         *[w.declaration for w in weights.values()],
         "",
         *_plan_comment(graph, plan),
-        "static int32_t tml_arena_words[(TML_MODEL_ARENA_BYTES + 3) / 4]; /* int32 for alignment */",
-        "#define tml_arena ((int8_t *)tml_arena_words)",
-        "",
+        *_arena_definition(plan),
         *statics,
         "const char *const tml_model_layer_names[TML_MODEL_LAYER_COUNT] = {",
         *names,
