@@ -53,34 +53,36 @@ def c_quant(ffi, q: dict):
 
 @SETTINGS
 @given(
-    h=st.integers(1, 7), w=st.integers(1, 7), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
-    k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 2), density=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**32 - 1),
+    h=st.integers(1, 8), w=st.integers(1, 8), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
+    kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
+    pw=st.integers(0, 2), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1),
 )  # fmt: skip
-def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, k, stride, pad, density, seed):
-    assume(h + 2 * pad >= k and w + 2 * pad >= k)
+def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed):
+    """Square and oblong filters, strides below, equal to and above the filter (the column lists that
+    sliding windows share, and none shared), padding on each side."""
+    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
     ffi, c = lib.ffi, lib.lib
     rng = np.random.default_rng(seed)
-    out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     signs = rng.random((h, w, in_c)) < density
-    weights = binary_weights(rng, (out_c, k, k, in_c))
+    weights = binary_weights(rng, (out_c, kh, kw, in_c))
     bias = rng.integers(-20000, 20000, size=out_c).astype(np.int32)
     q = requantization(rng, out_c)
     # the plugin's bit-level reference equals the core's int8 convolution on +1/-1 inputs
     x_packed = packing.pack_bits(signs)
     expected = packing.conv2d_xnor(x_packed, in_c, packing.pack_weights(weights), packing.binary_magnitudes(weights),
-                                   bias, stride=(stride, stride), padding=(pad, pad), **q)  # fmt: skip
+                                   bias, stride=(sh, sw), padding=(ph, pw), **q)  # fmt: skip
     plus_minus = np.where(signs, 1, -1).astype(np.int8)
     np.testing.assert_array_equal(
-        expected, conv2d_s8(plus_minus, weights, bias, stride=(stride, stride), padding=(pad, pad), input_offset=0, **q)
+        expected, conv2d_s8(plus_minus, weights, bias, stride=(sh, sw), padding=(ph, pw), input_offset=0, **q)
     )
     params = ffi.new("tml_conv_params *", {
-        "stride_h": stride, "stride_w": stride, "pad_h": pad, "pad_w": pad, "depth_multiplier": 1,
+        "stride_h": sh, "stride_w": sw, "pad_h": ph, "pad_w": pw, "depth_multiplier": 1,
         "input_offset": 0, "output_offset": q["output_offset"], "act_min": q["act_min"], "act_max": q["act_max"],
     })  # fmt: skip
-    f_shape = ffi.new("tml_shape *", [k, k, in_c])
+    f_shape = ffi.new("tml_shape *", [kh, kw, in_c])
     scratch = np.zeros(c.tml_conv2d_xnor_scratch_bytes(f_shape, out_c), np.int8)
-    assert len(scratch) == kernels.conv2d_scratch_bytes((k, k, in_c), out_c)
+    assert len(scratch) == kernels.conv2d_scratch_bytes((kh, kw, in_c), out_c)
     got = np.zeros((out_h, out_w, out_c), np.int8)
     status = c.tml_conv2d_xnor(
         params, c_quant(ffi, q), ffi.new("tml_shape *", [h, w, in_c]), ffi.from_buffer("uint32_t[]", x_packed),

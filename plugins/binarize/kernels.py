@@ -33,7 +33,7 @@ MAX_TAPS = 65535  # TML_XNOR_MAX_TAPS: set-bit offsets are uint16
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
     """Scratch of `tml_conv2d_xnor`; mirrors `tml_conv2d_xnor_scratch_bytes`."""
     taps = int(np.prod(filter_shape))
-    return ((2 * taps + 3) & ~3) + 4 * out_channels
+    return ((2 * taps + 3) & ~3) + 8 * filter_shape[1] + 4 * out_channels
 
 
 def fc_scratch_bytes(in_features: int) -> int:

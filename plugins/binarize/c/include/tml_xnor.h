@@ -17,8 +17,9 @@
  *     d = 4 * V - 2 * A - 2 * S + n
  * with A the set input bits of the window, S the positive weights at the window's taps
  * (`tap_ones`) and V the taps where both are set. V is counted for 32 output channels at once:
- * the offsets of the window's set input bits are listed once (in scratch), and for each block the
- * weight words at those offsets are summed lane by lane in a bit-sliced carry-save counter
+ * the offsets of the window's set input bits are listed once (in scratch; a convolution lists each
+ * input column once for the windows that share it), and for each block the weight words at those
+ * offsets are summed lane by lane in a bit-sliced carry-save counter
  * (Harley-Seal: 16 words at a time into ones/twos/fours/eights, the sixteens rippled into higher
  * planes), so no popcount instruction or call is needed: Armv7-M has none, and
  * __builtin_popcount would call libgcc's __popcountsi2. The work follows the set bits of the
@@ -116,16 +117,29 @@ static inline uint16_t *tml_xnor_set_bits(uint32_t bits, int32_t base, uint16_t 
         low = u_ ^ c_;                   \
     } while (0)
 
-/* Lane by lane, how many of the words block[offsets[i]] (i < n) have each bit set: bit j of
- * planes[p] is bit p of lane j's count. */
-static TML_XNOR_NOINLINE void tml_xnor_count(const uint32_t *block, const uint16_t *offsets, int32_t n,
-                                  uint32_t planes[TML_XNOR_PLANES])
+/* Lane by lane, how many of the words counted so far have each bit set: bit j of planes[p] is bit p
+ * of lane j's count. ones..eights are planes 0..3 while counting (kept in registers by
+ * tml_xnor_count_add); tml_xnor_count_finish stores them into planes. */
+typedef struct {
+    uint32_t ones, twos, fours, eights;
+    uint32_t planes[TML_XNOR_PLANES];
+} tml_xnor_counter;
+
+static inline void tml_xnor_count_start(tml_xnor_counter *counter)
 {
-    uint32_t ones = 0, twos = 0, fours = 0, eights = 0;
-    uint32_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
+    counter->ones = counter->twos = counter->fours = counter->eights = 0;
     for (int32_t p = 4; p < TML_XNOR_PLANES; p++) {
-        planes[p] = 0;
+        counter->planes[p] = 0;
     }
+}
+
+/* Adds the words block[offsets[i]] (i < n) to the counter. */
+static TML_XNOR_NOINLINE void tml_xnor_count_add(tml_xnor_counter *counter, const uint32_t *block,
+                                                 const uint16_t *offsets, int32_t n)
+{
+    uint32_t ones = counter->ones, twos = counter->twos, fours = counter->fours, eights = counter->eights;
+    uint32_t *planes = counter->planes;
+    uint32_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
     for (; n >= 16; n -= 16, offsets += 16) {
         TML_XNOR_CSA(twos_a, ones, ones, block[offsets[0]], block[offsets[1]]);
         TML_XNOR_CSA(twos_b, ones, ones, block[offsets[2]], block[offsets[3]]);
@@ -148,6 +162,24 @@ static TML_XNOR_NOINLINE void tml_xnor_count(const uint32_t *block, const uint16
             sixteens = carry;
         }
     }
+    if (n >= 8) { /* eight words: into ones, twos, fours, the eights rippled on */
+        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[0]], block[offsets[1]]);
+        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[2]], block[offsets[3]]);
+        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);
+        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[4]], block[offsets[5]]);
+        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[6]], block[offsets[7]]);
+        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);
+        TML_XNOR_CSA(eights_a, fours, fours, fours_a, fours_b);
+        sixteens = eights & eights_a;
+        eights ^= eights_a;
+        for (int32_t p = 4; sixteens != 0; p++) {
+            const uint32_t carry = planes[p] & sixteens;
+            planes[p] ^= sixteens;
+            sixteens = carry;
+        }
+        n -= 8;
+        offsets += 8;
+    }
     for (; n > 0; n--) { /* the last words, one at a time */
         uint32_t carry = block[*offsets++];
         uint32_t next = ones & carry;
@@ -167,10 +199,18 @@ static TML_XNOR_NOINLINE void tml_xnor_count(const uint32_t *block, const uint16
             next = carry;
         }
     }
-    planes[0] = ones;
-    planes[1] = twos;
-    planes[2] = fours;
-    planes[3] = eights;
+    counter->ones = ones;
+    counter->twos = twos;
+    counter->fours = fours;
+    counter->eights = eights;
+}
+
+static inline void tml_xnor_count_finish(tml_xnor_counter *counter)
+{
+    counter->planes[0] = counter->ones;
+    counter->planes[1] = counter->twos;
+    counter->planes[2] = counter->fours;
+    counter->planes[3] = counter->eights;
 }
 
 /* Every lane's count out of the planes (only the first `used` can be nonzero) into counts[32]. Four
@@ -208,11 +248,14 @@ static TML_XNOR_NOINLINE void tml_xnor_outputs(const int32_t *counts, int32_t la
     const int32_t low = act_min - output_offset, high = act_max - output_offset;
     for (int32_t i = 0; i < lanes; i++) {
         const int32_t acc = (int32_t)((uint32_t)constant[i] + (uint32_t)(magnitude[i] * (4 * counts[i] + minus_2a)));
-        /* tml_requantize, with the left shift of a positive `shift` and the rounding right shift of a
-         * negative one taken apart */
+        /* tml_requantize: one SMLAL where the pair allows it (tml_requant_smlal), otherwise the left shift
+         * of a positive `shift` and the rounding right shift of a negative one taken apart */
         const int32_t s = shift[i];
         int32_t scaled;
-        if (s > 0) {
+        if (multiplier[i] >= 0 && s <= -2 && s >= -31) {
+            const tml_requant_smlal q = {0, multiplier[i], (int32_t)(1u << (-s - 2)), -s - 1};
+            scaled = tml_requant_smlal_apply(&q, acc);
+        } else if (s > 0) {
             scaled = tml_doubling_high_mult((int32_t)((uint32_t)acc << s), multiplier[i]);
         } else {
             scaled = tml_divide_by_power_of_two(tml_doubling_high_mult(acc, multiplier[i]), -s);
