@@ -3,8 +3,10 @@
     .venv/bin/python bench/search.py [--json] [--board stm32] [--trials N]
 
 On the digits example: first a search with the board's whole RAM (its chosen model is "the best
-unconstrained model"); then, for two RAM limits below that model's peak RAM (half and a quarter
-of it by default), a search under the limit. Each chosen model is trained in full, built for the
+unconstrained model"); then, for two RAM limits below that model's peak RAM, a search under the
+limit. The limits lie halfway and a quarter of the way from the smallest candidate's peak RAM (the
+least any candidate of the space needs) to the unconstrained model's, so both bind and both leave
+candidates to choose from. Each chosen model is trained in full, built for the
 board with the whole held-out split compiled in and run in QEMU: its accuracy is the argmax of the
 board's int8 outputs, its measured peak RAM the arena and input/output buffers in the ELF plus
 the stack high-water QEMU saw. The hand-made baseline for a limit is the bundled digits CNN
@@ -36,15 +38,16 @@ from tinyml.board.qemu import run_firmware
 from tinyml.board.size import size_report
 from tinyml.compiler import write_build
 from tinyml_plugins.search.config import SearchConfig
-from tinyml_plugins.search.cost import build_cost
+from tinyml_plugins.search.cost import build_cost, candidate_cost
 from tinyml_plugins.search.results import write_winner
+from tinyml_plugins.search.space import smallest_candidates
 from tinyml_plugins.search.study import SearchData, load_data, run_search
 from tinyml_plugins.search.training import fit
 
-SETTINGS = {"trials": 14, "epochs": 4, "final_epochs": 30, "workers": 2, "population": 6,
+SETTINGS = {"trials": 80, "epochs": 8, "final_epochs": 40, "finalists": 6, "workers": 2, "population": 10,
             "space": {"resolutions": [8, 12]}}  # fmt: skip
-LIMIT_SHARES = (0.5, 0.25)
-BASELINE_WIDTHS = (16, 12, 8, 6, 4)  # the bundled CNN has 16
+LIMIT_SHARES = (0.5, 0.25)  # of the way from the smallest candidate's peak RAM to the unconstrained winner's
+BASELINE_WIDTHS = (16, 12, 8, 6, 4, 2)  # the bundled CNN has 16
 
 
 def log(message: str) -> None:
@@ -113,6 +116,13 @@ def baseline(limit: int, config: SearchConfig, data: SearchData, probe: Any, scr
     return row
 
 
+def smallest_peak_ram(result: Any) -> int:
+    """The least peak RAM any candidate of the searched space needs, by the search's own estimate."""
+    data = load_data(result.config)
+    candidates = smallest_candidates(result.config.space, data.x_train.shape[1], data.classes)
+    return min(candidate_cost(arch, result.board, result.probe).peak_ram for arch in candidates)
+
+
 def search_under(limit: int | None, settings: dict[str, Any], scratch: Path, tag: str) -> tuple[Any, Any, float]:
     started = time.monotonic()
     config = SearchConfig(**settings, ram=limit)
@@ -135,8 +145,13 @@ def run_bench(settings: dict[str, Any], scratch: Path) -> dict[str, Any]:
                           "float_accuracy": free_final.accuracy, "seconds": free_seconds},  # fmt: skip
         "limits": [],
     }
+    smallest = smallest_peak_ram(free)
+    if smallest >= best_ram:
+        raise SystemExit(f"the unconstrained winner ({best_ram} B) is as small as the space's smallest candidate "
+                         f"({smallest} B): no RAM limit can bind and leave a candidate")  # fmt: skip
+    report["smallest_candidate_peak_ram"] = smallest
     for share in LIMIT_SHARES:
-        limit = int(best_ram * share)
+        limit = int(smallest + share * (best_ram - smallest))
         log(f"search under {limit} B of RAM")
         result, final, seconds = search_under(limit, settings, scratch, f"ram-{limit}")
         row = measure_on_board(final.out_dir, result.config.board, load_data(result.config).y_test, scratch)

@@ -116,6 +116,20 @@ def test_candidates_over_the_limit_are_rejected_untrained_and_the_search_resumes
     assert len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,))) == len(rejected)
 
 
+def test_the_chosen_candidate_is_the_finalist_best_on_validation(first_search):
+    """The most accurate candidates of the short trainings are trained in full and scored on validation;
+    the chosen one has the best (accuracy, then cross-entropy) of them."""
+    result, _ = first_search
+    trained = [c for c in result.candidates if c.fits]
+    finalists = [c for c in trained if c.final is not None]
+    distinct = {json.dumps(c.architecture.as_dict(), sort_keys=True) for c in trained}
+    assert len(finalists) == min(result.config.finalists, len(distinct))
+    assert min(c.accuracy for c in finalists) >= max((c.accuracy for c in trained if c.final is None), default=0)
+    assert all(0 <= c.final[0] <= 1 and c.final[1] > 0 for c in finalists)
+    best = max(finalists, key=lambda c: (c.final[0], -c.final[1]))
+    assert result.chosen in finalists and result.chosen.final == best.final
+
+
 def test_ray_executor_gives_the_same_trials_as_local_processes(first_search, tmp_path: Path):
     pytest.importorskip("ray")
     import ray
@@ -129,7 +143,8 @@ def test_ray_executor_gives_the_same_trials_as_local_processes(first_search, tmp
     assert not ray.is_initialized()
 
     def trials(result):
-        return [(c.number, c.architecture, c.accuracy, c.cost.peak_ram, c.cost.macs) for c in result.candidates]
+        return [(c.number, c.architecture, c.accuracy, c.final, c.cost.peak_ram, c.cost.macs)
+                for c in result.candidates]  # fmt: skip
 
     assert remote.trained_now == 2 and trials(remote) == trials(local)
 

@@ -51,6 +51,8 @@ class SearchConfig(BaseModel):
     trials: PositiveInt = 20  # candidates trained (those that do not fit are rejected and not counted)
     epochs: PositiveInt = 4  # short training: the accuracy estimate of a candidate
     final_epochs: PositiveInt = 40  # full training of the chosen candidate
+    finalists: PositiveInt = 3  # most accurate candidates trained in full on the training split; the best one
+    # on validation (accuracy, then cross-entropy) is chosen: short trainings tie and rank noisily
     train_samples: PositiveInt | None = None  # use only the first N training samples (quick trials)
     objective: str = "macs"  # accuracy against "macs" or "instructions"
     executor: str = "local"

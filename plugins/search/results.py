@@ -88,16 +88,21 @@ def results_table(result: SearchResult, limit: int = 25) -> Table:
     chosen = result.chosen.number
     table = Table(title=f"tinyml search on {result.board.name}: RAM <= {result.ram_limit:,} B, "
                         f"flash <= {result.flash_limit:,} B")  # fmt: skip
-    for column in ("trial", "candidate", "MACs", "peak RAM (B)", "flash (B)", "est. instructions", "accuracy", ""):
+    for column in ("trial", "candidate", "MACs", "peak RAM (B)", "flash (B)", "est. instructions", "accuracy",
+                   "in full", ""):  # fmt: skip
         table.add_column(column, justify="left" if column in ("candidate", "") else "right")
     trained = sorted((c for c in result.candidates if c.fits), key=lambda c: (-c.accuracy, c.cost.macs))
     for c in trained[:limit]:
         mark = "chosen" if c.number == chosen else ("pareto" if c.pareto else "")
+        full = "" if c.final is None else f"{100 * c.final[0]:.1f}% ({c.final[1]:.3f})"
         table.add_row(str(c.number), c.architecture.label(), _num(c.cost.macs), _num(c.cost.peak_ram),
-                      _num(c.cost.flash), _num(c.cost.instructions), f"{100 * c.accuracy:.1f}%", mark)  # fmt: skip
+                      _num(c.cost.flash), _num(c.cost.instructions), f"{100 * c.accuracy:.1f}%", full,
+                      mark)  # fmt: skip
     rejected = sum(not c.fits for c in result.candidates)
     table.caption = (f"{len(trained)} trained ({result.config.epochs} epochs each), {rejected} rejected before "
-                     "training (over a limit)" + (f"; the {limit} most accurate shown" if len(trained) > limit else ""))
+                     "training (over a limit)" + (f"; the {limit} most accurate shown" if len(trained) > limit else "")
+                     + f"; in full: validation accuracy (cross-entropy) of the finalists after "
+                     f"{result.config.final_epochs} epochs")  # fmt: skip
     return table
 
 
@@ -172,8 +177,9 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def candidate_summary(c: Candidate) -> dict[str, Any]:
+    final = None if c.final is None else {"validation_accuracy": c.final[0], "validation_cross_entropy": c.final[1]}
     return {"trial": c.number, "label": c.architecture.label(), "architecture": c.architecture.as_dict(),
-            "cost": c.cost.as_dict(), "accuracy": c.accuracy, "pareto": c.pareto}  # fmt: skip
+            "cost": c.cost.as_dict(), "accuracy": c.accuracy, "pareto": c.pareto, "finalist": final}  # fmt: skip
 
 
 def write_winner(result: SearchResult, data: SearchData, out_dir: Path, progress: bool = True) -> FinalModel:

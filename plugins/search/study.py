@@ -4,7 +4,9 @@ Each trial draws a candidate; its cost on the board (`tinyml_plugins.search.cost
 first and a candidate over a limit is told as pruned, never trained. The others are trained
 briefly through the executor, a batch of `workers` at a time, and told their validation accuracy
 and cost. The study lives in an Optuna journal file, so an interrupted search resumes where it
-stopped (run the same command again) and any Optuna tool can inspect it.
+stopped (run the same command again) and any Optuna tool can inspect it. The `finalists` most
+accurate candidates are then trained in full on the training split, and the best of them on
+validation is the chosen one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tinyml_plugins.search.cost import Cost, candidate_cost
 from tinyml_plugins.search.executor import make_executor
 from tinyml_plugins.search.probe import BoardProbe, given_probe, measure_probe
 from tinyml_plugins.search.space import Architecture, from_params, smallest_candidates, suggest
-from tinyml_plugins.search.training import TrialTask, run_trial
+from tinyml_plugins.search.training import TrialTask, run_finalist, run_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -63,6 +65,7 @@ class Candidate:
     cost: Cost
     accuracy: float | None  # None: rejected (over a limit), not trained
     pareto: bool = False
+    final: tuple[float, float] | None = None  # a finalist's validation (accuracy, cross-entropy) after full training
 
     @property
     def fits(self) -> bool:
@@ -83,7 +86,12 @@ class SearchResult:
 
     @property
     def chosen(self) -> Candidate:
-        """The most accurate candidate on the Pareto front; on a tie, the cheaper one."""
+        """The finalist best on validation after full training (accuracy, then cross-entropy, then cost); without
+        finalists, the most accurate candidate on the Pareto front, on a tie the cheaper one."""
+        finalists = [c for c in self.candidates if c.final is not None]
+        if finalists:
+            objective = self.config.objective
+            return max(finalists, key=lambda c: (c.final[0], -c.final[1], -objective_value(c.cost, objective)))
         front = [c for c in self.candidates if c.pareto]
         return max(front, key=lambda c: (c.accuracy, -objective_value(c.cost, self.config.objective)))
 
@@ -122,7 +130,7 @@ def load_data(config: SearchConfig) -> SearchData:
 def study_name(config: SearchConfig, board: Board, ram: int, flash: int, probe: BoardProbe) -> str:
     """A name fixed by everything that changes the trials' results, so a rerun resumes the same study and
     different settings start another one in the same journal."""
-    settings = config.model_dump(exclude={"trials", "executor", "workers", "final_epochs"})
+    settings = config.model_dump(exclude={"trials", "executor", "workers", "final_epochs", "finalists"})
     key = json.dumps([settings, board.name, ram, flash, probe.stack_bytes, probe.code_bytes], sort_keys=True)
     return f"search-{board.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -247,11 +255,41 @@ def run_search(config: SearchConfig, journal: Path, progress: bool = True) -> Se
                     study.tell(trial, [scores[key], objective_value(cost, config.objective)])
                     done += 1
                     advance(1, note=_best_note(study, config.objective))
+        result.candidates = collect_candidates(study, config, in_channels, data.classes)
+        executor = executor or make_executor(config.executor, config.workers)
+        score_finalists(result, data, executor, progress)
     finally:
         if executor is not None:
             executor.close()
-    result.candidates = collect_candidates(study, config, in_channels, data.classes)
     return result
+
+
+def score_finalists(result: SearchResult, data: SearchData, executor: Any, progress: bool) -> None:
+    """Train the `finalists` most accurate candidates for `final_epochs` on the training split and record their
+    validation accuracy and cross-entropy: the short trainings' accuracies tie and rank noisily."""
+    from tinyml.progress import progress_bar
+
+    config = result.config
+    trained = [c for c in result.candidates if c.fits]
+    ranked = sorted(trained, key=lambda c: (-c.accuracy, objective_value(c.cost, config.objective), c.number))
+    finalists: list[Candidate] = []
+    seen: set[str] = set()
+    for candidate in ranked:  # a candidate drawn twice is one finalist
+        key = json.dumps(candidate.architecture.as_dict(), sort_keys=True)
+        if key not in seen and len(finalists) < config.finalists:
+            seen.add(key)
+            finalists.append(candidate)
+    bar = progress_bar(f"training the {len(finalists)} most accurate in full", len(finalists)) if progress \
+        else nullcontext()  # fmt: skip
+    with bar as advance:
+        for start in range(0, len(finalists), config.workers):
+            batch = finalists[start : start + config.workers]
+            tasks = [TrialTask(c.number, c.architecture.as_dict(), config.final_epochs, config.seed, data.x_train,
+                               data.y_train, data.x_val, data.y_val) for c in batch]  # fmt: skip
+            for candidate, score in zip(batch, executor.map(run_finalist, tasks), strict=True):
+                candidate.final = (float(score[0]), float(score[1]))
+            if advance is not None:
+                advance(len(batch))
 
 
 def _best_note(study: optuna.Study, objective: str) -> str:

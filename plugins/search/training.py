@@ -1,8 +1,8 @@
 """Training a candidate: the short run that estimates its accuracy, and the full run of the chosen one.
 
-`run_trial` is what an executor runs for each candidate, in another process or on a Ray worker:
-it takes plain data, uses one thread and a fixed seed, so the same candidate gets the same
-accuracy wherever it runs.
+`run_trial` (the short run) and `run_finalist` (the full run of one of the most accurate, scored on
+validation) are what an executor runs, in another process or on a Ray worker: they take plain
+data, use one thread and a fixed seed, so the same candidate gets the same score wherever it runs.
 """
 
 from __future__ import annotations
@@ -94,6 +94,15 @@ def accuracy(model: Any, arch: Architecture, x: np.ndarray, y: np.ndarray) -> fl
     return float((predicted == y).mean())
 
 
+def validation_loss(model: Any, arch: Architecture, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        logits = model(torch.from_numpy(resize(x, arch.resolution)))
+    return float(nn.functional.cross_entropy(logits, torch.from_numpy(y)))
+
+
 def run_trial(task: TrialTask) -> float:
     """The candidate's accuracy on the search's validation split after a short training (one thread)."""
     import torch
@@ -102,3 +111,13 @@ def run_trial(task: TrialTask) -> float:
     arch = Architecture.from_dict(task.architecture)
     model = train(arch, task.x_train, task.y_train, task.epochs, task.seed)
     return accuracy(model, arch, task.x_val, task.y_val)
+
+
+def run_finalist(task: TrialTask) -> tuple[float, float]:
+    """A finalist's (accuracy, cross-entropy) on the validation split after the full training (one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    arch = Architecture.from_dict(task.architecture)
+    model = train(arch, task.x_train, task.y_train, task.epochs, task.seed)
+    return accuracy(model, arch, task.x_val, task.y_val), validation_loss(model, arch, task.x_val, task.y_val)
