@@ -40,17 +40,18 @@ SPARSE_REASON = "weights stored sparse-csr: only the nonzeros are read"
 # 90, 95% sparsity:
 #   DSP (stm32): the dense kernels use SMLAD, four rows (fc) or two channels by two pixels at a time
 #     fc 300x100:          53,007 / 159,471, 85,111, 55,081, 40,089, 25,105, 17,619 -> crossover 71.4%
-#     conv1x1 32->64, 8x8: 389,068 / 872,809, 555,775, 424,039, 357,235, 288,711, 251,989 -> 75.3%
+#     conv1x1 32->64, 8x8: 243,312 / 701,409, 409,623, 291,583, 232,890, 174,250, 145,121 -> 78.2%
 #   portable (cortex-m3, no DSP extension):
 #     fc 300x100:          133,554 / 159,273, 84,913, 54,883, 39,891, 24,907, 17,421 -> crossover 17.6%
-#     conv1x1 32->64, 8x8: 820,383 / 866,088, 554,301, 421,668, 354,865, 286,853, 250,131 -> 7.8%
-# A nonzero costs the sparse kernels about 5 instructions (column, value and input loads, one
-# multiply-accumulate, a quarter of the loop); a weight costs the portable dense fc about 4.5 and the
-# DSP one about 1.8, so on a DSP core sparse storage pays only past about 70% zeros. Flash is
-# another matter: sparse-csr is larger than int8 below 50% zeros (67% with rows past 256).
+#     conv1x1 32->64, 8x8: 775,216 / 699,359, 407,572, 289,532, 230,937, 172,689, 144,246 -> 0% (always)
+# A nonzero costs the sparse fc about 5 instructions (column, value and input loads, one
+# multiply-accumulate, a quarter of the loop) and the sparse 1x1 conv about 3 a pixel (two pixels
+# share its column and value); a weight costs the portable dense fc about 4.5 and the DSP one about
+# 1.8, so on a DSP core sparse storage pays only past about 70-80% zeros. Flash is another matter:
+# sparse-csr is larger than int8 below 50% zeros (67% with rows past 256).
 SPARSE_CROSSOVER = {
-    "dsp": {"fc": 0.714, "conv1x1": 0.753},
-    "portable": {"fc": 0.176, "conv1x1": 0.078},
+    "dsp": {"fc": 0.714, "conv1x1": 0.782},
+    "portable": {"fc": 0.176, "conv1x1": 0.0},
 }
 
 

@@ -5,8 +5,9 @@
  * input_offset * row_sums[o] + sum(w * x[col]), the offset term taken once per channel as
  * tml_conv2d_s8 takes it (the stored row sum saves a pass over the row, and an add per nonzero
  * in a fully connected layer); a 1x1 convolution's pixel in the padding is 0. These are the dense
- * kernels' integers (a zero weight adds nothing), and the requantization is tml_requantize_output,
- * so the outputs equal theirs byte for byte.
+ * kernels' integers (a zero weight adds nothing), and the requantization is theirs (tml_requant,
+ * prepared once per channel), so the outputs equal theirs byte for byte. A pointwise convolution
+ * walks each row once for two pixels.
  */
 #include "tml_sparse.h"
 #include "tml_nn.h"
@@ -34,6 +35,48 @@
 TML_SPARSE_DOT(dot_u8, uint8_t)
 TML_SPARSE_DOT(dot_u16, uint16_t)
 
+/* The int8 output of a sum: requantized as prepared in q (one SMLAL where `fast`), clamped, offset. */
+static inline __attribute__((always_inline)) int8_t channel_output(const tml_requant *q, int32_t acc, int32_t fast,
+                                                                   const tml_conv_params *p)
+{
+    const int32_t scaled = tml_requant_apply_as(q, acc, fast);
+    return (int8_t)(tml_clamp(scaled, p->act_min - p->output_offset, p->act_max - p->output_offset)
+                    + p->output_offset);
+}
+
+/* One output channel of a pointwise 1x1 convolution (stride 1, no padding) over all `pixels` of the
+ * input matrix x [pixels][in_c]: two pixels at a time share each nonzero's value and column loads.
+ * `fast` is q->fast, passed as a constant by the caller so the requantization step is chosen once. */
+#define TML_SPARSE_POINTWISE(name, column_type)                                                            \
+    static inline __attribute__((always_inline)) void name(                                                \
+        const int8_t *v, const column_type *col, int32_t n, const int8_t *x, int32_t pixels, int32_t in_c, \
+        int32_t start, const tml_requant *q, int32_t fast, const tml_conv_params *p, int8_t *out,          \
+        int32_t out_c)                                                                                     \
+    {                                                                                                      \
+        int32_t i = 0;                                                                                     \
+        for (; i + 2 <= pixels; i += 2, x += 2 * in_c, out += 2 * out_c) {                                 \
+            const int8_t *x1 = x + in_c;                                                                   \
+            int32_t a0 = start, a1 = start;                                                                \
+            for (int32_t k = 0; k < n; k++) {                                                              \
+                const int32_t c = col[k], w = v[k];                                                        \
+                a0 += x[c] * w;                                                                            \
+                a1 += x1[c] * w;                                                                           \
+            }                                                                                              \
+            out[0] = channel_output(q, a0, fast, p);                                                       \
+            out[out_c] = channel_output(q, a1, fast, p);                                                   \
+        }                                                                                                  \
+        if (i < pixels) {                                                                                  \
+            int32_t a0 = start;                                                                            \
+            for (int32_t k = 0; k < n; k++) {                                                              \
+                a0 += x[col[k]] * v[k];                                                                    \
+            }                                                                                              \
+            out[0] = channel_output(q, a0, fast, p);                                                       \
+        }                                                                                                  \
+    }
+
+TML_SPARSE_POINTWISE(pointwise_u8, uint8_t)
+TML_SPARSE_POINTWISE(pointwise_u16, uint16_t)
+
 /* Where one row's nonzeros start; advanced row by row. */
 typedef struct {
     const int8_t *values;
@@ -60,8 +103,8 @@ static inline void next_row(row_cursor *r, int32_t n)
  * width (bytes only for rows of at most 256), row counts that add up. O(rows), no column checked. */
 static int weights_valid(const tml_sparse_weights *w, int32_t rows, int32_t columns)
 {
-    if (w == NULL || w->row_counts == NULL || w->row_sums == NULL || w->rows != rows || w->columns != columns || columns < 1
-        || columns > 65535 || w->nonzeros < 0) {
+    if (w == NULL || w->row_counts == NULL || w->row_sums == NULL || w->rows != rows || w->columns != columns
+        || columns < 1 || columns > 65535 || w->nonzeros < 0) {
         return 0;
     }
     if (w->nonzeros > 0
@@ -130,15 +173,17 @@ tml_status tml_sparse_conv1x1_s8(const tml_conv_params *params, const tml_quant_
     for (int32_t o = 0; o < out_c; o++) {
         const int32_t n = weights->row_counts[o];
         const int32_t weight_offset = p.input_offset * weights->row_sums[o];
-        const int32_t b = bias != NULL ? bias[o] : 0;
-        const int32_t multiplier = quant->multiplier[o], shift = quant->shift[o];
+        const tml_requant q = tml_requant_make(bias != NULL ? bias[o] : 0, quant->multiplier[o], quant->shift[o]);
         int8_t *out = output + o;
         if (pointwise) { /* the input is one [pixels][in_c] matrix, read in order */
-            const int8_t *x = input;
-            for (int32_t i = 0; i < pixels; i++) {
-                *out = tml_conv_output(weight_offset + row_dot(&row, n, x), b, multiplier, shift, &p);
-                x += in_c;
-                out += out_c;
+            if (row.columns8 != NULL && q.fast) {
+                pointwise_u8(row.values, row.columns8, n, input, pixels, in_c, weight_offset, &q, 1, &p, out, out_c);
+            } else if (row.columns8 != NULL) {
+                pointwise_u8(row.values, row.columns8, n, input, pixels, in_c, weight_offset, &q, 0, &p, out, out_c);
+            } else if (q.fast) {
+                pointwise_u16(row.values, row.columns16, n, input, pixels, in_c, weight_offset, &q, 1, &p, out, out_c);
+            } else {
+                pointwise_u16(row.values, row.columns16, n, input, pixels, in_c, weight_offset, &q, 0, &p, out, out_c);
             }
             next_row(&row, n);
             continue;
@@ -151,7 +196,7 @@ tml_status tml_sparse_conv1x1_s8(const tml_conv_params *params, const tml_quant_
                 if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
                     acc = weight_offset + row_dot(&row, n, input + (iy * in_w + ix) * in_c);
                 }
-                *out = tml_conv_output(acc, b, multiplier, shift, &p);
+                *out = channel_output(&q, acc, q.fast, &p);
                 out += out_c;
             }
         }
