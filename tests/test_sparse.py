@@ -232,7 +232,7 @@ def model() -> torch.nn.Module:
         ("relu1", torch.nn.ReLU()),
         ("pw_sparse", prune_(torch.nn.Conv2d(8, 16, 1), 0.9)),
         ("relu2", torch.nn.ReLU()),
-        ("pw_dense", prune_(torch.nn.Conv2d(16, 8, 1), 0.05)),
+        ("pw_dense", no_zeros(torch.nn.Conv2d(16, 8, 1))),  # no zero weight: below every crossover
         ("flatten", torch.nn.Flatten()),
         ("fc_sparse", prune_(torch.nn.Linear(8 * 8 * 8, 20), 0.9)),  # 512 columns: two bytes each
         ("relu3", torch.nn.ReLU()),
