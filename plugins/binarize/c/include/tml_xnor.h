@@ -117,6 +117,19 @@ static inline uint16_t *tml_xnor_set_bits(uint32_t bits, int32_t base, uint16_t 
         low = u_ ^ c_;                   \
     } while (0)
 
+/* Eight words block[at[0..7]] into the counter planes ones, twos and fours of the calling scope (with
+ * its temporaries twos_a, twos_b, fours_a, fours_b); `eights_out` gets the lanes that carry eight. */
+#define TML_XNOR_ADD8(eights_out, block, at)                                  \
+    do {                                                                      \
+        TML_XNOR_CSA(twos_a, ones, ones, (block)[(at)[0]], (block)[(at)[1]]); \
+        TML_XNOR_CSA(twos_b, ones, ones, (block)[(at)[2]], (block)[(at)[3]]); \
+        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);                    \
+        TML_XNOR_CSA(twos_a, ones, ones, (block)[(at)[4]], (block)[(at)[5]]); \
+        TML_XNOR_CSA(twos_b, ones, ones, (block)[(at)[6]], (block)[(at)[7]]); \
+        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);                    \
+        TML_XNOR_CSA(eights_out, fours, fours, fours_a, fours_b);             \
+    } while (0)
+
 /* Lane by lane, how many of the words counted so far have each bit set: bit j of planes[p] is bit p
  * of lane j's count. ones..eights are planes 0..3 while counting (kept in registers by
  * tml_xnor_count_add); tml_xnor_count_finish stores them into planes. */
@@ -141,20 +154,8 @@ static TML_XNOR_NOINLINE void tml_xnor_count_add(tml_xnor_counter *counter, cons
     uint32_t *planes = counter->planes;
     uint32_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
     for (; n >= 16; n -= 16, offsets += 16) {
-        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[0]], block[offsets[1]]);
-        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[2]], block[offsets[3]]);
-        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);
-        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[4]], block[offsets[5]]);
-        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[6]], block[offsets[7]]);
-        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);
-        TML_XNOR_CSA(eights_a, fours, fours, fours_a, fours_b);
-        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[8]], block[offsets[9]]);
-        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[10]], block[offsets[11]]);
-        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);
-        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[12]], block[offsets[13]]);
-        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[14]], block[offsets[15]]);
-        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);
-        TML_XNOR_CSA(eights_b, fours, fours, fours_a, fours_b);
+        TML_XNOR_ADD8(eights_a, block, offsets);
+        TML_XNOR_ADD8(eights_b, block, offsets + 8);
         TML_XNOR_CSA(sixteens, eights, eights, eights_a, eights_b);
         for (int32_t p = 4; sixteens != 0; p++) { /* ripple the sixteens into the higher planes */
             const uint32_t carry = planes[p] & sixteens;
@@ -163,13 +164,7 @@ static TML_XNOR_NOINLINE void tml_xnor_count_add(tml_xnor_counter *counter, cons
         }
     }
     if (n >= 8) { /* eight words: into ones, twos, fours, the eights rippled on */
-        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[0]], block[offsets[1]]);
-        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[2]], block[offsets[3]]);
-        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);
-        TML_XNOR_CSA(twos_a, ones, ones, block[offsets[4]], block[offsets[5]]);
-        TML_XNOR_CSA(twos_b, ones, ones, block[offsets[6]], block[offsets[7]]);
-        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);
-        TML_XNOR_CSA(eights_a, fours, fours, fours_a, fours_b);
+        TML_XNOR_ADD8(eights_a, block, offsets);
         sixteens = eights & eights_a;
         eights ^= eights_a;
         for (int32_t p = 4; sixteens != 0; p++) {
