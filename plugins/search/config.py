@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, PositiveInt
@@ -51,8 +51,9 @@ class SearchConfig(BaseModel):
     trials: PositiveInt = 20  # candidates trained (those that do not fit are rejected and not counted)
     epochs: PositiveInt = 4  # short training: the accuracy estimate of a candidate
     final_epochs: PositiveInt = 40  # full training of the chosen candidate
-    finalists: PositiveInt = 3  # most accurate candidates trained in full on the training split; the best one
-    # on validation (accuracy, then cross-entropy) is chosen: short trainings tie and rank noisily
+    finalists: PositiveInt = 3  # most accurate candidates cross-validated with full trainings; the best one
+    # (mean accuracy, then cross-entropy) is chosen: short trainings on one split tie and rank noisily
+    finalist_folds: Annotated[int, pydantic.Field(ge=2)] = 3  # folds of that cross-validation
     train_samples: PositiveInt | None = None  # use only the first N training samples (quick trials)
     objective: str = "macs"  # accuracy against "macs" or "instructions"
     executor: str = "local"

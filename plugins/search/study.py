@@ -5,8 +5,8 @@ first and a candidate over a limit is told as pruned, never trained. The others 
 briefly through the executor, a batch of `workers` at a time, and told their validation accuracy
 and cost. The study lives in an Optuna journal file, so an interrupted search resumes where it
 stopped (run the same command again) and any Optuna tool can inspect it. The `finalists` most
-accurate candidates are then trained in full on the training split, and the best of them on
-validation is the chosen one.
+accurate candidates are then cross-validated with full trainings, and the best of them is the
+chosen one.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Candidate:
     cost: Cost
     accuracy: float | None  # None: rejected (over a limit), not trained
     pareto: bool = False
-    final: tuple[float, float] | None = None  # a finalist's validation (accuracy, cross-entropy) after full training
+    final: tuple[float, float] | None = None  # a finalist's cross-validated (accuracy, cross-entropy), full trainings
 
     @property
     def fits(self) -> bool:
@@ -130,7 +130,8 @@ def load_data(config: SearchConfig) -> SearchData:
 def study_name(config: SearchConfig, board: Board, ram: int, flash: int, probe: BoardProbe) -> str:
     """A name fixed by everything that changes the trials' results, so a rerun resumes the same study and
     different settings start another one in the same journal."""
-    settings = config.model_dump(exclude={"trials", "executor", "workers", "final_epochs", "finalists"})
+    outside_trials = {"trials", "executor", "workers", "final_epochs", "finalists", "finalist_folds"}
+    settings = config.model_dump(exclude=outside_trials)
     key = json.dumps([settings, board.name, ram, flash, probe.stack_bytes, probe.code_bytes], sort_keys=True)
     return f"search-{board.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -265,8 +266,11 @@ def run_search(config: SearchConfig, journal: Path, progress: bool = True) -> Se
 
 
 def score_finalists(result: SearchResult, data: SearchData, executor: Any, progress: bool) -> None:
-    """Train the `finalists` most accurate candidates for `final_epochs` on the training split and record their
-    validation accuracy and cross-entropy: the short trainings' accuracies tie and rank noisily."""
+    """Score the `finalists` most accurate candidates by `finalist_folds`-fold cross-validation over the training
+    and validation data, each fold trained for `final_epochs`: mean validation accuracy and cross-entropy. The
+    short trainings' accuracies on one validation split tie and rank noisily; every sample scores once here."""
+    from sklearn.model_selection import StratifiedKFold
+
     from tinyml.progress import progress_bar
 
     config = result.config
@@ -279,17 +283,23 @@ def score_finalists(result: SearchResult, data: SearchData, executor: Any, progr
         if key not in seen and len(finalists) < config.finalists:
             seen.add(key)
             finalists.append(candidate)
-    bar = progress_bar(f"training the {len(finalists)} most accurate in full", len(finalists)) if progress \
+    x = np.concatenate([data.x_train, data.x_val])
+    y = np.concatenate([data.y_train, data.y_val])
+    folds = list(StratifiedKFold(config.finalist_folds, shuffle=True, random_state=config.seed).split(x, y))
+    tasks = [TrialTask(c.number, c.architecture.as_dict(), config.final_epochs, config.seed, x[fit], y[fit], x[val],
+                       y[val]) for c in finalists for fit, val in folds]  # fmt: skip
+    scores: list[tuple[float, float]] = []
+    bar = progress_bar(f"cross-validating the {len(finalists)} most accurate", len(tasks)) if progress \
         else nullcontext()  # fmt: skip
     with bar as advance:
-        for start in range(0, len(finalists), config.workers):
-            batch = finalists[start : start + config.workers]
-            tasks = [TrialTask(c.number, c.architecture.as_dict(), config.final_epochs, config.seed, data.x_train,
-                               data.y_train, data.x_val, data.y_val) for c in batch]  # fmt: skip
-            for candidate, score in zip(batch, executor.map(run_finalist, tasks), strict=True):
-                candidate.final = (float(score[0]), float(score[1]))
+        for start in range(0, len(tasks), config.workers):
+            batch = tasks[start : start + config.workers]
+            scores += executor.map(run_finalist, batch)
             if advance is not None:
                 advance(len(batch))
+    for i, candidate in enumerate(finalists):
+        mine = scores[i * len(folds) : (i + 1) * len(folds)]
+        candidate.final = (float(np.mean([a for a, _ in mine])), float(np.mean([loss for _, loss in mine])))
 
 
 def _best_note(study: optuna.Study, objective: str) -> str:
