@@ -1,6 +1,6 @@
 """Architecture search under RAM limits that bind, measured on the device.
 
-    .venv/bin/python bench/search.py [--json] [--board stm32] [--trials N]
+    .venv/bin/python bench/search.py [--json] [--board stm32] [--trials N] [--seed S]
 
 On the digits example: first a search with the board's whole RAM (its chosen model is "the best
 unconstrained model"); then, for two RAM limits below that model's peak RAM, a search under the
@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--board", default="stm32", help="board to search for and run on")
     parser.add_argument("--trials", type=int, default=SETTINGS["trials"], help="candidates trained per search")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the searches, trainings and baselines")
     args = parser.parse_args(argv)
-    settings = {**SETTINGS, "board": args.board, "trials": args.trials}
+    settings = {**SETTINGS, "board": args.board, "trials": args.trials, "seed": args.seed}
     with tempfile.TemporaryDirectory(prefix="tinyml-search-bench-") as tmp:
         report = run_bench(settings, Path(tmp))
     log(f"done in {report['seconds']:.0f} s")
