@@ -18,8 +18,7 @@ with Winograd (`tml_conv2d_winograd_s8`); the fewer instructions of the two are 
 input is reported apart); `speedup_vs_default_int8_kernel` compares with the default kernel only.
 The binary kernels count with bit-sliced carry-save adders over the input's set bits, so their
 counts depend on the inputs: these are random, half the bits set, as balanced binary activations
-are. Every ELF is searched for
-`__popcountsi2`, the libgcc call an Armv7-M popcount would become.
+are. Every ELF is searched for `__popcountsi2`, the libgcc call an Armv7-M popcount would become.
 """
 
 from __future__ import annotations

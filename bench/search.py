@@ -6,9 +6,9 @@ On the digits example: first a search with the board's whole RAM (its chosen mod
 unconstrained model"); then, for two RAM limits below that model's peak RAM, a search under the
 limit. The limits lie halfway and a quarter of the way from the smallest candidate's peak RAM (the
 least any candidate of the space needs) to the unconstrained model's, so both bind and both leave
-candidates to choose from. Each chosen model is trained in full, built for the
-board with the whole held-out split compiled in and run in QEMU: its accuracy is the argmax of the
-board's int8 outputs, its measured peak RAM the arena and input/output buffers in the ELF plus
+candidates to choose from. Each chosen model is trained in full, built for the board with the
+whole held-out split compiled in and run in QEMU: its accuracy is the argmax of the board's int8
+outputs, its measured peak RAM the arena and input/output buffers in the ELF plus
 the stack high-water QEMU saw. The hand-made baseline for a limit is the bundled digits CNN
 (conv, pool, conv, strided conv, linear) at the widest width that fits the same limit, trained
 as long and measured the same way. Progress goes to stderr, so `--json` prints only the JSON.

@@ -213,14 +213,20 @@ static inline tml_window_span tml_window_span_at(int32_t index, int32_t stride, 
     return s;
 }
 
+/* A requantized value as int8: clamped before the output offset is added, so that a value near the
+ * int32 limits cannot overflow. */
+static inline int8_t tml_clamp_output(int32_t scaled, int32_t output_offset, int32_t act_min, int32_t act_max)
+{
+    return (int8_t)(tml_clamp(scaled, act_min - output_offset, act_max - output_offset) + output_offset);
+}
+
 /* The end of every multiply-accumulate kernel: bias added with 32-bit wrap-around, requantized,
- * clamped before the output offset is added so that a value near the int32 limits cannot overflow. */
+ * clamped and offset (tml_clamp_output). */
 static inline int8_t tml_requantize_output(int32_t acc, int32_t bias, int32_t multiplier, int32_t shift,
                                            int32_t output_offset, int32_t act_min, int32_t act_max)
 {
     const int32_t total = (int32_t)((uint32_t)acc + (uint32_t)bias);
-    const int32_t scaled = tml_requantize(total, multiplier, shift);
-    return (int8_t)(tml_clamp(scaled, act_min - output_offset, act_max - output_offset) + output_offset);
+    return tml_clamp_output(tml_requantize(total, multiplier, shift), output_offset, act_min, act_max);
 }
 
 /* The output step of a convolution with this layer's offset and clamp. */

@@ -101,8 +101,8 @@ def results_table(result: SearchResult, limit: int = 25) -> Table:
     rejected = sum(not c.fits for c in result.candidates)
     table.caption = (f"{len(trained)} trained ({result.config.epochs} epochs each), {rejected} rejected before "
                      "training (over a limit)" + (f"; the {limit} most accurate shown" if len(trained) > limit else "")
-                     + f"; in full: validation accuracy (cross-entropy) of the finalists after "
-                     f"{result.config.final_epochs} epochs")  # fmt: skip
+                     + f"; in full: the finalists' mean accuracy (cross-entropy) over {result.config.finalist_folds} "
+                     f"cross-validation folds of {result.config.final_epochs} epochs")  # fmt: skip
     return table
 
 

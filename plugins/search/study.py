@@ -86,8 +86,8 @@ class SearchResult:
 
     @property
     def chosen(self) -> Candidate:
-        """The finalist best on validation after full training (accuracy, then cross-entropy, then cost); without
-        finalists, the most accurate candidate on the Pareto front, on a tie the cheaper one."""
+        """The finalist best in cross-validation (mean accuracy, then cross-entropy, then cost); without finalists,
+        the most accurate candidate on the Pareto front, on a tie the cheaper one."""
         finalists = [c for c in self.candidates if c.final is not None]
         if finalists:
             objective = self.config.objective
@@ -277,11 +277,8 @@ def score_finalists(result: SearchResult, data: SearchData, executor: Any, progr
     trained = [c for c in result.candidates if c.fits]
     ranked = sorted(trained, key=lambda c: (-c.accuracy, objective_value(c.cost, config.objective), c.number))
     finalists: list[Candidate] = []
-    seen: set[str] = set()
     for candidate in ranked:  # a candidate drawn twice is one finalist
-        key = json.dumps(candidate.architecture.as_dict(), sort_keys=True)
-        if key not in seen and len(finalists) < config.finalists:
-            seen.add(key)
+        if len(finalists) < config.finalists and all(f.architecture != candidate.architecture for f in finalists):
             finalists.append(candidate)
     x = np.concatenate([data.x_train, data.x_val])
     y = np.concatenate([data.y_train, data.y_val])

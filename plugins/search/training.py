@@ -1,7 +1,7 @@
 """Training a candidate: the short run that estimates its accuracy, and the full run of the chosen one.
 
-`run_trial` (the short run) and `run_finalist` (the full run of one of the most accurate, scored on
-validation) are what an executor runs, in another process or on a Ray worker: they take plain
+`run_trial` (the short run) and `run_finalist` (the full run of one of the most accurate on one
+cross-validation fold) are what an executor runs, in another process or on a Ray worker: they take plain
 data, use one thread and a fixed seed, so the same candidate gets the same score wherever it runs.
 """
 
@@ -114,7 +114,7 @@ def run_trial(task: TrialTask) -> float:
 
 
 def run_finalist(task: TrialTask) -> tuple[float, float]:
-    """A finalist's (accuracy, cross-entropy) on the validation split after the full training (one thread)."""
+    """A finalist's (accuracy, cross-entropy) on the task's held-out fold after the full training (one thread)."""
     import torch
 
     torch.set_num_threads(1)

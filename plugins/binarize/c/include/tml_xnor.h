@@ -240,24 +240,13 @@ static TML_XNOR_NOINLINE void tml_xnor_outputs(const int32_t *counts, int32_t la
                                                const int32_t *multiplier, const int32_t *shift,
                                                int32_t output_offset, int32_t act_min, int32_t act_max, int8_t *y)
 {
-    const int32_t low = act_min - output_offset, high = act_max - output_offset;
     for (int32_t i = 0; i < lanes; i++) {
         const int32_t acc = (int32_t)((uint32_t)constant[i] + (uint32_t)(magnitude[i] * (4 * counts[i] + minus_2a)));
-        /* tml_requantize: one SMLAL where the pair allows it (tml_requant_smlal), otherwise the left shift
-         * of a positive `shift` and the rounding right shift of a negative one taken apart */
-        const int32_t s = shift[i];
-        int32_t scaled;
-        if (multiplier[i] >= 0 && s <= -2 && s >= -31) {
-            const tml_requant_smlal q = {0, multiplier[i], (int32_t)(1u << (-s - 2)), -s - 1};
-            scaled = tml_requant_smlal_apply(&q, acc);
-        } else if (s > 0) {
-            scaled = tml_doubling_high_mult((int32_t)((uint32_t)acc << s), multiplier[i]);
-        } else {
-            scaled = tml_divide_by_power_of_two(tml_doubling_high_mult(acc, multiplier[i]), -s);
-        }
-        scaled = scaled < low ? low : scaled;
-        scaled = scaled > high ? high : scaled;
-        y[i] = (int8_t)(scaled + output_offset);
+        tml_requant_smlal q; /* one SMLAL where the pair allows it, else tml_requantize */
+        const int32_t scaled = tml_requant_smlal_make(&q, 0, multiplier[i], shift[i])
+                                   ? tml_requant_smlal_apply(&q, acc)
+                                   : tml_requantize(acc, multiplier[i], shift[i]);
+        y[i] = tml_clamp_output(scaled, output_offset, act_min, act_max);
     }
 }
 

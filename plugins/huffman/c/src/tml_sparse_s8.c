@@ -39,9 +39,7 @@ TML_SPARSE_DOT(dot_u16, uint16_t)
 static inline __attribute__((always_inline)) int8_t channel_output(const tml_requant *q, int32_t acc, int32_t fast,
                                                                    const tml_conv_params *p)
 {
-    const int32_t scaled = tml_requant_apply_as(q, acc, fast);
-    return (int8_t)(tml_clamp(scaled, p->act_min - p->output_offset, p->act_max - p->output_offset)
-                    + p->output_offset);
+    return tml_clamp_output(tml_requant_apply_as(q, acc, fast), p->output_offset, p->act_min, p->act_max);
 }
 
 /* One output channel of a pointwise 1x1 convolution (stride 1, no padding) over all `pixels` of the
