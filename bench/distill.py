@@ -1,10 +1,11 @@
 """Knowledge distillation on the device: a tiny digits CNN trained alone against distilled from the digits CNN.
 
-    .venv/bin/python bench/distill.py [--json] [--seeds 5] [--board stm32] [--inputs N]
+    .venv/bin/python bench/distill.py [--json] [--seeds 5] [--board stm32] [--inputs N] [--student cnn|mlp]
 
 The teacher is the bundled `digits` CNN (its trained weights saved to a state_dict and given to
 `distill` as `teacher` / `teacher_weights`, as a recipe would). The student is a capacity-limited
-CNN whose int8 weights (measured on the compiled int8 graph) stay within 2 KB. For every seed the
+CNN (`--student mlp`: a one-hidden-layer perceptron) whose int8 weights (measured on the compiled
+int8 graph) stay within 2 KB. For every seed the
 student starts from the same initialization and is trained twice with the same loop, epochs,
 optimizer and batch order: alone (`distill` with alpha = 0, the hard labels only) and distilled
 (alpha > 0). Each of the trained students is compiled to int8 (`quantize-int8`), built for the
@@ -58,6 +59,18 @@ def make_student() -> nn.Module:
     )
 
 
+def make_mlp_student() -> nn.Module:
+    """linear 64->16, ReLU, linear 16->10: 1,184 weights, no convolution."""
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(), hidden=nn.Linear(64, 16), relu=nn.ReLU(), classifier=nn.Linear(16, 10)
+        )
+    )
+
+
+STUDENTS = {"cnn": make_student, "mlp": make_mlp_student}
+
+
 @dataclass
 class BenchConfig:
     """What to measure; the defaults are the published run, a test shrinks them."""
@@ -66,6 +79,7 @@ class BenchConfig:
     board: str | None = "stm32"  # None: no firmware; the int8 accuracy is the generated C's on the host
     inputs: int | None = None  # held-out inputs to run (None: the whole split)
     distill: dict[str, Any] | None = None  # options of `distill` (default: DISTILL)
+    student: str = "cnn"  # a key of STUDENTS
 
 
 def log(message: str) -> None:
@@ -123,7 +137,9 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
             for kind, alpha in (("alone", 0.0), ("distilled", options["alpha"])):
                 started = time.monotonic()
                 torch.manual_seed(seed)
-                student = Distill({**options, **teacher, "alpha": alpha, "seed": seed}).apply(make_student(), context)
+                student = Distill({**options, **teacher, "alpha": alpha, "seed": seed}).apply(
+                    STUDENTS[config.student](), context
+                )
                 float_acc = digits.accuracy(student, example.x_test, example.y_test)
                 int8_acc, matches, weights = device_accuracy(student, example, config, scratch, f"{kind}-{seed}")
                 runs[kind]["float"].append(float_acc)
@@ -137,6 +153,7 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
         "board": config.board,
         "samples": len(example.x_test) if config.inputs is None else min(config.inputs, len(example.x_test)),
         "seeds": config.seeds,
+        "student": config.student,
         "options": options,
         "student_int8_weight_bytes": weights,
         "student_within_limit": weights is not None and weights <= WEIGHT_LIMIT,
@@ -158,8 +175,8 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
 def print_table(report: dict[str, Any], console: Console) -> None:
     board = report["board"] or "host C"
     table = Table(
-        title=f"Student ({report['student_int8_weight_bytes']} B of int8 weights) alone against distilled from the "
-        f"digits CNN ({100 * report['teacher_float_accuracy']:.2f}%), {report['seeds']} seeds, "
+        title=f"Student {report['student']} ({report['student_int8_weight_bytes']} B of int8 weights) alone against "
+        f"distilled from the digits CNN ({100 * report['teacher_float_accuracy']:.2f}%), {report['seeds']} seeds, "
         f"{report['samples']} held-out images"
     )
     for col in ("student", "float mean", "float std", f"int8 on {board} mean", "int8 std", "int8 per seed"):
@@ -183,8 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds (students trained per kind)")
     parser.add_argument("--board", default="stm32", help="board to run on; 'host' runs the C on this machine")
     parser.add_argument("--inputs", type=int, default=None, help="held-out inputs to run (default: all)")
+    parser.add_argument("--student", choices=sorted(STUDENTS), default="cnn", help="the student model")
     args = parser.parse_args(argv)
-    config = BenchConfig(seeds=args.seeds, board=None if args.board == "host" else args.board, inputs=args.inputs)
+    config = BenchConfig(seeds=args.seeds, board=None if args.board == "host" else args.board, inputs=args.inputs,
+                         student=args.student)  # fmt: skip
     started = time.monotonic()
     report = run_bench(config)
     log(f"done in {time.monotonic() - started:.0f} s")

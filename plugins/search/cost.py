@@ -10,6 +10,7 @@ from the per-kernel rates the board probe measured (`tinyml_plugins.search.probe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +85,9 @@ def compile_candidate(arch: Architecture, board: Board) -> Build:
     model = build_model(arch).eval()
     shape = (CALIBRATION_SAMPLES, arch.in_channels, arch.resolution, arch.resolution)
     calibration = np.random.default_rng(0).random(shape, dtype=np.float32)
-    return tinyml.compile(model, calibration, ["quantize-int8"], board=board, progress=False)
+    with warnings.catch_warnings():  # an untrained layer's degenerate range is expected and changes no size
+        warnings.simplefilter("ignore")
+        return tinyml.compile(model, calibration, ["quantize-int8"], board=board, progress=False)
 
 
 def build_cost(build: Build, probe: BoardProbe) -> Cost:
