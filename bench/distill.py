@@ -1,10 +1,11 @@
 """Knowledge distillation on the device: a tiny digits CNN trained alone against distilled from the digits CNN.
 
-    .venv/bin/python bench/distill.py [--json] [--seeds 5] [--board stm32] [--inputs N] [--student cnn|mlp]
+    .venv/bin/python bench/distill.py [--json] [--seeds 5] [--board stm32] [--inputs N]
+        [--student cnn|mlp] [--hidden 16[,16]] [--temperature T] [--alpha A]
 
 The teacher is the bundled `digits` CNN (its trained weights saved to a state_dict and given to
 `distill` as `teacher` / `teacher_weights`, as a recipe would). The student is a capacity-limited
-CNN (`--student mlp`: a one-hidden-layer perceptron) whose int8 weights (measured on the compiled
+CNN (`--student mlp`: a perceptron with `--hidden` units per hidden layer) whose int8 weights (measured on the compiled
 int8 graph) stay within 2 KB. For every seed the
 student starts from the same initialization and is trained twice with the same loop, epochs,
 optimizer and batch order: alone (`distill` with alpha = 0, the hard labels only) and distilled
@@ -59,16 +60,16 @@ def make_student() -> nn.Module:
     )
 
 
-def make_mlp_student() -> nn.Module:
-    """linear 64->16, ReLU, linear 16->10: 1,184 weights, no convolution."""
-    return nn.Sequential(
-        OrderedDict(
-            flatten=nn.Flatten(), hidden=nn.Linear(64, 16), relu=nn.ReLU(), classifier=nn.Linear(16, 10)
-        )
-    )
-
-
-STUDENTS = {"cnn": make_student, "mlp": make_mlp_student}
+def make_mlp_student(hidden: tuple[int, ...] = (16,)) -> nn.Module:
+    """A perceptron on the 64 pixels: linear layers of `hidden` units with ReLU, then linear to 10 classes."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width = 64
+    for i, units in enumerate(hidden):
+        layers[f"hidden{i}"] = nn.Linear(width, units)
+        layers[f"relu{i}"] = nn.ReLU()
+        width = units
+    layers["classifier"] = nn.Linear(width, 10)
+    return nn.Sequential(layers)
 
 
 @dataclass
@@ -79,7 +80,11 @@ class BenchConfig:
     board: str | None = "stm32"  # None: no firmware; the int8 accuracy is the generated C's on the host
     inputs: int | None = None  # held-out inputs to run (None: the whole split)
     distill: dict[str, Any] | None = None  # options of `distill` (default: DISTILL)
-    student: str = "cnn"  # a key of STUDENTS
+    student: str = "cnn"  # "cnn" (make_student) or "mlp" (make_mlp_student)
+    hidden: tuple[int, ...] = (16,)  # the perceptron's hidden layers
+
+    def make_student(self) -> nn.Module:
+        return make_student() if self.student == "cnn" else make_mlp_student(self.hidden)
 
 
 def log(message: str) -> None:
@@ -137,9 +142,8 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
             for kind, alpha in (("alone", 0.0), ("distilled", options["alpha"])):
                 started = time.monotonic()
                 torch.manual_seed(seed)
-                student = Distill({**options, **teacher, "alpha": alpha, "seed": seed}).apply(
-                    STUDENTS[config.student](), context
-                )
+                distill = Distill({**options, **teacher, "alpha": alpha, "seed": seed})
+                student = distill.apply(config.make_student(), context)
                 float_acc = digits.accuracy(student, example.x_test, example.y_test)
                 int8_acc, matches, weights = device_accuracy(student, example, config, scratch, f"{kind}-{seed}")
                 runs[kind]["float"].append(float_acc)
@@ -153,7 +157,7 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
         "board": config.board,
         "samples": len(example.x_test) if config.inputs is None else min(config.inputs, len(example.x_test)),
         "seeds": config.seeds,
-        "student": config.student,
+        "student": config.student if config.student == "cnn" else f"mlp 64-{'-'.join(map(str, config.hidden))}-10",
         "options": options,
         "student_int8_weight_bytes": weights,
         "student_within_limit": weights is not None and weights <= WEIGHT_LIMIT,
@@ -200,10 +204,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds (students trained per kind)")
     parser.add_argument("--board", default="stm32", help="board to run on; 'host' runs the C on this machine")
     parser.add_argument("--inputs", type=int, default=None, help="held-out inputs to run (default: all)")
-    parser.add_argument("--student", choices=sorted(STUDENTS), default="cnn", help="the student model")
+    parser.add_argument("--student", choices=("cnn", "mlp"), default="cnn", help="the student model")
+    parser.add_argument("--hidden", default="16", help="the mlp student's hidden layer widths, comma-separated")
+    parser.add_argument("--temperature", type=float, default=DISTILL["temperature"], help="distill's temperature")
+    parser.add_argument("--alpha", type=float, default=DISTILL["alpha"], help="distill's weight of the soft loss")
     args = parser.parse_args(argv)
-    config = BenchConfig(seeds=args.seeds, board=None if args.board == "host" else args.board, inputs=args.inputs,
-                         student=args.student)  # fmt: skip
+    config = BenchConfig(
+        seeds=args.seeds, board=None if args.board == "host" else args.board, inputs=args.inputs,
+        distill={**DISTILL, "temperature": args.temperature, "alpha": args.alpha}, student=args.student,
+        hidden=tuple(int(h) for h in args.hidden.split(",")),
+    )  # fmt: skip
     started = time.monotonic()
     report = run_bench(config)
     log(f"done in {time.monotonic() - started:.0f} s")
