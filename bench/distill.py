@@ -1,7 +1,7 @@
 """Knowledge distillation on the device: a tiny digits CNN trained alone against distilled from the digits CNN.
 
     .venv/bin/python bench/distill.py [--json] [--seeds 5] [--board stm32] [--inputs N]
-        [--student cnn|mlp] [--hidden 16[,16]] [--temperature T] [--alpha A]
+        [--student cnn|mlp] [--hidden 16[,16]] [--temperature T] [--alpha A] [--epochs E]
 
 The teacher is the bundled `digits` CNN (its trained weights saved to a state_dict and given to
 `distill` as `teacher` / `teacher_weights`, as a recipe would). The student is a capacity-limited
@@ -208,10 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", default="16", help="the mlp student's hidden layer widths, comma-separated")
     parser.add_argument("--temperature", type=float, default=DISTILL["temperature"], help="distill's temperature")
     parser.add_argument("--alpha", type=float, default=DISTILL["alpha"], help="distill's weight of the soft loss")
+    parser.add_argument("--epochs", type=int, default=DISTILL["epochs"], help="epochs of both trainings")
     args = parser.parse_args(argv)
     config = BenchConfig(
         seeds=args.seeds, board=None if args.board == "host" else args.board, inputs=args.inputs,
-        distill={**DISTILL, "temperature": args.temperature, "alpha": args.alpha}, student=args.student,
+        distill={**DISTILL, "temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs},
+        student=args.student,
         hidden=tuple(int(h) for h in args.hidden.split(",")),
     )  # fmt: skip
     started = time.monotonic()
