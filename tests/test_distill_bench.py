@@ -1,0 +1,62 @@
+"""bench/distill.py on a tiny configuration (two seeds, few epochs, the C on the host), so it keeps running."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from rich.console import Console
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "distill.py"
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("distill_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_bench()
+
+
+@pytest.mark.parametrize(
+    "student, hidden, weights", [("cnn", (16,), 644), ("mlp", (10,), 740), ("mlp", (16, 16), 1440)]
+)
+def test_students_stay_within_the_weight_limit(bench: ModuleType, student: str, hidden: tuple, weights: int) -> None:
+    import numpy as np
+    import torch
+
+    import tinyml
+
+    model = bench.BenchConfig(student=student, hidden=hidden).make_student().eval()
+    build = tinyml.compile(model, np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32), progress=False)
+    assert bench.int8_weight_bytes(build) == weights <= bench.WEIGHT_LIMIT
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_bench_reports_both_students_per_seed(bench: ModuleType, tmp_path: Path) -> None:
+    config = bench.BenchConfig(
+        seeds=2, board=None, inputs=40, student="mlp", hidden=(10,), distill={**bench.DISTILL, "epochs": 2}
+    )
+    report = bench.run_bench(config, tmp_path)
+    for key in ("student_alone_mean", "distilled_mean"):
+        assert 0.0 <= report[key] <= 1.0
+    for key in ("student_alone_int8_per_seed", "distilled_int8_per_seed", "distilled_float_per_seed"):
+        assert len(report[key]) == 2
+    assert report["student"] == "mlp 64-10-10"
+    assert report["student_int8_weight_bytes"] == 740 and report["student_within_limit"]
+    assert report["outputs_match_reference"]
+    assert report["samples"] == 40
+    # the two kinds differ only in alpha, so with the teacher's loss switched on the students must differ
+    assert report["student_alone_float_per_seed"] != report["distilled_float_per_seed"]
+    out = io.StringIO()
+    bench.print_table(report, Console(file=out, width=200))
+    assert "distilled - alone" in out.getvalue()
