@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 from rich.console import Console
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "compression.py"
 MODEL_KEYS = {
     "model", "float_accuracy", "device_accuracy", "accuracy_drop_points", "float32_bytes", "stored_bytes",
     "compression_ratio", "elf_flash_bytes", "elf_flash_bytes_int8", "instructions", "instructions_int8",
@@ -20,17 +16,9 @@ MODEL_KEYS = {
 STAGES = ["int8", "prune", "prune + share", "prune + share + huffman"]
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compression_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_bench()
+def bench(load_bench_script) -> ModuleType:
+    return load_bench_script("compression")
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from rich.console import Console
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "distill.py"
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("distill_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_bench()
+def bench(load_bench_script) -> ModuleType:
+    return load_bench_script("distill")
 
 
 @pytest.mark.parametrize(
