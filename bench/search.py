@@ -1,6 +1,7 @@
 """Architecture search under RAM limits that bind, measured on the device.
 
-    .venv/bin/python bench/search.py [--json] [--board stm32] [--trials N] [--seed S]
+    .venv/bin/python bench/search.py [--json] [--board stm32] [--trials N] [--seed S] [--trainings N]
+        [--finalists N] [--folds K]
 
 On the digits example: first a search with the board's whole RAM (its chosen model is "the best
 unconstrained model"); then, for two RAM limits below that model's peak RAM, a search under the
@@ -252,8 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the searches, trainings and baselines")
     parser.add_argument("--trainings", type=int, default=3,
                         help="full trainings of the chosen model and of the baseline, each measured on the board")
+    parser.add_argument("--finalists", type=int, default=SETTINGS["finalists"], help="candidates cross-validated")
+    parser.add_argument("--folds", type=int, default=3, help="folds of the finalists' cross-validation")
     args = parser.parse_args(argv)
-    settings = {**SETTINGS, "board": args.board, "trials": args.trials, "seed": args.seed}
+    settings = {**SETTINGS, "board": args.board, "trials": args.trials, "seed": args.seed,
+                "finalists": args.finalists, "finalist_folds": args.folds}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="tinyml-search-bench-") as tmp:
         report = run_bench(settings, Path(tmp), args.trainings)
     log(f"done in {report['seconds']:.0f} s")
