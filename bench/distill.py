@@ -5,10 +5,10 @@
 
 The teacher is the bundled `digits` CNN (its trained weights saved to a state_dict and given to
 `distill` as `teacher` / `teacher_weights`, as a recipe would). The student is a capacity-limited
-CNN (`--student mlp`: a perceptron with `--hidden` units per hidden layer) whose int8 weights (measured on the compiled
-int8 graph) stay within 2 KB. For every seed the
-student starts from the same initialization and is trained twice with the same loop, epochs,
-optimizer and batch order: alone (`distill` with alpha = 0, the hard labels only) and distilled
+CNN, or with `--student mlp` a perceptron with `--hidden` units per hidden layer; either way its
+int8 weights (measured on the compiled int8 graph) stay within 2 KB. For every seed the student
+starts from the same initialization and is trained twice with the same loop, epochs, optimizer
+and batch order: alone (`distill` with alpha = 0, the hard labels only) and distilled
 (alpha > 0). Each of the trained students is compiled to int8 (`quantize-int8`), built for the
 board with the whole held-out split compiled in, and run in QEMU: the int8 accuracy is the argmax
 of the board's outputs (checked byte for byte against the numpy reference). Progress goes to
@@ -86,6 +86,10 @@ class BenchConfig:
     def make_student(self) -> nn.Module:
         return make_student() if self.student == "cnn" else make_mlp_student(self.hidden)
 
+    @property
+    def student_label(self) -> str:
+        return self.student if self.student == "cnn" else f"mlp 64-{'-'.join(map(str, self.hidden))}-10"
+
 
 def log(message: str) -> None:
     print(f"[distill] {message}", file=sys.stderr, flush=True)
@@ -157,7 +161,7 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
         "board": config.board,
         "samples": len(example.x_test) if config.inputs is None else min(config.inputs, len(example.x_test)),
         "seeds": config.seeds,
-        "student": config.student if config.student == "cnn" else f"mlp 64-{'-'.join(map(str, config.hidden))}-10",
+        "student": config.student_label,
         "options": options,
         "student_int8_weight_bytes": weights,
         "student_within_limit": weights is not None and weights <= WEIGHT_LIMIT,

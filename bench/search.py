@@ -48,13 +48,14 @@ from tinyml.board.size import size_report
 from tinyml.compiler import write_build
 from tinyml_plugins.search.config import SearchConfig
 from tinyml_plugins.search.cost import build_cost, candidate_cost
-from tinyml_plugins.search.results import CALIBRATION_SAMPLES, write_winner
+from tinyml_plugins.search.results import calibration_draw, write_winner
 from tinyml_plugins.search.space import build_model, smallest_candidates
 from tinyml_plugins.search.study import SearchData, load_data, run_search
 from tinyml_plugins.search.training import fit, resize
 
 SETTINGS = {"trials": 80, "epochs": 8, "final_epochs": 40, "finalists": 6, "workers": 2, "population": 10,
             "space": {"resolutions": [8, 12]}}  # fmt: skip
+TRAININGS = 3  # full trainings of the chosen model and of the baseline, each measured on the board
 LIMIT_SHARES = (0.5, 0.25)  # of the way from the smallest candidate's peak RAM to the unconstrained winner's
 BASELINE_WIDTHS = (16, 12, 8, 6, 4, 2)  # the bundled CNN has 16
 
@@ -108,9 +109,7 @@ def measure_training(make: Callable[[], nn.Module], resolution: int, seed: int, 
     torch.manual_seed(seed)
     torch.set_num_threads(config.workers)
     model = fit(make(), resize(x_all, resolution), y_all, config.final_epochs, seed)
-    rng = np.random.default_rng(config.seed)
-    calibration = resize(x_all[rng.choice(len(x_all), size=min(CALIBRATION_SAMPLES, len(x_all)), replace=False)],
-                         resolution)  # fmt: skip
+    calibration = calibration_draw(x_all, resolution, config.seed)
     x_test = resize(data.x_test, resolution)
     build = tinyml.compile(model, calibration, board=resolve_board(config.board), progress=False)
     with torch.no_grad():
@@ -165,7 +164,7 @@ def search_under(limit: int | None, settings: dict[str, Any], scratch: Path, tag
     return result, final, time.monotonic() - started
 
 
-def run_bench(settings: dict[str, Any], scratch: Path, trainings: int = 3) -> dict[str, Any]:
+def run_bench(settings: dict[str, Any], scratch: Path, trainings: int = TRAININGS) -> dict[str, Any]:
     started = time.monotonic()
     log("unconstrained search (the board's whole RAM)")
     free, free_final, free_seconds = search_under(None, settings, scratch, "unconstrained")
@@ -251,10 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--board", default="stm32", help="board to search for and run on")
     parser.add_argument("--trials", type=int, default=SETTINGS["trials"], help="candidates trained per search")
     parser.add_argument("--seed", type=int, default=0, help="seed of the searches, trainings and baselines")
-    parser.add_argument("--trainings", type=int, default=3,
+    parser.add_argument("--trainings", type=int, default=TRAININGS,
                         help="full trainings of the chosen model and of the baseline, each measured on the board")
     parser.add_argument("--finalists", type=int, default=SETTINGS["finalists"], help="candidates cross-validated")
-    parser.add_argument("--folds", type=int, default=3, help="folds of the finalists' cross-validation")
+    parser.add_argument("--folds", type=int, default=SearchConfig.model_fields["finalist_folds"].default,
+                        help="folds of the finalists' cross-validation")
     args = parser.parse_args(argv)
     settings = {**SETTINGS, "board": args.board, "trials": args.trials, "seed": args.seed,
                 "finalists": args.finalists, "finalist_folds": args.folds}  # fmt: skip

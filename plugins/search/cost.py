@@ -86,7 +86,7 @@ def compile_candidate(arch: Architecture, board: Board) -> Build:
     shape = (CALIBRATION_SAMPLES, arch.in_channels, arch.resolution, arch.resolution)
     calibration = np.random.default_rng(0).random(shape, dtype=np.float32)
     with warnings.catch_warnings():  # an untrained layer's degenerate range is expected and changes no size
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", message=".*degenerate range")
         return tinyml.compile(model, calibration, ["quantize-int8"], board=board, progress=False)
 
 

@@ -182,6 +182,12 @@ def candidate_summary(c: Candidate) -> dict[str, Any]:
             "cost": c.cost.as_dict(), "accuracy": c.accuracy, "pareto": c.pareto, "finalist": final}  # fmt: skip
 
 
+def calibration_draw(x: np.ndarray, resolution: int, seed: int) -> np.ndarray:
+    """The chosen model's calibration inputs: `CALIBRATION_SAMPLES` of `x` drawn with `seed`, at `resolution`."""
+    rng = np.random.default_rng(seed)
+    return resize(x[rng.choice(len(x), size=min(CALIBRATION_SAMPLES, len(x)), replace=False)], resolution)
+
+
 def write_winner(result: SearchResult, data: SearchData, out_dir: Path, progress: bool = True) -> FinalModel:
     """Train the chosen candidate in full, compile it for the board and write the output folder."""
     import torch
@@ -200,9 +206,7 @@ def write_winner(result: SearchResult, data: SearchData, out_dir: Path, progress
     with bar(f"training {arch.label()}", config.final_epochs) as advance:
         model = train(arch, x_all, y_all, config.final_epochs, config.seed, advance)
     test_accuracy = accuracy(model, arch, data.x_test, data.y_test)
-    rng = np.random.default_rng(config.seed)
-    calibration = resize(x_all[rng.choice(len(x_all), size=min(CALIBRATION_SAMPLES, len(x_all)), replace=False)],
-                         arch.resolution)  # fmt: skip
+    calibration = calibration_draw(x_all, arch.resolution, config.seed)
     x_test = resize(data.x_test, arch.resolution)
     build = tinyml.compile(model, calibration, ["quantize-int8"], board=result.board, progress=False)
     cost = build_cost(build, result.probe)
