@@ -96,6 +96,60 @@ def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, kh, kw, sh, s
     np.testing.assert_array_equal(got, expected)
 
 
+def extreme_biases(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Mostly moderate, now and then near the int32 limits, where the accumulator may wrap (so the output is not
+    monotone in the dot product and tml_conv2d_xnor_sign must take its exact per-lane way)."""
+    bias = rng.integers(-20000, 20000, size=n)
+    edge = rng.random(n) < 0.1
+    bias[edge] = rng.choice([-(2**31), 2**31 - 1, -(2**31) + 5000, 2**31 - 5000], size=int(edge.sum()))
+    return bias.astype(np.int32)
+
+
+@SETTINGS
+@given(
+    h=st.integers(1, 7), w=st.integers(1, 7), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
+    kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
+    pw=st.integers(0, 2), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
+    lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed
+):
+    """The fused kernel's bits are the int8 convolution's outputs compared with the thresholds: every threshold
+    from 'always' (-128) to 'never' (128), left shifts, zero magnitudes and biases that wrap the accumulator."""
+    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
+    ffi, c = lib.ffi, lib.lib
+    rng = np.random.default_rng(seed)
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    signs = rng.random((h, w, in_c)) < density
+    weights = binary_weights(rng, (out_c, kh, kw, in_c))
+    bias = extreme_biases(rng, out_c)
+    q = requantization(rng, out_c)
+    threshold = rng.integers(-128, 129, size=out_c).astype(np.int32)
+    plus_minus = np.where(signs, 1, -1).astype(np.int8)
+    y = conv2d_s8(plus_minus, weights, bias, stride=(sh, sw), padding=(ph, pw), input_offset=0, **q)
+    expected = packing.binarize_s8(y.reshape(-1, out_c), threshold).reshape(out_h, out_w, -1)
+    params = ffi.new("tml_conv_params *", {
+        "stride_h": sh, "stride_w": sw, "pad_h": ph, "pad_w": pw, "depth_multiplier": 1,
+        "input_offset": 0, "output_offset": q["output_offset"], "act_min": q["act_min"], "act_max": q["act_max"],
+    })  # fmt: skip
+    f_shape = ffi.new("tml_shape *", [kh, kw, in_c])
+    scratch = np.zeros(c.tml_conv2d_xnor_sign_scratch_bytes(f_shape, out_c), np.int8)
+    assert len(scratch) == kernels.conv2d_sign_scratch_bytes((kh, kw, in_c), out_c)
+    got = np.full((out_h, out_w, packing.words(out_c)), 0xA5A5A5A5, np.uint32)
+    status = c.tml_conv2d_xnor_sign(
+        params, c_quant(ffi, q), ffi.new("tml_shape *", [h, w, in_c]),
+        ffi.from_buffer("uint32_t[]", packing.pack_bits(signs)), f_shape,
+        ffi.from_buffer("uint32_t[]", packing.pack_weight_blocks(weights)),
+        ffi.from_buffer("int16_t[]", packing.tap_ones(weights)),
+        ffi.from_buffer("int32_t[]", packing.binary_magnitudes(weights).astype(np.int32)),
+        ffi.from_buffer("int32_t[]", bias), ffi.from_buffer("int32_t[]", threshold),
+        ffi.new("tml_shape *", [out_h, out_w, out_c]), ffi.from_buffer("uint32_t[]", got),
+        ffi.from_buffer("int8_t[]", scratch),
+    )  # fmt: skip
+    assert status == 0
+    np.testing.assert_array_equal(got, expected)
+
+
 @SETTINGS
 @given(in_f=st.integers(1, 300), out_f=st.integers(1, 80), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
 def test_fc_xnor_equals_the_references(lib, in_f, out_f, density, seed):
@@ -110,8 +164,16 @@ def test_fc_xnor_equals_the_references(lib, in_f, out_f, density, seed):
                                bias, **q)  # fmt: skip
     np.testing.assert_array_equal(expected, fc_s8(np.where(signs, 1, -1).astype(np.int8), weights, bias,
                                                   input_offset=0, **q))  # fmt: skip
-    params = ffi.new("tml_fc_params *", {"input_offset": 0, "output_offset": q["output_offset"],
-                                         "act_min": q["act_min"], "act_max": q["act_max"], "folded_bias": ffi.NULL})
+    params = ffi.new(
+        "tml_fc_params *",
+        {
+            "input_offset": 0,
+            "output_offset": q["output_offset"],
+            "act_min": q["act_min"],
+            "act_max": q["act_max"],
+            "folded_bias": ffi.NULL,
+        },
+    )
     scratch = np.zeros(c.tml_fc_xnor_scratch_bytes(in_f), np.int8)
     assert len(scratch) == kernels.fc_scratch_bytes(in_f)
     got = np.zeros(out_f, np.int8)
@@ -179,6 +241,72 @@ def binary_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
         small_cnn(), x[:32], [("binarize", {"epochs": 1}), "quantize-int8"], train_data=(x, y),
         validation=samples(16, seed=4), out_dir=tmp_path_factory.mktemp("binarize") / "cnn", progress=False,
     )  # fmt: skip
+
+
+def two_binary_convs() -> torch.nn.Module:
+    """int8 conv, two binary convs in a row (40 channels: a block and a part of one), the int8 classifier."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(OrderedDict(
+        conv1=torch.nn.Conv2d(1, 8, 3, padding=1), relu1=torch.nn.ReLU(),
+        conv2=torch.nn.Conv2d(8, 40, 3, padding=1), bn2=torch.nn.BatchNorm2d(40), relu2=torch.nn.ReLU(),
+        conv3=torch.nn.Conv2d(40, 12, 3, stride=2, padding=1), bn3=torch.nn.BatchNorm2d(12), relu3=torch.nn.ReLU(),
+        flatten=torch.nn.Flatten(), classifier=torch.nn.Linear(12 * 4 * 4, 4),
+    )).eval()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fused_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
+    x, y = samples(96)
+    return compiler.compile(
+        two_binary_convs(), x[:32], [("binarize", {"epochs": 1}), "quantize-int8", "fuse-sign"], train_data=(x, y),
+        validation=samples(16, seed=4), out_dir=tmp_path_factory.mktemp("binarize") / "fused", progress=False,
+    )  # fmt: skip
+
+
+def test_fuse_sign_merges_a_binary_conv_with_the_sign_after_it(fused_build):
+    kernel = {name: k.function for name, k in fused_build.generated.kernels.items()}
+    ops = [(n.op, kernel[n.name]) for n in fused_build.graph.nodes]
+    assert ops == [
+        ("conv2d", "tml_conv2d_s8"), ("sign", "tml_binarize_s8"), ("conv2d_sign", "tml_conv2d_xnor_sign"),
+        ("conv2d", "tml_conv2d_xnor"), ("flatten", "tml_flatten_s8"), ("fc", "tml_fc_s8"),
+    ]  # fmt: skip
+    fused = fused_build.graph.nodes[2]
+    assert "fuse-sign" in fused_build.generated.kernels[fused.name].reason
+    # the int8 output between the conv and its sign is gone; the sign's bits are the conv's output
+    assert fused.outputs == [fused_build.graph.nodes[3].inputs[0]]
+    conv = next(n for n in fused_build.float_graph.nodes if n.name == fused.name)
+    assert set(fused_build.float_graph.tensors) - set(fused_build.graph.tensors) == {conv.outputs[0]}
+
+
+def test_fused_model_c_equals_the_reference_on_the_host(fused_build):
+    from tinyml.validation import validate
+
+    result = validate(fused_build.out_dir)
+    assert result["c_matches_reference"] is True and result["samples"] == 16
+
+
+def test_the_fused_reference_gives_the_bits_of_the_pair():
+    from tinyml_plugins.binarize.fuse import FUSED, fuse
+
+    x, y = samples(96)
+    graph = compiler.compile(two_binary_convs(), x[:32], [("binarize", {"epochs": 1}), "quantize-int8"],
+                             train_data=(x, y), progress=False).graph  # fmt: skip
+    fused = fuse(graph)
+    node = next(n for n in fused.nodes if n.op == FUSED)
+    inputs = np.random.default_rng(5).integers(-128, 128, size=(8, 8, 8, 1), dtype=np.int8)
+    pair, merged = run_int8(graph, inputs), run_int8(fused, inputs)
+    bits = merged[node.outputs[0]]
+    assert 0.05 < (bits > 0).mean() < 0.95  # both signs occur: the comparison is not trivial
+    np.testing.assert_array_equal(bits, pair[node.outputs[0]])
+    np.testing.assert_array_equal(merged[fused.outputs[0]], pair[graph.outputs[0]])
+    assert len(fused.nodes) == len(graph.nodes) - 1
+
+
+def test_fuse_sign_before_quantization_is_one_paragraph():
+    x, y = samples(16)
+    with pytest.raises(RecipeError, match="list it after `quantize-int8`"):
+        compiler.compile(two_binary_convs(), x, [("binarize", {"epochs": 1}), "fuse-sign", "quantize-int8"],
+                         train_data=(x, y), progress=False)  # fmt: skip
 
 
 def test_binary_layers_get_the_xnor_kernels_and_packed_weights(binary_build):
@@ -252,25 +380,37 @@ def test_a_binary_activation_read_by_an_int8_layer_is_refused(binary_build):
 # --- on the boards ----------------------------------------------------------------------------
 
 
-@pytest.mark.qemu
-@pytest.mark.parametrize("board", ["cortex-m3", "cortex-m4"])
-def test_binary_model_runs_on_the_board(binary_build, board, tmp_path: Path):
-    """The XNOR kernels in firmware (portable and DSP cores): outputs equal the reference, no __popcountsi2."""
+def symbols_on_the_board(build: compiler.Build, board: str, folder: Path) -> set[str]:
+    """Run `build` in QEMU on `board` (-O3): its outputs must equal the reference; the ELF's symbol names."""
+    from elftools.elf.elffile import ELFFile
+
     from tinyml.board.boards import resolve_board
     from tinyml.board.project import ELF_NAME, build_firmware
     from tinyml.board.qemu import run_firmware
 
-    graph = binary_build.graph
+    graph = build.graph
     shape = graph.tensors[graph.inputs[0]].shape[1:]
     x = np.random.default_rng(7).integers(-128, 128, size=(6, *shape), dtype=np.int8)
-    firmware = build_firmware(binary_build.out_dir, resolve_board(board), tmp_path / board, x.reshape(6, -1),
+    firmware = build_firmware(build.out_dir, resolve_board(board), folder / board, x.reshape(6, -1),
                               optimization="-O3")  # fmt: skip
     result = run_firmware(firmware.out_dir, timeout=60)
     assert result.outputs_match_reference is True
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x)[graph.outputs[0]].reshape(6, -1))
-    from elftools.elf.elffile import ELFFile
-
     with open(firmware.out_dir / ELF_NAME, "rb") as stream:
-        names = {s.name for s in ELFFile(stream).get_section_by_name(".symtab").iter_symbols()}
+        return {s.name for s in ELFFile(stream).get_section_by_name(".symtab").iter_symbols()}
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["cortex-m3", "cortex-m4"])
+def test_binary_model_runs_on_the_board(binary_build, board, tmp_path: Path):
+    """The XNOR kernels in firmware (portable and DSP cores): outputs equal the reference, no __popcountsi2."""
+    names = symbols_on_the_board(binary_build, board, tmp_path)
     assert "tml_conv2d_xnor" in names and "tml_fc_xnor" in names
     assert "__popcountsi2" not in names
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["cortex-m3", "cortex-m4"])
+def test_fused_model_runs_on_the_board(fused_build, board, tmp_path: Path):
+    names = symbols_on_the_board(fused_build, board, tmp_path)
+    assert "tml_conv2d_xnor_sign" in names and "__popcountsi2" not in names

@@ -448,6 +448,7 @@ def test_kernel_and_weight_hooks_answering_wrongly_are_named(
     monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV)
     monkeypatch.setenv(plugins.PLUGINS_ENV, "bad_hooks")
     monkeypatch.chdir(user_project)
+    plugins.plugin_manager.cache_clear()  # importing tinyml.cli may have built it before the environment changed
     result = CliRunner().invoke(main, ["compile", "--out", "out"])
     assert result.exit_code == 1, result.output
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]

@@ -8,7 +8,10 @@ through `tinyml_ops`) and an ordinary conv2d or linear with +a/-a weights, so `q
 quantizes it like any layer, and batch norm and scales fold into integer thresholds and
 multipliers. At code generation (`kernels`) the sign packs the int8 activation into bits, 32 to a
 word, and the layer runs `tml_conv2d_xnor` / `tml_fc_xnor` (XOR and popcount) on weights packed
-the same way (`tinyml_encode_weights`), with the bytes of the int8 kernels. The C is in `c/`.
+the same way (`tinyml_encode_weights`), with the bytes of the int8 kernels. The graph-stage
+technique `fuse-sign` (`fuse`), listed after `quantize-int8`, merges a binary convolution with the
+sign after it, so that binary layers in a row pass packed bits with no int8 between them
+(`tml_conv2d_xnor_sign`). The C is in `c/`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from tinyml.hookspecs import hookimpl
 from tinyml.ir import Graph, Node, OpDefinition, Tensor
 from tinyml.kernels import Kernel
 from tinyml.weights import EncodedTensor
-from tinyml_plugins.binarize import kernels, sign
+from tinyml_plugins.binarize import fuse, kernels, sign
+from tinyml_plugins.binarize.fuse import FuseSign
 from tinyml_plugins.binarize.technique import Binarize
 
 if TYPE_CHECKING:
@@ -32,12 +36,12 @@ C_DIR = Path(__file__).resolve().parent / "c"
 
 @hookimpl
 def tinyml_techniques() -> list[type[Technique]]:
-    return [Binarize]
+    return [Binarize, FuseSign]
 
 
 @hookimpl
 def tinyml_ops() -> list[OpDefinition]:
-    return [sign.DEFINITION]
+    return [sign.DEFINITION, fuse.DEFINITION]
 
 
 @hookimpl

@@ -3,8 +3,10 @@
 A `sign` node's output is stored as packed bits (`tml_binarize_s8`) for the conv2d and fc layers
 that read it, whose weights are +m/-m per output channel (`Tensor.encoding == "binary"`, set by
 `sign.quantize`): those run `tml_conv2d_xnor` / `tml_fc_xnor` on the bits and write int8, the
-same bytes the int8 kernels would give on the +1/-1 values. Their scratch (the offsets of a
-window's set input bits) is sized here as `tml_*_xnor_scratch_bytes` size it.
+same bytes the int8 kernels would give on the +1/-1 values. A `conv2d_sign` node (technique
+`fuse-sign`) runs `tml_conv2d_xnor_sign`, which writes the packed bits of its sign itself. Their
+scratch (the offsets of a window's set input bits) is sized here as `tml_*_xnor*_scratch_bytes`
+size it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node, Tensor
 from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels, conv_params
 from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
+from tinyml_plugins.binarize.fuse import FUSED
 from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
 from tinyml_plugins.binarize.sign import BINARY, BINARY_OPS, OP
+
+PACKING_OPS = (OP, FUSED)  # the ops whose output is stored as packed bits
+READING_OPS = (*BINARY_OPS, FUSED)  # the ops that read packed bits
 
 if TYPE_CHECKING:
     from tinyml.board.boards import Board
@@ -28,12 +34,23 @@ ADVICE = "train the model with technique `binarize`, which binarizes a layer's i
 
 
 MAX_TAPS = 65535  # TML_XNOR_MAX_TAPS: set-bit offsets are uint16
+SIGN_PLANES = 16  # TML_XNOR_PLANES
+SIGN_SLOTS = 4  # TML_XNOR_SIGN_SLOTS
 
 
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
     """Scratch of `tml_conv2d_xnor`; mirrors `tml_conv2d_xnor_scratch_bytes`."""
     taps = int(np.prod(filter_shape))
     return ((2 * taps + 3) & ~3) + 8 * filter_shape[1] + 4 * out_channels
+
+
+def conv2d_sign_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
+    """Scratch of `tml_conv2d_xnor_sign`; mirrors `tml_conv2d_xnor_sign_scratch_bytes`: the convolution's, a
+    threshold per channel, a flag per block of 32 channels, and SIGN_SLOTS window shapes with the counter's
+    starting planes of every block for an even and an odd count of set input bits."""
+    blocks = (out_channels + 31) // 32
+    slots = SIGN_SLOTS * (4 + blocks * 2 * SIGN_PLANES)
+    return conv2d_scratch_bytes(filter_shape, out_channels) + 4 * (out_channels + blocks + slots)
 
 
 def fc_scratch_bytes(in_features: int) -> int:
@@ -51,13 +68,14 @@ def _describe(node: Node) -> str:
     return f"`{node.name}`" + (f" (from `{node.source}`)" if node.source and node.source != node.name else "")
 
 
-def _check_sign(node: Node, graph: Graph) -> list[Node]:
-    """The binary layers reading a sign node's output; a TinymlError when the bits could not be stored packed."""
+def _check_packed(node: Node, graph: Graph) -> list[Node]:
+    """The binary layers reading the packed bits `node` writes (a sign or a conv2d_sign); a TinymlError when
+    the bits could not be stored packed."""
     out = node.outputs[0]
     readers = graph.consumers(out)
     strangers = [
         n for n in readers
-        if n.op not in BINARY_OPS or n.inputs[0] != out or graph.tensors[n.inputs[1]].encoding != BINARY
+        if n.op not in READING_OPS or n.inputs[0] != out or graph.tensors[n.inputs[1]].encoding != BINARY
     ]  # fmt: skip
     if out in graph.outputs or not readers or strangers:
         what = "is the model's output" if out in graph.outputs or not readers else (
@@ -128,10 +146,39 @@ def _emit_fc(call: CallSite) -> str:
     )
 
 
+def _emit_conv_sign(call: CallSite) -> str:
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b, threshold = n.inputs
+    params = call.add_static(
+        "tml_conv_params", "params",
+        _fields(stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
+                depth_multiplier=1, input_offset=0, output_offset=a["conv_zero_point"], act_min=a["act_min"],
+                act_max=a["act_max"]),
+    )  # fmt: skip
+    kh, kw = g.tensors[w].shape[1:3]
+    filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
+    return (
+        f"status = tml_conv2d_xnor_sign(&{params}, &{_quant_channels(call)}, &{call.shape(x)}, "
+        f"(const uint32_t *){call.input(0)}, &{filt}, {call.tensor(w)}, {_channel_arrays(call)}, {call.tensor(b)}, "
+        f"{call.tensor(threshold)}, &{call.shape(n.outputs[0])}, (uint32_t *){call.output()}, {call.scratch});"
+    )
+
+
 def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
-    """The binary kernels for sign nodes and the layers with binary weights that read them; None otherwise."""
+    """The binary kernels for sign nodes, the layers with binary weights that read them and the binary
+    convolutions fused with their sign; None otherwise."""
+    if node.op == FUSED:
+        readers = _check_packed(node, graph)
+        w = graph.tensors[node.inputs[1]]
+        scratch = conv2d_sign_scratch_bytes(tuple(w.shape[1:]), w.shape[0])
+        reason = (
+            f"binary {w.shape[1]}x{w.shape[2]} conv fused with the sign after it (technique `fuse-sign`), bits read "
+            f"by {', '.join(f'`{r.name}`' for r in readers)}: each output bit is the dot product compared with a "
+            "constant per channel, 32 channels at once in the bit-sliced counters, no int8 output"
+        )
+        return Kernel("tml_conv2d_xnor_sign", _emit_conv_sign, scratch, ("tml_nn.h", HEADER), reason)
     if node.op == OP:
-        readers = _check_sign(node, graph)
+        readers = _check_packed(node, graph)
         return Kernel(
             function="tml_binarize_s8", emit=_emit_sign, headers=("tml_nn.h", HEADER),
             reason=f"binary activation of {', '.join(f'`{n.name}`' for n in readers)}: int8 compared with an integer "
@@ -140,7 +187,7 @@ def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | Non
     if node.op not in BINARY_OPS or graph.tensors[node.inputs[1]].encoding != BINARY:
         return None
     producer = graph.producer(node.inputs[0])
-    if producer is None or producer.op != OP:
+    if producer is None or producer.op not in PACKING_OPS:
         raise TinymlError(
             f"Layer {_describe(node)} has binary weights but its input is not a binary activation (a `sign` node), "
             f"so no XNOR kernel can run it; {ADVICE}."
@@ -179,9 +226,7 @@ def encode_weights(tensor: Tensor) -> EncodedTensor | None:
         f"{packed.shape[1]} taps, uint32 (bit j: channel 32 * block + j positive): {packed.nbytes} bytes, int8 "
         f"{tensor.data.nbytes}, float32 {tensor.data.size * 4}"
     )
-    definition = (
-        f"/* {summary} */\nconst uint32_t {symbol}[{packed.size}] = {{\n    {c_values(packed, 'u')}\n}};\n"
-    )
+    definition = f"/* {summary} */\nconst uint32_t {symbol}[{packed.size}] = {{\n    {c_values(packed, 'u')}\n}};\n"
     return EncodedTensor(
         symbol=symbol, declaration=f"extern const uint32_t {symbol}[{packed.size}];", definition=definition,
         nbytes=int(packed.nbytes), encoding=BINARY,

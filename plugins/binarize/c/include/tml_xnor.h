@@ -60,6 +60,19 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
                            const int32_t *bias, const tml_shape *output_shape, int8_t *output, void *scratch);
 int32_t tml_conv2d_xnor_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels);
 
+/* Binary convolution fused with the sign after it: the int8 output tml_conv2d_xnor would give (same
+ * arguments and ranges, params->output_offset its zero point) compared with threshold int32[out.c]:
+ * bit k of an output pixel is 1 when channel k's int8 output is >= threshold[k]. output packed
+ * [out.h][out.w][words(out.c)], as tml_binarize_s8 writes it. filter.h * filter.w * filter.c <=
+ * TML_XNOR_SIGN_MAX_TAPS. scratch: tml_conv2d_xnor_sign_scratch_bytes(filter_shape, out.c) bytes,
+ * 4-byte aligned. */
+tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_channels *quant,
+                                const tml_shape *input_shape, const uint32_t *input, const tml_shape *filter_shape,
+                                const uint32_t *weights, const int16_t *tap_ones, const int32_t *magnitude,
+                                const int32_t *bias, const int32_t *threshold, const tml_shape *output_shape,
+                                uint32_t *output, void *scratch);
+int32_t tml_conv2d_xnor_sign_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels);
+
 /* Binary fully connected layer: input packed words(in_features); weights packed in blocks
  * [(out_features + 31) / 32][in_features], 1 <= in_features <= 65535; tap_ones int16
  * [out_features] (positive weights of each row). params: output_offset and clamp as tml_fc_s8
@@ -80,6 +93,7 @@ int32_t tml_fc_xnor_scratch_bytes(int32_t in_features);
 
 #define TML_XNOR_MAX_TAPS 65535
 #define TML_XNOR_PLANES 16 /* counts up to 65535 */
+#define TML_XNOR_SIGN_MAX_TAPS 16383 /* tml_conv2d_xnor_sign's counters (started at <= 1.5 taps + 2) fit the planes */
 
 /* Words a pixel of `channels` binary channels takes. */
 static inline int32_t tml_xnor_words(int32_t channels)
@@ -200,6 +214,18 @@ static TML_XNOR_NOINLINE void tml_xnor_count_add(tml_xnor_counter *counter, cons
     counter->eights = eights;
 }
 
+/* A counter holding start[p] as plane p (each lane its own starting count). */
+static inline void tml_xnor_count_start_at(tml_xnor_counter *counter, const uint32_t start[TML_XNOR_PLANES])
+{
+    counter->ones = start[0];
+    counter->twos = start[1];
+    counter->fours = start[2];
+    counter->eights = start[3];
+    for (int32_t p = 4; p < TML_XNOR_PLANES; p++) {
+        counter->planes[p] = start[p];
+    }
+}
+
 static inline void tml_xnor_count_finish(tml_xnor_counter *counter)
 {
     counter->planes[0] = counter->ones;
@@ -233,8 +259,19 @@ static inline void tml_xnor_lanes(const uint32_t planes[TML_XNOR_PLANES], int32_
     }
 }
 
+/* One channel's int8 output for the accumulator acc: requantized, offset and clamped as every
+ * multiply-accumulate kernel does. */
+static inline int8_t tml_xnor_output(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset,
+                                     int32_t act_min, int32_t act_max)
+{
+    tml_requant_smlal q; /* one SMLAL where the pair allows it, else tml_requantize */
+    const int32_t scaled = tml_requant_smlal_make(&q, 0, multiplier, shift) ? tml_requant_smlal_apply(&q, acc)
+                                                                            : tml_requantize(acc, multiplier, shift);
+    return tml_clamp_output(scaled, output_offset, act_min, act_max);
+}
+
 /* The int8 outputs of `lanes` channels: accumulator constant[i] + magnitude[i] * (4 * counts[i] + minus_2a),
- * requantized, offset and clamped as every multiply-accumulate kernel does. */
+ * through tml_xnor_output. */
 static TML_XNOR_NOINLINE void tml_xnor_outputs(const int32_t *counts, int32_t lanes, int32_t minus_2a,
                                                const int32_t *constant, const int32_t *magnitude,
                                                const int32_t *multiplier, const int32_t *shift,
@@ -242,11 +279,7 @@ static TML_XNOR_NOINLINE void tml_xnor_outputs(const int32_t *counts, int32_t la
 {
     for (int32_t i = 0; i < lanes; i++) {
         const int32_t acc = (int32_t)((uint32_t)constant[i] + (uint32_t)(magnitude[i] * (4 * counts[i] + minus_2a)));
-        tml_requant_smlal q; /* one SMLAL where the pair allows it, else tml_requantize */
-        const int32_t scaled = tml_requant_smlal_make(&q, 0, multiplier[i], shift[i])
-                                   ? tml_requant_smlal_apply(&q, acc)
-                                   : tml_requantize(acc, multiplier[i], shift[i]);
-        y[i] = tml_clamp_output(scaled, output_offset, act_min, act_max);
+        y[i] = tml_xnor_output(acc, multiplier[i], shift[i], output_offset, act_min, act_max);
     }
 }
 
