@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/distill.py [--json] [--seeds 5] [--board stm32] [--inputs N]
         [--student cnn|mlp] [--hidden 16[,16]] [--temperature T] [--alpha A] [--epochs E]
+        [--alone-epochs E] [--select [--select-seeds 3]]
 
 The teacher is the bundled `digits` CNN (its trained weights saved to a state_dict and given to
 `distill` as `teacher` / `teacher_weights`, as a recipe would). The student is a capacity-limited
@@ -13,6 +14,14 @@ and batch order: alone (`distill` with alpha = 0, the hard labels only) and dist
 board with the whole held-out split compiled in, and run in QEMU: the int8 accuracy is the argmax
 of the board's outputs (checked byte for byte against the numpy reference). Progress goes to
 stderr, so `--json` prints only the JSON.
+
+`--select` chooses the student and the schedules without looking at the held-out split: it holds
+out a validation fifth of the training split, trains every student of `SELECTION_STUDENTS` in
+float on the other four fifths, alone for each of `SELECTION_EPOCHS` and distilled for each
+temperature/alpha of `SELECTION_SOFT` and each epoch count, over `--select-seeds` seeds, and keeps
+the student whose best distilled schedule beats its best alone schedule by the most on the
+validation fifth. The bench then runs that student with the two schedules found, each trained on
+the whole training split and measured on the held-out split as above.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,15 @@ WEIGHT_LIMIT = 2048  # bytes of int8 weights the student may have
 # Chosen with short float-only runs on the digits split (T = 2, alpha = 0.5 did better than T = 4, alpha = 0.9
 # for this student); long enough that the student alone has converged.
 DISTILL = {"epochs": 200, "lr": 1e-2, "temperature": 2.0, "alpha": 0.5, "batch_size": 64}
+
+
+# What `--select` tries, every one scored on a validation fifth of the training split, never on the held-out split.
+SELECTION_STUDENTS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("cnn", ()), ("mlp", (10,)), ("mlp", (16,)), ("mlp", (24,)), ("mlp", (10, 10)), ("mlp", (16, 16)),
+)  # fmt: skip
+SELECTION_SOFT = ((2.0, 0.5), (4.0, 0.9))  # (temperature, alpha) of the distilled student
+SELECTION_EPOCHS = (50, 100, 200)
+VALIDATION_FRACTION = 0.2
 
 
 def make_student() -> nn.Module:
@@ -82,6 +100,7 @@ class BenchConfig:
     distill: dict[str, Any] | None = None  # options of `distill` (default: DISTILL)
     student: str = "cnn"  # "cnn" (make_student) or "mlp" (make_mlp_student)
     hidden: tuple[int, ...] = (16,)  # the perceptron's hidden layers
+    alone_epochs: int | None = None  # epochs of the student trained alone (None: the distilled student's)
 
     def make_student(self) -> nn.Module:
         return make_student() if self.student == "cnn" else make_mlp_student(self.hidden)
@@ -128,6 +147,83 @@ def device_accuracy(
     return float((predicted == y_test).mean()), run.outputs_match_reference, weights
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """One way to train a student: alone (alpha = 0) or distilled with a temperature and alpha, for some epochs."""
+
+    epochs: int
+    temperature: float = DISTILL["temperature"]
+    alpha: float = 0.0
+
+    @property
+    def label(self) -> str:
+        soft = "alone" if self.alpha == 0.0 else f"T {self.temperature:g} alpha {self.alpha:g}"
+        return f"{soft}, {self.epochs} epochs"
+
+
+def selection_schedules() -> list[Schedule]:
+    alone = [Schedule(epochs) for epochs in SELECTION_EPOCHS]
+    return alone + [Schedule(e, t, a) for t, a in SELECTION_SOFT for e in SELECTION_EPOCHS]
+
+
+def select_student(seeds: int = 3, scratch: Path | None = None) -> dict[str, Any]:
+    """Every student of SELECTION_STUDENTS under every schedule, in float, trained on four fifths of the training
+    split and scored on the other fifth; the student whose best distilled schedule beats its best alone schedule
+    by the most is chosen (with both schedules). The held-out split is not read."""
+    from sklearn.model_selection import train_test_split
+
+    example = get_example("digits")
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        example.x_train, example.y_train, test_size=VALIDATION_FRACTION, random_state=0, stratify=example.y_train
+    )
+    context = Context(train_data=(x_fit, y_fit))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tinyml-distill-select-") as tmp:
+        teacher = save_teacher(example, Path(scratch or tmp))
+        for student, hidden in SELECTION_STUDENTS:
+            config = BenchConfig(student=student, hidden=hidden or (16,))
+            for schedule in selection_schedules():
+                started = time.monotonic()
+                scores = []
+                for seed in range(seeds):
+                    torch.manual_seed(seed)
+                    options = {**DISTILL, **teacher, "epochs": schedule.epochs, "temperature": schedule.temperature}
+                    distill = Distill({**options, "alpha": schedule.alpha, "seed": seed})
+                    scores.append(digits.accuracy(distill.apply(config.make_student(), context), x_val, y_val))
+                rows.append(
+                    {"student": config.student_label, "hidden": list(config.hidden), "kind": config.student,
+                     "schedule": schedule.label, "epochs": schedule.epochs, "temperature": schedule.temperature,
+                     "alpha": schedule.alpha, "validation_mean": statistics.fmean(scores), "per_seed": scores}
+                )  # fmt: skip
+                log(
+                    f"select {config.student_label}, {schedule.label}: validation "
+                    f"{100 * statistics.fmean(scores):.2f}% ({time.monotonic() - started:.0f} s)"
+                )
+    best: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        arm = "alone" if row["alpha"] == 0.0 else "distilled"
+        kept = best.setdefault(row["student"], {}).get(arm)
+        if kept is None or row["validation_mean"] > kept["validation_mean"]:
+            best[row["student"]][arm] = row
+    gains = {
+        student: arms["distilled"]["validation_mean"] - arms["alone"]["validation_mean"]
+        for student, arms in best.items()
+    }
+    label = max(gains, key=gains.__getitem__)
+    alone, distilled = best[label]["alone"], best[label]["distilled"]
+    chosen = {"student": label, "kind": alone["kind"], "hidden": alone["hidden"], "alone_epochs": alone["epochs"]}
+    chosen |= {key: distilled[key] for key in ("epochs", "temperature", "alpha")}
+    chosen["validation_gain_points"] = 100 * gains[label]
+    return {"validation_samples": len(x_val), "seeds": seeds, "rows": rows, "chosen": chosen}
+
+
+def save_teacher(example: Example, scratch: Path) -> dict[str, str]:
+    """`distill`'s teacher options for the bundled digits CNN, its trained weights saved under `scratch`."""
+    teacher_weights = scratch / "teacher.pt"
+    torch.save(example.model.state_dict(), teacher_weights)
+    return {"teacher": f"{digits.__file__}:make_model", "teacher_weights": str(teacher_weights)}
+
+
 def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any]:
     """Every measurement of the bench as plain JSON-ready values (see the module docstring)."""
     example = get_example("digits")
@@ -139,14 +235,13 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
     weights = None
     with tempfile.TemporaryDirectory(prefix="tinyml-distill-") as tmp:
         scratch = Path(scratch or tmp)
-        teacher_weights = scratch / "teacher.pt"
-        torch.save(example.model.state_dict(), teacher_weights)
-        teacher = {"teacher": f"{digits.__file__}:make_model", "teacher_weights": str(teacher_weights)}
+        teacher = save_teacher(example, scratch)
         for seed in range(config.seeds):
-            for kind, alpha in (("alone", 0.0), ("distilled", options["alpha"])):
+            alone = {**options, "alpha": 0.0, "epochs": config.alone_epochs or options["epochs"]}
+            for kind, kind_options in (("alone", alone), ("distilled", options)):
                 started = time.monotonic()
                 torch.manual_seed(seed)
-                distill = Distill({**options, **teacher, "alpha": alpha, "seed": seed})
+                distill = Distill({**kind_options, **teacher, "seed": seed})
                 student = distill.apply(config.make_student(), context)
                 float_acc = digits.accuracy(student, example.x_test, example.y_test)
                 int8_acc, matches, weights = device_accuracy(student, example, config, scratch, f"{kind}-{seed}")
@@ -163,6 +258,7 @@ def run_bench(config: BenchConfig, scratch: Path | None = None) -> dict[str, Any
         "seeds": config.seeds,
         "student": config.student_label,
         "options": options,
+        "alone_epochs": config.alone_epochs or options["epochs"],
         "student_int8_weight_bytes": weights,
         "student_within_limit": weights is not None and weights <= WEIGHT_LIMIT,
         "teacher_float_accuracy": digits.accuracy(example.model, example.x_test, example.y_test),
@@ -202,6 +298,31 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     )
 
 
+def print_selection(selection: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=f"Choosing the student on a validation split ({selection['validation_samples']} images of the training "
+        f"split, float, {selection['seeds']} seeds; the held-out split is not read)"
+    )
+    for col in ("student", "best alone", "validation", "best distilled", "validation", "gain"):
+        table.add_column(col, justify="left" if col in ("student", "best alone", "best distilled") else "right")
+    for student in dict.fromkeys(row["student"] for row in selection["rows"]):
+        rows = [row for row in selection["rows"] if row["student"] == student]
+        alone = max((r for r in rows if r["alpha"] == 0.0), key=lambda r: r["validation_mean"])
+        distilled = max((r for r in rows if r["alpha"] > 0.0), key=lambda r: r["validation_mean"])
+        table.add_row(
+            student, alone["schedule"], f"{100 * alone['validation_mean']:.2f}%", distilled["schedule"],
+            f"{100 * distilled['validation_mean']:.2f}%",
+            f"{100 * (distilled['validation_mean'] - alone['validation_mean']):+.2f}",
+        )  # fmt: skip
+    console.print(table)
+    chosen = selection["chosen"]
+    console.print(
+        f"chosen: {chosen['student']}, alone for {chosen['alone_epochs']} epochs against distilled with "
+        f"T {chosen['temperature']:g}, alpha {chosen['alpha']:g} for {chosen['epochs']} epochs "
+        f"({chosen['validation_gain_points']:+.2f} points on the validation split)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -212,21 +333,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", default="16", help="the mlp student's hidden layer widths, comma-separated")
     parser.add_argument("--temperature", type=float, default=DISTILL["temperature"], help="distill's temperature")
     parser.add_argument("--alpha", type=float, default=DISTILL["alpha"], help="distill's weight of the soft loss")
-    parser.add_argument("--epochs", type=int, default=DISTILL["epochs"], help="epochs of both trainings")
+    parser.add_argument("--epochs", type=int, default=DISTILL["epochs"], help="epochs of the distilled training")
+    parser.add_argument(
+        "--alone-epochs", type=int, default=None, help="epochs of the training alone (default: --epochs)"
+    )
+    parser.add_argument(
+        "--select", action="store_true",
+        help="choose the student, temperature, alpha and both epoch counts on a validation split first "
+        "(overrides --student, --hidden, --temperature, --alpha, --epochs and --alone-epochs)",
+    )  # fmt: skip
+    parser.add_argument("--select-seeds", type=int, default=3, help="seeds per student and schedule in --select")
     args = parser.parse_args(argv)
     config = BenchConfig(
         seeds=args.seeds, board=None if args.board == "host" else args.board, inputs=args.inputs,
         distill={**DISTILL, "temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs},
-        student=args.student,
-        hidden=tuple(int(h) for h in args.hidden.split(",")),
+        student=args.student, hidden=tuple(int(h) for h in args.hidden.split(",")), alone_epochs=args.alone_epochs,
     )  # fmt: skip
     started = time.monotonic()
+    selection = None
+    if args.select:
+        selection = select_student(args.select_seeds)
+        chosen = selection["chosen"]
+        config = replace(
+            config, student=chosen["kind"], hidden=tuple(chosen["hidden"]), alone_epochs=chosen["alone_epochs"],
+            distill={**DISTILL, **{key: chosen[key] for key in ("temperature", "alpha", "epochs")}},
+        )  # fmt: skip
     report = run_bench(config)
+    if selection is not None:
+        report["selection"] = selection
     log(f"done in {time.monotonic() - started:.0f} s")
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print_table(report, Console(width=160))
+    console = Console(width=160)
+    if selection is not None:
+        print_selection(selection, console)
+    print_table(report, console)
 
 
 if __name__ == "__main__":
