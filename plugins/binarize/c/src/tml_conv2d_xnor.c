@@ -13,10 +13,10 @@
 
 int32_t tml_conv2d_xnor_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels)
 {
-    /* filter.w column lists of set-bit offsets (uint16, filter.h * filter.c each at most), the input column
-     * and length of each list (int32), then a constant per channel (int32) */
+    /* filter.w column lists of the byte offsets of set bits' words (uint32, filter.h * filter.c each at most),
+     * the input column and length of each list (int32), then a constant per channel (int32) */
     const int32_t taps = filter_shape->h * filter_shape->w * filter_shape->c;
-    return ((2 * taps + 3) & ~3) + 8 * filter_shape->w + 4 * out_channels;
+    return 4 * taps + 8 * filter_shape->w + 4 * out_channels;
 }
 
 tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channels *quant,
@@ -40,8 +40,8 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
     const int32_t words = tml_xnor_words(in.c);
     const int32_t taps = positions * in.c;
     const int32_t column_taps = filter.h * in.c;
-    uint16_t *column_lists = (uint16_t *)scratch; /* slot k: input columns x with x % filter.w == k */
-    int32_t *column_x = (int32_t *)((int8_t *)scratch + ((2 * taps + 3) & ~3));
+    uint32_t *column_lists = (uint32_t *)scratch; /* slot k: input columns x with x % filter.w == k */
+    int32_t *column_x = (int32_t *)(column_lists + taps);
     int32_t *column_n = column_x + filter.w;
     /* Per channel, the accumulator of a whole window less magnitude * (4V - 2A): bias + m * (taps - 2S). */
     int32_t *whole_window = column_n + filter.w;
@@ -70,13 +70,13 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
             for (int32_t kx = sx.begin; kx < sx.end; kx++) { /* list the columns new to this window */
                 const int32_t x = sx.origin + kx, slot = x % filter.w;
                 if (column_x[slot] != x) {
-                    uint16_t *end = column_lists + (size_t)slot * column_taps;
-                    const uint16_t *first = end;
+                    uint32_t *end = column_lists + (size_t)slot * column_taps;
+                    const uint32_t *first = end;
                     for (int32_t ky = sy.begin; ky < sy.end; ky++) {
                         const uint32_t *pixel = input + ((size_t)(sy.origin + ky) * in.w + x) * words;
-                        const int32_t base = ky * filter.w * in.c;
+                        const uint32_t base = 4u * (uint32_t)(ky * filter.w * in.c);
                         for (int32_t j = 0; j < words; j++) {
-                            end = tml_xnor_set_bits(pixel[j], base + 32 * j, end);
+                            end = tml_xnor_set_bits(pixel[j], base + 128u * (uint32_t)j, end);
                         }
                     }
                     column_x[slot] = x;
@@ -94,7 +94,7 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
                     tml_xnor_count_add(&counter, block_weights + kx * in.c, column_lists + (size_t)slot * column_taps,
                                        column_n[slot]);
                 }
-                tml_xnor_count_finish(&counter);
+                tml_xnor_count_finish(&counter, used);
                 tml_xnor_lanes(counter.planes, used, counts);
                 const int32_t first = 32 * block;
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
