@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tinyml import compiler, plugins
 from tinyml.codegen import generate
 from tinyml.errors import RecipeError, TinymlError
+from tinyml.ir import Graph, Node, Tensor
 from tinyml.reference import run_int8
 from tinyml.reference.conv import conv2d_s8, fc_s8
 from tinyml_plugins.binarize import kernels, packing
@@ -414,3 +415,70 @@ def test_binary_model_runs_on_the_board(binary_build, board, tmp_path: Path):
 def test_fused_model_runs_on_the_board(fused_build, board, tmp_path: Path):
     names = symbols_on_the_board(fused_build, board, tmp_path)
     assert "tml_conv2d_xnor_sign" in names and "__popcountsi2" not in names
+
+
+def binary_conv_chain(seed: int = 5) -> Graph:
+    """sign, binary conv (37 -> 33 channels, 3x2, stride 2x1, padding 1x1), sign with mostly set bits, binary conv
+    (33 -> 70 channels, 5x3, stride 1x2, padding 2x1): odd channel counts, partial blocks and words, and columns of
+    more set bits than a counting call takes."""
+    rng = np.random.default_rng(seed)
+    tensors = {"x": Tensor("x", (1, 9, 11, 37), "int8", scale=1.0, zero_point=0)}
+    nodes = []
+    source = "x"
+    layers = [
+        ("a", 33, (3, 2), (2, 1), (1, 1), (5, 12), (-100, 100)),
+        ("b", 70, (5, 3), (1, 2), (2, 1), (5, 6), (-128, 40)),
+    ]
+    for name, out_c, kernel, stride, padding, out_hw, thresholds in layers:
+        in_c = tensors[source].shape[-1]
+        shape = (out_c, *kernel, in_c)
+        weights = (rng.integers(1, 128, size=(out_c, 1, 1, 1)) * rng.choice([-1, 1], size=shape)).astype(np.int8)
+        tensors[f"t{name}"] = Tensor(
+            f"t{name}", (in_c,), "int32", data=rng.integers(*thresholds, in_c).astype(np.int32)
+        )
+        tensors[f"s{name}"] = Tensor(f"s{name}", tensors[source].shape, "int8", scale=1.0, zero_point=0)
+        tensors[f"w{name}"] = Tensor(f"w{name}", shape, "int8", data=weights, scale=np.ones(out_c), encoding="binary")
+        tensors[f"b{name}"] = Tensor(
+            f"b{name}", (out_c,), "int32", data=rng.integers(-4096, 4096, out_c).astype(np.int32)
+        )
+        tensors[f"y{name}"] = Tensor(f"y{name}", (1, *out_hw, out_c), "int8", scale=1.0, zero_point=-3)
+        attrs = {
+            "activation": "none", "act_min": -128, "act_max": 127, "stride": stride, "padding": padding,
+            "multiplier": rng.integers(1 << 30, 1 << 31, out_c).astype(np.int32),
+            "shift": np.full(out_c, -9, dtype=np.int32),
+        }  # fmt: skip
+        nodes.append(Node(f"sign{name}", "sign", [source, f"t{name}"], [f"s{name}"], {}))
+        nodes.append(Node(f"conv{name}", "conv2d", [f"s{name}", f"w{name}", f"b{name}"], [f"y{name}"], attrs))
+        source = f"y{name}"
+    return Graph(tensors, nodes, ["x"], [source])
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["cortex-m4", "cortex-m3"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_binary_convolutions_of_odd_shapes_run_on_the_board(board, fused, tmp_path: Path):
+    """The Arm counting path on strides, padding, partial blocks and long columns, with the first convolution
+    writing int8 or (fused with the sign after it) bits: outputs equal the reference."""
+    from tinyml import graphfile
+    from tinyml.board.boards import resolve_board
+    from tinyml.board.project import build_firmware
+    from tinyml.board.qemu import run_firmware
+    from tinyml.manifest import write_manifest
+    from tinyml_plugins.binarize.fuse import fuse
+
+    graph = fuse(binary_conv_chain()) if fused else binary_conv_chain()
+    target = resolve_board(board)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    generated = generate(graph, target, plugins.plugin_manager())
+    convs = [generated.kernels[n.name].function for n in graph.nodes if n.op != "sign"]
+    assert convs == ["tml_conv2d_xnor_sign" if fused else "tml_conv2d_xnor", "tml_conv2d_xnor"]
+    for name, text in generated.files.items():
+        (model_dir / name).write_text(text)
+    graphfile.save_graph(graph, model_dir)
+    write_manifest(model_dir, "model", {"board": target.name}, files=[p.name for p in model_dir.iterdir()])
+    x = np.random.default_rng(8).integers(-128, 128, size=(3, 9 * 11 * 37), dtype=np.int8)
+    firmware = build_firmware(model_dir, target, tmp_path / "firmware", x, optimization="-O3")
+    result = run_firmware(firmware.out_dir, timeout=120)
+    assert result.outputs_match_reference is True
+    np.testing.assert_array_equal(result.outputs, run_int8(graph, x.reshape(3, 9, 11, 37))["yb"].reshape(3, -1))

@@ -5,8 +5,8 @@ that read it, whose weights are +m/-m per output channel (`Tensor.encoding == "b
 `sign.quantize`): those run `tml_conv2d_xnor` / `tml_fc_xnor` on the bits and write int8, the
 same bytes the int8 kernels would give on the +1/-1 values. A `conv2d_sign` node (technique
 `fuse-sign`) runs `tml_conv2d_xnor_sign`, which writes the packed bits of its sign itself. Their
-scratch (the offsets of a window's set input bits) is sized here as `tml_*_xnor*_scratch_bytes`
-size it.
+scratch (the byte offsets of the weight words of a window's set input bits) is sized here as
+`tml_*_xnor*_scratch_bytes` size it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ HEADER = "tml_xnor.h"
 ADVICE = "train the model with technique `binarize`, which binarizes a layer's input and weights together"
 
 
-MAX_TAPS = 65535  # TML_XNOR_MAX_TAPS: set-bit offsets are uint16
+MAX_TAPS = 65535  # TML_XNOR_MAX_TAPS: a count of set taps fits 16 bit-planes
 SIGN_PLANES = 16  # TML_XNOR_PLANES
 SIGN_SLOTS = 4  # TML_XNOR_SIGN_SLOTS
 
@@ -41,7 +41,7 @@ SIGN_SLOTS = 4  # TML_XNOR_SIGN_SLOTS
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
     """Scratch of `tml_conv2d_xnor`; mirrors `tml_conv2d_xnor_scratch_bytes`."""
     taps = int(np.prod(filter_shape))
-    return ((2 * taps + 3) & ~3) + 8 * filter_shape[1] + 4 * out_channels
+    return 4 * taps + 8 * filter_shape[1] + 4 * out_channels
 
 
 def conv2d_sign_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
@@ -55,7 +55,7 @@ def conv2d_sign_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: 
 
 def fc_scratch_bytes(in_features: int) -> int:
     """Scratch of `tml_fc_xnor`; mirrors `tml_fc_xnor_scratch_bytes`."""
-    return (2 * in_features + 3) & ~3
+    return 4 * in_features
 
 
 def packed_bytes(shape: tuple[int, ...]) -> int:

@@ -17,11 +17,11 @@
  *     d = 4 * V - 2 * A - 2 * S + n
  * with A the set input bits of the window, S the positive weights at the window's taps
  * (`tap_ones`) and V the taps where both are set. V is counted for 32 output channels at once:
- * the offsets of the window's set input bits are listed once (in scratch; a convolution lists each
- * input column once for the windows that share it), and for each block the weight words at those
- * offsets are summed lane by lane in a bit-sliced carry-save counter
- * (Harley-Seal: 16 words at a time into ones/twos/fours/eights, the sixteens rippled into higher
- * planes), so no popcount instruction or call is needed: Armv7-M has none, and
+ * the byte offsets of the weight words of the window's set input bits are listed once (uint32, in
+ * scratch; a convolution lists each input column once for the windows that share it), and for each
+ * block the weight words at those offsets are summed lane by lane in a bit-sliced carry-save counter
+ * (Harley-Seal: 16 words at a time into ones/twos/fours/eights, each group's carry of sixteen counted
+ * the same way a level up), so no popcount instruction or call is needed: Armv7-M has none, and
  * __builtin_popcount would call libgcc's __popcountsi2. The work follows the set bits of the
  * input (half the taps for balanced activations). A channel's weights are +m or -m (m in 0..127,
  * the int8 weights of a binary layer), its int8 accumulator m * d, and its output requantized
@@ -91,7 +91,7 @@ int32_t tml_fc_xnor_scratch_bytes(int32_t in_features);
 #define TML_XNOR_NOINLINE
 #endif
 
-#define TML_XNOR_MAX_TAPS 65535
+#define TML_XNOR_MAX_TAPS 65535 /* a count fits 16 planes */
 #define TML_XNOR_PLANES 16 /* counts up to 65535 */
 #define TML_XNOR_SIGN_MAX_TAPS 16383 /* tml_conv2d_xnor_sign's counters (started at <= 1.5 taps + 2) fit the planes */
 
@@ -101,8 +101,9 @@ static inline int32_t tml_xnor_words(int32_t channels)
     return (channels + 31) / 32;
 }
 
-/* Append to `offsets` base + k for every set bit k of `bits`, in ascending order; returns the new end. */
-static inline uint16_t *tml_xnor_set_bits(uint32_t bits, int32_t base, uint16_t *offsets)
+/* Append to `offsets` the byte offset base + 4 * k of the word of every set bit k of `bits`, in ascending
+ * order; returns the new end. */
+static inline uint32_t *tml_xnor_set_bits(uint32_t bits, uint32_t base, uint32_t *offsets)
 {
 #if defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__)
     /* RBIT puts bit 0 on top; CLZ then finds the lowest set bit, and shifting it out walks upwards. */
@@ -110,18 +111,151 @@ static inline uint16_t *tml_xnor_set_bits(uint32_t bits, int32_t base, uint16_t 
     __asm__("rbit %0, %1" : "=r"(x) : "r"(bits));
     while (x != 0) {
         const uint32_t k = (uint32_t)__builtin_clz(x);
-        *offsets++ = (uint16_t)(base + (int32_t)k);
+        *offsets++ = base + 4u * k;
         x &= ~(0x80000000u >> k);
     }
 #else
     while (bits != 0) {
-        *offsets++ = (uint16_t)(base + __builtin_ctz(bits));
+        *offsets++ = base + 4u * (uint32_t)__builtin_ctz(bits);
         bits &= bits - 1;
     }
 #endif
     return offsets;
 }
 
+#define TML_XNOR_LEVELS 4   /* level k holds planes 4k..4k+3 */
+#define TML_XNOR_CHUNK 128  /* words a level-0 call adds at most: at most 9 carries */
+#define TML_XNOR_WAITING 24 /* carries waiting for a level: up to 15, then a call's 9 */
+
+/* Planes 4k..4k+3 of a count (ones, twos, fours, eights of the words of weight 16^k added at level k),
+ * and where the next carry (a word of weight 16^(k+1)) goes. The layout tml_xnor_count_words reads. */
+typedef struct {
+    uint32_t ones, twos, fours, eights;
+    uint32_t *carry;
+} tml_xnor_level;
+
+/* Lane by lane, how many of the words counted so far have each bit set: bit j of planes[p] is bit p
+ * of lane j's count. While counting, words are added at level 0; level k's carries wait in waiting[k]
+ * until level k + 1 adds them (level 3's are zero: counts stay below 65536). tml_xnor_count_finish
+ * adds what waits and fills planes. */
+typedef struct {
+    tml_xnor_level level[TML_XNOR_LEVELS];
+    uint32_t waiting[TML_XNOR_LEVELS][TML_XNOR_WAITING];
+    uint32_t planes[TML_XNOR_PLANES];
+} tml_xnor_counter;
+
+/* The byte offsets of consecutive words: a level adds the carries waiting in a buffer. */
+static inline const uint32_t *tml_xnor_consecutive(void)
+{
+    static const uint32_t offsets[TML_XNOR_WAITING] = {0,  4,  8,  12, 16, 20, 24, 28, 32, 36, 40, 44,
+                                                       48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92};
+    return offsets;
+}
+
+#if defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__)
+/* One carry-save adder in place: (a, c) = (high, low) of a + b + c, lane by lane; b is clobbered. */
+#define TML_XNOR_CSA_ASM(a, b, c) \
+    "eor " b ", " b ", " a "\n\t" \
+    "bic " a ", " a ", " b "\n\t" \
+    "eor " c ", " c ", " b "\n\t" \
+    "bic " b ", " b ", " c "\n\t" \
+    "orr " a ", " a ", " b "\n\t"
+
+/* One half adder: (high, c) = (carry, low) of a + c, lane by lane. */
+#define TML_XNOR_HA_ASM(high, a, c)   \
+    "and " high ", " c ", " a "\n\t" \
+    "eor " c ", " c ", " a "\n\t"
+
+/* Four words at the byte offsets read from r2 (advanced) off the base r1, into registers a..d. */
+#define TML_XNOR_LOAD4_ASM(a, b, c, d)          \
+    "ldm r2!, {" a ", " b ", " c ", " d "}\n\t" \
+    "ldr " a ", [r1, " a "]\n\t"                \
+    "ldr " b ", [r1, " b "]\n\t"                \
+    "ldr " c ", [r1, " c "]\n\t"                \
+    "ldr " d ", [r1, " d "]\n\t"
+
+/* Eight words into ones (r4) and twos (r5): the lanes that carry four in a, two clobbered registers b, c
+ * and r11, r12. */
+#define TML_XNOR_ADD8_ASM(a, b, c)                    \
+    TML_XNOR_LOAD4_ASM(a, b, c, "r11")                \
+    TML_XNOR_CSA_ASM(a, b, "r4")                      \
+    TML_XNOR_CSA_ASM(c, "r11", "r4")                  \
+    TML_XNOR_CSA_ASM(a, c, "r5")                      \
+    TML_XNOR_LOAD4_ASM(b, c, "r11", "r12")            \
+    TML_XNOR_CSA_ASM(b, c, "r4")                      \
+    TML_XNOR_CSA_ASM("r11", "r12", "r4")              \
+    TML_XNOR_CSA_ASM(b, "r11", "r5")                  \
+    TML_XNOR_CSA_ASM(a, b, "r6") /* a: the eights */
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter" /* read by the assembly */
+/* Adds the n words at the byte offsets offsets[0..n) from block to level (its planes in r4..r7, the
+ * carry pointer in r8; Harley-Seal): 16 at a time, each group storing its carry, then 8, 4, 2 and 1 as n
+ * has them, each piece rippling its top into eights, their carries out (a lane carries once in fewer
+ * than 16 words) stored as one word. At most n / 16 + 1 carries. */
+__attribute__((naked, noinline, unused)) static void tml_xnor_count_words(tml_xnor_level *level,
+                                                                        const uint32_t *block,
+                                                                        const uint32_t *offsets, int32_t n)
+{
+    __asm__("push {r0, r4-r11, lr}\n\t"
+            "ldm r0, {r4-r8}\n\t"
+            "subs r3, r3, #16\n\t"
+            "blt 2f\n"
+            "1:\n\t" /* r3 = words left - 16 */
+            TML_XNOR_ADD8_ASM("r0", "r9", "r10")
+            TML_XNOR_ADD8_ASM("r9", "r10", "lr")
+            TML_XNOR_CSA_ASM("r0", "r9", "r7")
+            "str r0, [r8], #4\n\t"
+            "subs r3, r3, #16\n\t"
+            "bge 1b\n"
+            "2:\n\t" /* the low four bits of r3 are the words left; lr gathers their carry */
+            "ands r3, r3, #15\n\t"
+            "beq 6f\n\t"
+            "mov lr, #0\n\t"
+            "tst r3, #8\n\t"
+            "beq 3f\n\t"
+            TML_XNOR_ADD8_ASM("r0", "r9", "r10")
+            TML_XNOR_HA_ASM("lr", "r0", "r7")
+            "3:\n\t"
+            "tst r3, #4\n\t"
+            "beq 4f\n\t"
+            TML_XNOR_LOAD4_ASM("r0", "r9", "r10", "r11")
+            TML_XNOR_CSA_ASM("r0", "r9", "r4")
+            TML_XNOR_CSA_ASM("r10", "r11", "r4")
+            TML_XNOR_CSA_ASM("r0", "r10", "r5")
+            TML_XNOR_HA_ASM("r9", "r0", "r6")
+            TML_XNOR_HA_ASM("r10", "r9", "r7")
+            "orr lr, lr, r10\n"
+            "4:\n\t"
+            "tst r3, #2\n\t"
+            "beq 5f\n\t"
+            "ldm r2!, {r0, r9}\n\t"
+            "ldr r0, [r1, r0]\n\t"
+            "ldr r9, [r1, r9]\n\t"
+            TML_XNOR_CSA_ASM("r0", "r9", "r4")
+            TML_XNOR_HA_ASM("r9", "r0", "r5")
+            TML_XNOR_HA_ASM("r10", "r9", "r6")
+            TML_XNOR_HA_ASM("r9", "r10", "r7")
+            "orr lr, lr, r9\n"
+            "5:\n\t"
+            "tst r3, #1\n\t"
+            "beq 7f\n\t"
+            "ldr r0, [r2]\n\t"
+            "ldr r0, [r1, r0]\n\t"
+            TML_XNOR_HA_ASM("r9", "r0", "r4")
+            TML_XNOR_HA_ASM("r10", "r9", "r5")
+            TML_XNOR_HA_ASM("r9", "r10", "r6")
+            TML_XNOR_HA_ASM("r10", "r9", "r7")
+            "orr lr, lr, r10\n"
+            "7:\n\t"
+            "str lr, [r8], #4\n"
+            "6:\n\t"
+            "pop {r0}\n\t"
+            "stm r0, {r4-r8}\n\t"
+            "pop {r4-r11, pc}\n\t");
+}
+#pragma GCC diagnostic pop
+#else
 /* One carry-save adder: (high, low) = a + b + c, lane by lane. */
 #define TML_XNOR_CSA(high, low, a, b, c) \
     do {                                 \
@@ -131,107 +265,116 @@ static inline uint16_t *tml_xnor_set_bits(uint32_t bits, int32_t base, uint16_t 
         low = u_ ^ c_;                   \
     } while (0)
 
-/* Eight words block[at[0..7]] into the counter planes ones, twos and fours of the calling scope (with
- * its temporaries twos_a, twos_b, fours_a, fours_b); `eights_out` gets the lanes that carry eight. */
-#define TML_XNOR_ADD8(eights_out, block, at)                                  \
-    do {                                                                      \
-        TML_XNOR_CSA(twos_a, ones, ones, (block)[(at)[0]], (block)[(at)[1]]); \
-        TML_XNOR_CSA(twos_b, ones, ones, (block)[(at)[2]], (block)[(at)[3]]); \
-        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);                    \
-        TML_XNOR_CSA(twos_a, ones, ones, (block)[(at)[4]], (block)[(at)[5]]); \
-        TML_XNOR_CSA(twos_b, ones, ones, (block)[(at)[6]], (block)[(at)[7]]); \
-        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);                    \
-        TML_XNOR_CSA(eights_out, fours, fours, fours_a, fours_b);             \
+/* The word at byte offset `at` from `block`. */
+#define TML_XNOR_AT(block, at) (*(const uint32_t *)((const uint8_t *)(block) + (at)))
+
+/* Eight words at the byte offsets at[0..7] from block into ones, twos and fours of the calling scope
+ * (with its temporaries twos_a, twos_b, fours_a, fours_b); `eights_out` gets the lanes that carry eight. */
+#define TML_XNOR_ADD8(eights_out, block, at)                                                        \
+    do {                                                                                            \
+        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(block, (at)[0]), TML_XNOR_AT(block, (at)[1])); \
+        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(block, (at)[2]), TML_XNOR_AT(block, (at)[3])); \
+        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);                                          \
+        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(block, (at)[4]), TML_XNOR_AT(block, (at)[5])); \
+        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(block, (at)[6]), TML_XNOR_AT(block, (at)[7])); \
+        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);                                          \
+        TML_XNOR_CSA(eights_out, fours, fours, fours_a, fours_b);                                   \
     } while (0)
 
-/* Lane by lane, how many of the words counted so far have each bit set: bit j of planes[p] is bit p
- * of lane j's count. ones..eights are planes 0..3 while counting (kept in registers by
- * tml_xnor_count_add); tml_xnor_count_finish stores them into planes. */
-typedef struct {
-    uint32_t ones, twos, fours, eights;
-    uint32_t planes[TML_XNOR_PLANES];
-} tml_xnor_counter;
-
-static inline void tml_xnor_count_start(tml_xnor_counter *counter)
+/* Adds the n words at the byte offsets offsets[0..n) from block to level (Harley-Seal): 16 at a time,
+ * each group storing its carry, then the last words one at a time rippled into eights, their carries
+ * out (a lane carries once in fewer than 16 words) stored as one word. At most n / 16 + 1 carries. */
+static TML_XNOR_NOINLINE void tml_xnor_count_words(tml_xnor_level *level, const uint32_t *block,
+                                                   const uint32_t *offsets, int32_t n)
 {
-    counter->ones = counter->twos = counter->fours = counter->eights = 0;
-    for (int32_t p = 4; p < TML_XNOR_PLANES; p++) {
-        counter->planes[p] = 0;
-    }
-}
-
-/* Adds the words block[offsets[i]] (i < n) to the counter. */
-static TML_XNOR_NOINLINE void tml_xnor_count_add(tml_xnor_counter *counter, const uint32_t *block,
-                                                 const uint16_t *offsets, int32_t n)
-{
-    uint32_t ones = counter->ones, twos = counter->twos, fours = counter->fours, eights = counter->eights;
-    uint32_t *planes = counter->planes;
+    uint32_t ones = level->ones, twos = level->twos, fours = level->fours, eights = level->eights;
+    uint32_t *carry = level->carry;
     uint32_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
     for (; n >= 16; n -= 16, offsets += 16) {
         TML_XNOR_ADD8(eights_a, block, offsets);
         TML_XNOR_ADD8(eights_b, block, offsets + 8);
         TML_XNOR_CSA(sixteens, eights, eights, eights_a, eights_b);
-        for (int32_t p = 4; sixteens != 0; p++) { /* ripple the sixteens into the higher planes */
-            const uint32_t carry = planes[p] & sixteens;
-            planes[p] ^= sixteens;
-            sixteens = carry;
-        }
+        *carry++ = sixteens;
     }
-    if (n >= 8) { /* eight words: into ones, twos, fours, the eights rippled on */
-        TML_XNOR_ADD8(eights_a, block, offsets);
-        sixteens = eights & eights_a;
-        eights ^= eights_a;
-        for (int32_t p = 4; sixteens != 0; p++) {
-            const uint32_t carry = planes[p] & sixteens;
-            planes[p] ^= sixteens;
-            sixteens = carry;
+    if (n > 0) {
+        uint32_t out = 0;
+        for (; n > 0; n--) {
+            uint32_t c = TML_XNOR_AT(block, *offsets++), next;
+            next = ones & c;
+            ones ^= c;
+            c = twos & next;
+            twos ^= next;
+            next = fours & c;
+            fours ^= c;
+            out |= eights & next;
+            eights ^= next;
         }
-        n -= 8;
-        offsets += 8;
+        *carry++ = out;
     }
-    for (; n > 0; n--) { /* the last words, one at a time */
-        uint32_t carry = block[*offsets++];
-        uint32_t next = ones & carry;
-        ones ^= carry;
-        carry = next;
-        next = twos & carry;
-        twos ^= carry;
-        carry = next;
-        next = fours & carry;
-        fours ^= carry;
-        carry = next;
-        next = eights & carry;
-        eights ^= carry;
-        for (int32_t p = 4; next != 0; p++) {
-            carry = planes[p] & next;
-            planes[p] ^= next;
-            next = carry;
-        }
+    level->ones = ones;
+    level->twos = twos;
+    level->fours = fours;
+    level->eights = eights;
+    level->carry = carry;
+}
+#endif
+
+static inline void tml_xnor_count_start(tml_xnor_counter *counter)
+{
+    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
+        tml_xnor_level *level = &counter->level[k];
+        level->ones = level->twos = level->fours = level->eights = 0;
+        level->carry = counter->waiting[k];
     }
-    counter->ones = ones;
-    counter->twos = twos;
-    counter->fours = fours;
-    counter->eights = eights;
 }
 
 /* A counter holding start[p] as plane p (each lane its own starting count). */
 static inline void tml_xnor_count_start_at(tml_xnor_counter *counter, const uint32_t start[TML_XNOR_PLANES])
 {
-    counter->ones = start[0];
-    counter->twos = start[1];
-    counter->fours = start[2];
-    counter->eights = start[3];
-    for (int32_t p = 4; p < TML_XNOR_PLANES; p++) {
-        counter->planes[p] = start[p];
+    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
+        tml_xnor_level *level = &counter->level[k];
+        level->ones = start[4 * k];
+        level->twos = start[4 * k + 1];
+        level->fours = start[4 * k + 2];
+        level->eights = start[4 * k + 3];
+        level->carry = counter->waiting[k];
     }
 }
 
-static inline void tml_xnor_count_finish(tml_xnor_counter *counter)
+/* Every level above 0 below `levels` adds the carries waiting for it when there are more than `most`. */
+static inline void tml_xnor_count_carries(tml_xnor_counter *counter, int32_t most, int32_t levels)
 {
-    counter->planes[0] = counter->ones;
-    counter->planes[1] = counter->twos;
-    counter->planes[2] = counter->fours;
-    counter->planes[3] = counter->eights;
+    for (int32_t k = 1; k < levels; k++) {
+        const int32_t n = (int32_t)(counter->level[k - 1].carry - counter->waiting[k - 1]);
+        if (n > most) {
+            tml_xnor_count_words(&counter->level[k], counter->waiting[k - 1], tml_xnor_consecutive(), n);
+            counter->level[k - 1].carry = counter->waiting[k - 1];
+        }
+    }
+    counter->level[TML_XNOR_LEVELS - 1].carry = counter->waiting[TML_XNOR_LEVELS - 1];
+}
+
+/* Adds the words at the byte offsets offsets[i] (i < n) from block to the counter. */
+static inline void tml_xnor_count_add(tml_xnor_counter *counter, const uint32_t *block, const uint32_t *offsets,
+                                      int32_t n)
+{
+    for (; n > 0; n -= TML_XNOR_CHUNK, offsets += TML_XNOR_CHUNK) {
+        tml_xnor_count_words(&counter->level[0], block, offsets, n < TML_XNOR_CHUNK ? n : TML_XNOR_CHUNK);
+        tml_xnor_count_carries(counter, TML_XNOR_WAITING - TML_XNOR_CHUNK / 16 - 1, TML_XNOR_LEVELS);
+    }
+}
+
+/* Adds the carries still waiting (those of weight 2^used and up are zero: the count is below 2^used) and
+ * stores the count into planes. */
+static inline void tml_xnor_count_finish(tml_xnor_counter *counter, int32_t used)
+{
+    tml_xnor_count_carries(counter, 0, (used + 3) / 4);
+    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
+        counter->planes[4 * k] = counter->level[k].ones;
+        counter->planes[4 * k + 1] = counter->level[k].twos;
+        counter->planes[4 * k + 2] = counter->level[k].fours;
+        counter->planes[4 * k + 3] = counter->level[k].eights;
+    }
 }
 
 /* Every lane's count out of the planes (only the first `used` can be nonzero) into counts[32]. Four
@@ -291,6 +434,125 @@ static inline int32_t tml_xnor_planes_for(int32_t n)
         used++;
     }
     return used;
+}
+
+/* What the binary convolutions (tml_conv2d_xnor, tml_conv2d_xnor_sign) share: for each input column
+ * under a window, the byte offsets of the weight words of its set input bits (over the window's real
+ * rows; padded cells are skipped), listed once in a ring of filter.w lists that sliding windows
+ * share (a stride-1 row lists one new column per output pixel), and what a window's per-channel
+ * int8 outputs are made of. The lists live in scratch: tml_xnor_columns_bytes. */
+typedef struct {
+    uint32_t *lists; /* list k holds input column x[k] (x % filter.w == k); room for filter.h * in.c each */
+    int32_t *x;      /* -1: none */
+    int32_t *n;      /* the list's length */
+    int32_t room;    /* filter.h * in.c */
+} tml_xnor_columns;
+
+/* Scratch bytes of the lists (4-byte aligned). */
+static inline int32_t tml_xnor_columns_bytes(const tml_shape *filter_shape)
+{
+    return 4 * filter_shape->h * filter_shape->w * filter_shape->c + 8 * filter_shape->w;
+}
+
+/* The lists at the start of `scratch` (the first window of each output row starts them afresh). */
+static inline tml_xnor_columns tml_xnor_columns_at(void *scratch, const tml_shape *filter_shape)
+{
+    tml_xnor_columns c;
+    c.room = filter_shape->h * filter_shape->c;
+    c.lists = (uint32_t *)scratch;
+    c.x = (int32_t *)(c.lists + (size_t)c.room * (size_t)filter_shape->w);
+    c.n = c.x + filter_shape->w;
+    return c;
+}
+
+/* Lists the window's columns that are not listed yet (`row_start`: the first window of an output row,
+ * which lists all); returns A, the set input bits of the window's real cells. */
+static inline int32_t tml_xnor_columns_list(tml_xnor_columns *c, const uint32_t *input, const tml_shape *in,
+                                            int32_t filter_w, tml_window_span sy, tml_window_span sx, int row_start)
+{
+    const int32_t words = tml_xnor_words(in->c);
+    int32_t set = 0;
+    if (row_start) {
+        for (int32_t k = 0; k < filter_w; k++) {
+            c->x[k] = -1; /* the lists hold another row's cells */
+        }
+    }
+    for (int32_t kx = sx.begin; kx < sx.end; kx++) {
+        const int32_t x = sx.origin + kx, slot = x % filter_w;
+        if (c->x[slot] != x) {
+            uint32_t *end = c->lists + (size_t)slot * (size_t)c->room;
+            const uint32_t *first = end;
+            for (int32_t ky = sy.begin; ky < sy.end; ky++) {
+                const uint32_t *pixel = input + ((size_t)(sy.origin + ky) * (size_t)in->w + (size_t)x) * (size_t)words;
+                const uint32_t base = 4u * (uint32_t)(ky * filter_w * in->c);
+                for (int32_t j = 0; j < words; j++) {
+                    end = tml_xnor_set_bits(pixel[j], base + 128u * (uint32_t)j, end);
+                }
+            }
+            c->x[slot] = x;
+            c->n[slot] = (int32_t)(end - first);
+        }
+        set += c->n[slot];
+    }
+    return set;
+}
+
+/* Adds to the counter the weight words of one block (its weights [filter.h][filter.w][in.c]) at the window's
+ * listed offsets, each column's moved by its place kx in the window. */
+static inline void tml_xnor_columns_count(const tml_xnor_columns *c, tml_xnor_counter *counter,
+                                          const uint32_t *block_weights, int32_t in_c, int32_t filter_w,
+                                          tml_window_span sx)
+{
+    for (int32_t kx = sx.begin; kx < sx.end; kx++) {
+        const int32_t slot = (sx.origin + kx) % filter_w;
+        tml_xnor_count_add(counter, block_weights + kx * in_c, c->lists + (size_t)slot * (size_t)c->room,
+                           c->n[slot]);
+    }
+}
+
+/* Per channel, bias + m * (taps - 2S): the int8 accumulator of a window on real cells only, less
+ * m * (4V - 2A). */
+static inline void tml_xnor_whole_window(int32_t *constant, const int16_t *tap_ones, const int32_t *magnitude,
+                                         const int32_t *bias, int32_t out_c, int32_t positions, int32_t taps)
+{
+    for (int32_t oc = 0; oc < out_c; oc++) {
+        int32_t s = 0;
+        for (int32_t k = 0; k < positions; k++) {
+            s += tap_ones[oc * positions + k];
+        }
+        constant[oc] = (int32_t)((uint32_t)(bias ? bias[oc] : 0) + (uint32_t)(magnitude[oc] * (taps - 2 * s)));
+    }
+}
+
+/* The int8 outputs y[0..lanes) of the block of channels from `first` for a window (spans sy, sx; n real
+ * taps, `set` of them set) from its finished counter: the constant of a window on real cells, or over the
+ * padding S and n of its real taps only. */
+static inline void tml_xnor_window_outputs(const tml_xnor_counter *counter, int32_t used, int32_t first,
+                                           int32_t lanes, int32_t set, int32_t n, int32_t taps,
+                                           tml_window_span sy, tml_window_span sx, int32_t filter_w,
+                                           int32_t positions, const int32_t *whole_window, const int16_t *tap_ones,
+                                           const int32_t *magnitude, const int32_t *bias,
+                                           const tml_quant_channels *quant, const tml_conv_params *p, int8_t *y)
+{
+    int32_t counts[32], border[32];
+    tml_xnor_lanes(counter->planes, used, counts);
+    const int32_t *constant = whole_window + first;
+    if (n != taps) {
+        for (int32_t lane = 0; lane < lanes; lane++) {
+            const int32_t oc = first + lane;
+            int32_t s = 0;
+            for (int32_t ky = sy.begin; ky < sy.end; ky++) {
+                for (int32_t kx = sx.begin; kx < sx.end; kx++) {
+                    s += tap_ones[oc * positions + ky * filter_w + kx];
+                }
+            }
+            const uint32_t b = (uint32_t)(bias ? bias[oc] : 0);
+            border[lane] = (int32_t)(b + (uint32_t)(magnitude[oc] * (n - 2 * s)));
+        }
+        constant = border;
+    }
+    tml_xnor_outputs(counts, lanes, -2 * set, constant, magnitude + first, quant->multiplier + first,
+                     quant->shift + first, p->output_offset, p->act_min, p->act_max, y);
 }
 
 #ifdef __cplusplus

@@ -26,16 +26,11 @@ static int32_t tml_xnor_sign_slot_words(int32_t out_channels)
     return 4 + tml_xnor_words(out_channels) * 2 * TML_XNOR_PLANES;
 }
 
-/* Bytes after tml_conv2d_xnor's scratch: D per channel, a flag per block, the slots. */
-static int32_t tml_xnor_sign_extra_bytes(int32_t out_channels)
-{
-    return 4 * out_channels + 4 * tml_xnor_words(out_channels)
-         + 4 * TML_XNOR_SIGN_SLOTS * tml_xnor_sign_slot_words(out_channels);
-}
-
 int32_t tml_conv2d_xnor_sign_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels)
 {
-    return tml_conv2d_xnor_scratch_bytes(filter_shape, out_channels) + tml_xnor_sign_extra_bytes(out_channels);
+    /* the column lists, per channel the constant of a whole window and D, a flag per block, the slots */
+    return tml_xnor_columns_bytes(filter_shape) + 8 * out_channels + 4 * tml_xnor_words(out_channels)
+         + 4 * TML_XNOR_SIGN_SLOTS * tml_xnor_sign_slot_words(out_channels);
 }
 
 /* Whether bias + m * d, |d| <= taps, keeps a channel's int8 output monotone in d (see above). */
@@ -141,37 +136,29 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
         || !tml_window_fits(in.w, filter.w, params->stride_w, params->pad_w, out.w)) {
         return TML_ARG_ERROR;
     }
-    const int32_t words = tml_xnor_words(in.c);
     const int32_t out_words = tml_xnor_words(out.c);
     const int32_t taps = positions * in.c;
-    const int32_t column_taps = filter.h * in.c;
-    uint16_t *column_lists = (uint16_t *)scratch; /* slot k: input columns x with x % filter.w == k */
-    int32_t *column_x = (int32_t *)((int8_t *)scratch + ((2 * taps + 3) & ~3));
-    int32_t *column_n = column_x + filter.w;
-    int32_t *whole_window = column_n + filter.w; /* per channel: bias + m * (taps - 2S), as tml_conv2d_xnor */
-    int32_t *least = whole_window + out.c;       /* per channel: D */
-    int32_t *monotone = least + out.c;           /* per block */
+    tml_xnor_columns columns = tml_xnor_columns_at(scratch, &filter);
+    int32_t *whole_window = (int32_t *)((int8_t *)scratch + tml_xnor_columns_bytes(&filter)); /* per channel */
+    int32_t *least = whole_window + out.c;                                                    /* per channel: D */
+    int32_t *monotone = least + out.c;                                                        /* per block */
     uint32_t *slots = (uint32_t *)(monotone + out_words);
     const int32_t slot_words = tml_xnor_sign_slot_words(out.c);
-    const int32_t *multiplier = quant->multiplier, *shift = quant->shift;
     const tml_conv_params p = *params;
-    int32_t any_monotone = 0;
+    tml_xnor_whole_window(whole_window, tap_ones, magnitude, bias, out.c, positions, taps);
     for (int32_t block = 0; block < out_words; block++) {
         monotone[block] = 1;
     }
     for (int32_t oc = 0; oc < out.c; oc++) {
-        int32_t s = 0;
-        for (int32_t k = 0; k < positions; k++) {
-            s += tap_ones[oc * positions + k];
-        }
-        const int32_t b = bias ? bias[oc] : 0;
-        whole_window[oc] = (int32_t)((uint32_t)b + (uint32_t)(magnitude[oc] * (taps - 2 * s)));
-        if (tml_xnor_sign_monotone(b, magnitude[oc], multiplier[oc], shift[oc], taps)) {
-            least[oc] = tml_xnor_sign_least_d(b, magnitude[oc], multiplier[oc], shift[oc], &p, threshold[oc], taps);
+        const int32_t b = bias ? bias[oc] : 0, m = magnitude[oc];
+        const int32_t multiplier = quant->multiplier[oc], shift = quant->shift[oc];
+        if (tml_xnor_sign_monotone(b, m, multiplier, shift, taps)) {
+            least[oc] = tml_xnor_sign_least_d(b, m, multiplier, shift, &p, threshold[oc], taps);
         } else {
             monotone[oc / 32] = 0;
         }
     }
+    int32_t any_monotone = 0;
     for (int32_t block = 0; block < out_words; block++) {
         any_monotone |= monotone[block];
     }
@@ -182,39 +169,18 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
     const uint32_t *start = slots + 4;
     const int32_t sign_planes = tml_xnor_planes_for(2 * taps + taps / 2 + 2);
     tml_xnor_counter counter;
-    int32_t counts[32], border[32];
     int8_t values[32];
     for (int32_t oy = 0; oy < out.h; oy++) {
         const tml_window_span sy = tml_window_span_at(oy, p.stride_h, p.pad_h, filter.h, in.h);
         const int32_t rows = sy.end > sy.begin ? sy.end - sy.begin : 0; /* none: all padding */
-        for (int32_t k = 0; k < filter.w; k++) {
-            column_x[k] = -1; /* the lists hold other rows */
-        }
         for (int32_t ox = 0; ox < out.w; ox++) {
             const tml_window_span sx = tml_window_span_at(ox, p.stride_w, p.pad_w, filter.w, in.w);
-            const int32_t columns = sx.end > sx.begin ? sx.end - sx.begin : 0;
-            const int32_t n = rows * columns * in.c;
-            int32_t set = 0;
-            for (int32_t kx = sx.begin; kx < sx.end; kx++) { /* list the columns new to this window */
-                const int32_t x = sx.origin + kx, slot = x % filter.w;
-                if (column_x[slot] != x) {
-                    uint16_t *end = column_lists + (size_t)slot * column_taps;
-                    const uint16_t *first = end;
-                    for (int32_t ky = sy.begin; ky < sy.end; ky++) {
-                        const uint32_t *pixel = input + ((size_t)(sy.origin + ky) * in.w + x) * words;
-                        const int32_t row_base = ky * filter.w * in.c;
-                        for (int32_t j = 0; j < words; j++) {
-                            end = tml_xnor_set_bits(pixel[j], row_base + 32 * j, end);
-                        }
-                    }
-                    column_x[slot] = x;
-                    column_n[slot] = (int32_t)(end - first);
-                }
-                set += column_n[slot];
-            }
+            const int32_t columns_real = sx.end > sx.begin ? sx.end - sx.begin : 0;
+            const int32_t n = rows * columns_real * in.c;
+            const int32_t set = tml_xnor_columns_list(&columns, input, &in, filter.w, sy, sx, ox == 0);
             if (any_monotone) { /* the starting planes of this window's shape, kept in a slot */
                 const int32_t y0 = rows ? sy.begin : 0, y1 = rows ? sy.end : 0;
-                const int32_t x0 = columns ? sx.begin : 0, x1 = columns ? sx.end : 0;
+                const int32_t x0 = columns_real ? sx.begin : 0, x1 = columns_real ? sx.end : 0;
                 if (!tml_xnor_sign_holds(start - 4, y0, y1, x0, x1)) {
                     uint32_t *found = NULL;
                     for (int32_t k = 0; k < TML_XNOR_SIGN_SLOTS && found == NULL; k++) {
@@ -238,42 +204,22 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
             for (int32_t block = 0; block < out_words; block++) {
                 const int32_t first = 32 * block;
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
-                const uint32_t lane_mask = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
                 const uint32_t *block_weights = weights + (size_t)block * taps;
                 if (monotone[block]) {
                     const size_t at = ((size_t)block * 2 + (size_t)(set & 1)) * TML_XNOR_PLANES;
                     tml_xnor_count_start_at(&counter, start + at);
-                } else {
-                    tml_xnor_count_start(&counter);
-                }
-                for (int32_t kx = sx.begin; kx < sx.end; kx++) {
-                    const int32_t slot = (sx.origin + kx) % filter.w;
-                    tml_xnor_count_add(&counter, block_weights + kx * in.c, column_lists + (size_t)slot * column_taps,
-                                       column_n[slot]);
-                }
-                tml_xnor_count_finish(&counter);
-                if (monotone[block]) {
+                    tml_xnor_columns_count(&columns, &counter, block_weights, in.c, filter.w, sx);
+                    tml_xnor_count_finish(&counter, sign_planes);
+                    const uint32_t lane_mask = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
                     y[block] = tml_xnor_at_least(counter.planes, sign_planes, (uint32_t)(n + 1 + set / 2)) & lane_mask;
                     continue;
                 }
-                tml_xnor_lanes(counter.planes, tml_xnor_planes_for(set), counts);
-                const int32_t *constant = whole_window + first;
-                if (n != taps) { /* a window over the padding: S over its real taps only */
-                    for (int32_t lane = 0; lane < lanes; lane++) {
-                        const int32_t oc = first + lane;
-                        int32_t s = 0;
-                        for (int32_t ky = sy.begin; ky < sy.end; ky++) {
-                            for (int32_t kx = sx.begin; kx < sx.end; kx++) {
-                                s += tap_ones[oc * positions + ky * filter.w + kx];
-                            }
-                        }
-                        const uint32_t b = (uint32_t)(bias ? bias[oc] : 0);
-                        border[lane] = (int32_t)(b + (uint32_t)(magnitude[oc] * (n - 2 * s)));
-                    }
-                    constant = border;
-                }
-                tml_xnor_outputs(counts, lanes, -2 * set, constant, magnitude + first, multiplier + first,
-                                 shift + first, p.output_offset, p.act_min, p.act_max, values);
+                const int32_t used = tml_xnor_planes_for(set);
+                tml_xnor_count_start(&counter);
+                tml_xnor_columns_count(&columns, &counter, block_weights, in.c, filter.w, sx);
+                tml_xnor_count_finish(&counter, used);
+                tml_xnor_window_outputs(&counter, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
+                                        whole_window, tap_ones, magnitude, bias, quant, &p, values);
                 uint32_t bits = 0;
                 for (int32_t lane = 0; lane < lanes; lane++) {
                     bits |= (uint32_t)(values[lane] >= threshold[first + lane]) << lane;

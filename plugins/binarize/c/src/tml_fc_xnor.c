@@ -9,7 +9,7 @@
 
 int32_t tml_fc_xnor_scratch_bytes(int32_t in_features)
 {
-    return (2 * in_features + 3) & ~3; /* the offsets of the set input bits, uint16 */
+    return 4 * in_features; /* the byte offsets of the set input bits' words, uint32 */
 }
 
 tml_status tml_fc_xnor(const tml_fc_params *params, const tml_quant_channels *quant, int32_t in_features,
@@ -23,10 +23,10 @@ tml_status tml_fc_xnor(const tml_fc_params *params, const tml_quant_channels *qu
         || params->act_min > params->act_max) {
         return TML_ARG_ERROR;
     }
-    uint16_t *offsets = (uint16_t *)scratch;
-    uint16_t *end = offsets;
+    uint32_t *offsets = (uint32_t *)scratch;
+    uint32_t *end = offsets;
     for (int32_t j = 0; j < tml_xnor_words(in_features); j++) {
-        end = tml_xnor_set_bits(input[j], 32 * j, end);
+        end = tml_xnor_set_bits(input[j], 128u * (uint32_t)j, end);
     }
     const int32_t set = (int32_t)(end - offsets);
     const int32_t used = tml_xnor_planes_for(set);
@@ -35,7 +35,7 @@ tml_status tml_fc_xnor(const tml_fc_params *params, const tml_quant_channels *qu
     for (int32_t block = 0; 32 * block < out_features; block++) {
         tml_xnor_count_start(&counter);
         tml_xnor_count_add(&counter, weights + (size_t)block * in_features, offsets, set);
-        tml_xnor_count_finish(&counter);
+        tml_xnor_count_finish(&counter, used);
         tml_xnor_lanes(counter.planes, used, counts);
         const int32_t first = 32 * block;
         const int32_t lanes = out_features - first < 32 ? out_features - first : 32;
