@@ -5,7 +5,7 @@ that read it, whose weights are +m/-m per output channel (`Tensor.encoding == "b
 `sign.quantize`): those run `tml_conv2d_xnor` / `tml_fc_xnor` on the bits and write int8, the
 same bytes the int8 kernels would give on the +1/-1 values. A `conv2d_sign` node (technique
 `fuse-sign`) runs `tml_conv2d_xnor_sign`, which writes the packed bits of its sign itself. Their
-scratch (the byte offsets of the weight words of a window's set input bits) is sized here as
+scratch (the byte offsets of the weight words of the set input bits of up to two windows) is sized here as
 `tml_*_xnor*_scratch_bytes` size it.
 """
 
@@ -41,7 +41,7 @@ SIGN_SLOTS = 4  # TML_XNOR_SIGN_SLOTS
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
     """Scratch of `tml_conv2d_xnor`; mirrors `tml_conv2d_xnor_scratch_bytes`."""
     taps = int(np.prod(filter_shape))
-    return 4 * taps + 8 * filter_shape[1] + 4 * out_channels
+    return 8 * taps + 8 * filter_shape[1] + 4 * out_channels
 
 
 def conv2d_sign_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:

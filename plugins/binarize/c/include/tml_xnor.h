@@ -124,8 +124,8 @@ static inline uint32_t *tml_xnor_set_bits(uint32_t bits, uint32_t base, uint32_t
 }
 
 #define TML_XNOR_LEVELS 4   /* level k holds planes 4k..4k+3 */
-#define TML_XNOR_CHUNK 128  /* words a level-0 call adds at most: at most 9 carries */
-#define TML_XNOR_WAITING 24 /* carries waiting for a level: up to 15, then a call's 9 */
+#define TML_XNOR_CHUNK 384  /* words a level-0 call adds at most: at most 25 carries */
+#define TML_XNOR_WAITING 40 /* carries waiting for a level: up to 15, then a call's 25 */
 
 /* Planes 4k..4k+3 of a count (ones, twos, fours, eights of the words of weight 16^k added at level k),
  * and where the next carry (a word of weight 16^(k+1)) goes. The layout tml_xnor_count_words reads. */
@@ -147,8 +147,10 @@ typedef struct {
 /* The byte offsets of consecutive words: a level adds the carries waiting in a buffer. */
 static inline const uint32_t *tml_xnor_consecutive(void)
 {
-    static const uint32_t offsets[TML_XNOR_WAITING] = {0,  4,  8,  12, 16, 20, 24, 28, 32, 36, 40, 44,
-                                                       48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92};
+    static const uint32_t offsets[TML_XNOR_WAITING] = {
+        0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92, 96, 100, 104,
+        108, 112, 116, 120, 124, 128, 132, 136, 140, 144, 148, 152, 156
+    };
     return offsets;
 }
 
@@ -189,12 +191,11 @@ static inline const uint32_t *tml_xnor_consecutive(void)
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter" /* read by the assembly */
-/* Adds the n words at the byte offsets offsets[0..n) from block to level (its planes in r4..r7, the
+/* Adds the n words at the byte offsets offsets[0..n) from the address base to level (its planes in r4..r7, the
  * carry pointer in r8; Harley-Seal): 16 at a time, each group storing its carry, then 8, 4, 2 and 1 as n
  * has them, each piece rippling its top into eights, their carries out (a lane carries once in fewer
  * than 16 words) stored as one word. At most n / 16 + 1 carries. */
-__attribute__((naked, noinline, unused)) static void tml_xnor_count_words(tml_xnor_level *level,
-                                                                        const uint32_t *block,
+__attribute__((naked, noinline, unused)) static void tml_xnor_count_words(tml_xnor_level *level, uintptr_t base,
                                                                         const uint32_t *offsets, int32_t n)
 {
     __asm__("push {r0, r4-r11, lr}\n\t"
@@ -265,41 +266,42 @@ __attribute__((naked, noinline, unused)) static void tml_xnor_count_words(tml_xn
         low = u_ ^ c_;                   \
     } while (0)
 
-/* The word at byte offset `at` from `block`. */
-#define TML_XNOR_AT(block, at) (*(const uint32_t *)((const uint8_t *)(block) + (at)))
+/* The word at byte offset `at` from the address `base` (an integer: a convolution's base may lie before its
+ * weights, the offsets bringing every address into them). */
+#define TML_XNOR_AT(base, at) (*(const uint32_t *)((base) + (uintptr_t)(at)))
 
-/* Eight words at the byte offsets at[0..7] from block into ones, twos and fours of the calling scope
+/* Eight words at the byte offsets at[0..7] from base into ones, twos and fours of the calling scope
  * (with its temporaries twos_a, twos_b, fours_a, fours_b); `eights_out` gets the lanes that carry eight. */
-#define TML_XNOR_ADD8(eights_out, block, at)                                                        \
+#define TML_XNOR_ADD8(eights_out, base, at)                                                        \
     do {                                                                                            \
-        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(block, (at)[0]), TML_XNOR_AT(block, (at)[1])); \
-        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(block, (at)[2]), TML_XNOR_AT(block, (at)[3])); \
+        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(base, (at)[0]), TML_XNOR_AT(base, (at)[1])); \
+        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(base, (at)[2]), TML_XNOR_AT(base, (at)[3])); \
         TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);                                          \
-        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(block, (at)[4]), TML_XNOR_AT(block, (at)[5])); \
-        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(block, (at)[6]), TML_XNOR_AT(block, (at)[7])); \
+        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(base, (at)[4]), TML_XNOR_AT(base, (at)[5])); \
+        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(base, (at)[6]), TML_XNOR_AT(base, (at)[7])); \
         TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);                                          \
         TML_XNOR_CSA(eights_out, fours, fours, fours_a, fours_b);                                   \
     } while (0)
 
-/* Adds the n words at the byte offsets offsets[0..n) from block to level (Harley-Seal): 16 at a time,
+/* Adds the n words at the byte offsets offsets[0..n) from the address base to level (Harley-Seal): 16 at a time,
  * each group storing its carry, then the last words one at a time rippled into eights, their carries
  * out (a lane carries once in fewer than 16 words) stored as one word. At most n / 16 + 1 carries. */
-static TML_XNOR_NOINLINE void tml_xnor_count_words(tml_xnor_level *level, const uint32_t *block,
+static TML_XNOR_NOINLINE void tml_xnor_count_words(tml_xnor_level *level, uintptr_t base,
                                                    const uint32_t *offsets, int32_t n)
 {
     uint32_t ones = level->ones, twos = level->twos, fours = level->fours, eights = level->eights;
     uint32_t *carry = level->carry;
     uint32_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
     for (; n >= 16; n -= 16, offsets += 16) {
-        TML_XNOR_ADD8(eights_a, block, offsets);
-        TML_XNOR_ADD8(eights_b, block, offsets + 8);
+        TML_XNOR_ADD8(eights_a, base, offsets);
+        TML_XNOR_ADD8(eights_b, base, offsets + 8);
         TML_XNOR_CSA(sixteens, eights, eights, eights_a, eights_b);
         *carry++ = sixteens;
     }
     if (n > 0) {
         uint32_t out = 0;
         for (; n > 0; n--) {
-            uint32_t c = TML_XNOR_AT(block, *offsets++), next;
+            uint32_t c = TML_XNOR_AT(base, *offsets++), next;
             next = ones & c;
             ones ^= c;
             c = twos & next;
@@ -347,19 +349,18 @@ static inline void tml_xnor_count_carries(tml_xnor_counter *counter, int32_t mos
     for (int32_t k = 1; k < levels; k++) {
         const int32_t n = (int32_t)(counter->level[k - 1].carry - counter->waiting[k - 1]);
         if (n > most) {
-            tml_xnor_count_words(&counter->level[k], counter->waiting[k - 1], tml_xnor_consecutive(), n);
+            tml_xnor_count_words(&counter->level[k], (uintptr_t)counter->waiting[k - 1], tml_xnor_consecutive(), n);
             counter->level[k - 1].carry = counter->waiting[k - 1];
         }
     }
     counter->level[TML_XNOR_LEVELS - 1].carry = counter->waiting[TML_XNOR_LEVELS - 1];
 }
 
-/* Adds the words at the byte offsets offsets[i] (i < n) from block to the counter. */
-static inline void tml_xnor_count_add(tml_xnor_counter *counter, const uint32_t *block, const uint32_t *offsets,
-                                      int32_t n)
+/* Adds the words at the byte offsets offsets[i] (i < n) from the address base to the counter. */
+static inline void tml_xnor_count_add(tml_xnor_counter *counter, uintptr_t base, const uint32_t *offsets, int32_t n)
 {
     for (; n > 0; n -= TML_XNOR_CHUNK, offsets += TML_XNOR_CHUNK) {
-        tml_xnor_count_words(&counter->level[0], block, offsets, n < TML_XNOR_CHUNK ? n : TML_XNOR_CHUNK);
+        tml_xnor_count_words(&counter->level[0], base, offsets, n < TML_XNOR_CHUNK ? n : TML_XNOR_CHUNK);
         tml_xnor_count_carries(counter, TML_XNOR_WAITING - TML_XNOR_CHUNK / 16 - 1, TML_XNOR_LEVELS);
     }
 }
@@ -436,78 +437,102 @@ static inline int32_t tml_xnor_planes_for(int32_t n)
     return used;
 }
 
-/* What the binary convolutions (tml_conv2d_xnor, tml_conv2d_xnor_sign) share: for each input column
- * under a window, the byte offsets of the weight words of its set input bits (over the window's real
- * rows; padded cells are skipped), listed once in a ring of filter.w lists that sliding windows
- * share (a stride-1 row lists one new column per output pixel), and what a window's per-channel
- * int8 outputs are made of. The lists live in scratch: tml_xnor_columns_bytes. */
+/* What the binary convolutions (tml_conv2d_xnor, tml_conv2d_xnor_sign) share: the byte offsets of the
+ * weight words of the set input bits under a window, as one list that every block counts in one go.
+ * Along an output row the input columns are listed once each, in order, over the row's real filter
+ * rows (padded cells are skipped), into one buffer: a window's columns are then its last entries.
+ * An entry of column x is 4 * ((ky * filter.w + x) * in.c + channel), so a window whose tap 0 lies
+ * at column `origin` reads the words from the address of its block's weights less 4 * origin * in.c
+ * (tml_xnor_columns_base): the same entry serves every window over the column. When the buffer
+ * (room for two windows) has no room for another column, the columns still needed move to its
+ * start. The buffer lives in scratch: tml_xnor_columns_bytes. */
 typedef struct {
-    uint32_t *lists; /* list k holds input column x[k] (x % filter.w == k); room for filter.h * in.c each */
-    int32_t *x;      /* -1: none */
-    int32_t *n;      /* the list's length */
-    int32_t room;    /* filter.h * in.c */
+    uint32_t *entries;  /* 2 * filter.h * filter.w * in.c */
+    int32_t *first;     /* per filter column slot x % filter.w: where column x's entries begin */
+    int32_t *column;    /* the column x a slot holds (-1: none) */
+    int32_t end;        /* entries in use */
+    int32_t next;       /* the next input column to list */
+    int32_t capacity;
+    int32_t window;     /* the current window's first entry */
 } tml_xnor_columns;
 
-/* Scratch bytes of the lists (4-byte aligned). */
+/* Scratch bytes of the buffer (4-byte aligned). */
 static inline int32_t tml_xnor_columns_bytes(const tml_shape *filter_shape)
 {
-    return 4 * filter_shape->h * filter_shape->w * filter_shape->c + 8 * filter_shape->w;
+    return 8 * filter_shape->h * filter_shape->w * filter_shape->c + 8 * filter_shape->w;
 }
 
-/* The lists at the start of `scratch` (the first window of each output row starts them afresh). */
+/* The buffer at the start of `scratch` (the first window of each output row starts it afresh). */
 static inline tml_xnor_columns tml_xnor_columns_at(void *scratch, const tml_shape *filter_shape)
 {
     tml_xnor_columns c;
-    c.room = filter_shape->h * filter_shape->c;
-    c.lists = (uint32_t *)scratch;
-    c.x = (int32_t *)(c.lists + (size_t)c.room * (size_t)filter_shape->w);
-    c.n = c.x + filter_shape->w;
+    c.capacity = 2 * filter_shape->h * filter_shape->w * filter_shape->c;
+    c.entries = (uint32_t *)scratch;
+    c.first = (int32_t *)(c.entries + c.capacity);
+    c.column = c.first + filter_shape->w;
+    c.end = c.next = c.window = 0;
     return c;
 }
 
-/* Lists the window's columns that are not listed yet (`row_start`: the first window of an output row,
- * which lists all); returns A, the set input bits of the window's real cells. */
+/* Lists the window's columns not listed yet (`row_start`: the first window of an output row) and makes its
+ * entries entries[window .. end); returns A, the set input bits of the window's real cells. */
 static inline int32_t tml_xnor_columns_list(tml_xnor_columns *c, const uint32_t *input, const tml_shape *in,
                                             int32_t filter_w, tml_window_span sy, tml_window_span sx, int row_start)
 {
     const int32_t words = tml_xnor_words(in->c);
-    int32_t set = 0;
+    const int32_t room = (sy.end > sy.begin ? sy.end - sy.begin : 0) * in->c; /* entries a column may have */
+    const int32_t begin = sx.origin + sx.begin, stop = sx.origin + sx.end; /* the window's real columns */
     if (row_start) {
+        c->end = 0;
+        c->next = begin;
         for (int32_t k = 0; k < filter_w; k++) {
-            c->x[k] = -1; /* the lists hold another row's cells */
+            c->column[k] = -1;
         }
     }
-    for (int32_t kx = sx.begin; kx < sx.end; kx++) {
-        const int32_t x = sx.origin + kx, slot = x % filter_w;
-        if (c->x[slot] != x) {
-            uint32_t *end = c->lists + (size_t)slot * (size_t)c->room;
-            const uint32_t *first = end;
-            for (int32_t ky = sy.begin; ky < sy.end; ky++) {
-                const uint32_t *pixel = input + ((size_t)(sy.origin + ky) * (size_t)in->w + (size_t)x) * (size_t)words;
-                const uint32_t base = 4u * (uint32_t)(ky * filter_w * in->c);
-                for (int32_t j = 0; j < words; j++) {
-                    end = tml_xnor_set_bits(pixel[j], base + 128u * (uint32_t)j, end);
-                }
+    if (c->next < begin) { /* a stride wider than the filter skips columns */
+        c->next = begin;
+        c->end = 0;
+    }
+    for (; c->next < stop; c->next++) {
+        const int32_t x = c->next;
+        if (c->end + room > c->capacity) { /* move the columns this and later windows need to the start */
+            const int32_t keep = c->column[begin % filter_w] == begin ? c->first[begin % filter_w] : c->end;
+            for (int32_t i = keep; i < c->end; i++) {
+                c->entries[i - keep] = c->entries[i];
             }
-            c->x[slot] = x;
-            c->n[slot] = (int32_t)(end - first);
+            for (int32_t k = 0; k < filter_w; k++) {
+                c->first[k] -= keep;
+            }
+            c->end -= keep;
         }
-        set += c->n[slot];
+        c->first[x % filter_w] = c->end;
+        c->column[x % filter_w] = x;
+        uint32_t *end = c->entries + c->end;
+        for (int32_t ky = sy.begin; ky < sy.end; ky++) {
+            const uint32_t *pixel = input + ((size_t)(sy.origin + ky) * (size_t)in->w + (size_t)x) * (size_t)words;
+            const uint32_t base = 4u * (uint32_t)((ky * filter_w + x) * in->c);
+            for (int32_t j = 0; j < words; j++) {
+                end = tml_xnor_set_bits(pixel[j], base + 128u * (uint32_t)j, end);
+            }
+        }
+        c->end = (int32_t)(end - c->entries);
     }
-    return set;
+    c->window = begin < stop ? c->first[begin % filter_w] : c->end;
+    return c->end - c->window;
 }
 
-/* Adds to the counter the weight words of one block (its weights [filter.h][filter.w][in.c]) at the window's
- * listed offsets, each column's moved by its place kx in the window. */
-static inline void tml_xnor_columns_count(const tml_xnor_columns *c, tml_xnor_counter *counter,
-                                          const uint32_t *block_weights, int32_t in_c, int32_t filter_w,
-                                          tml_window_span sx)
+/* The address a window's entries count one block's weights [filter.h][filter.w][in.c] from. */
+static inline uintptr_t tml_xnor_columns_base(const uint32_t *block_weights, int32_t origin, int32_t in_c)
 {
-    for (int32_t kx = sx.begin; kx < sx.end; kx++) {
-        const int32_t slot = (sx.origin + kx) % filter_w;
-        tml_xnor_count_add(counter, block_weights + kx * in_c, c->lists + (size_t)slot * (size_t)c->room,
-                           c->n[slot]);
-    }
+    return (uintptr_t)block_weights - (uintptr_t)(4 * (intptr_t)origin * in_c);
+}
+
+/* Adds to the counter the weight words of one block at the window's entries. */
+static inline void tml_xnor_columns_count(const tml_xnor_columns *c, tml_xnor_counter *counter,
+                                          const uint32_t *block_weights, int32_t in_c, tml_window_span sx)
+{
+    tml_xnor_count_add(counter, tml_xnor_columns_base(block_weights, sx.origin, in_c), c->entries + c->window,
+                       c->end - c->window);
 }
 
 /* Per channel, bias + m * (taps - 2S): the int8 accumulator of a window on real cells only, less

@@ -1,10 +1,10 @@
 /*
  * tml_conv2d_xnor - binary convolution, 32 output channels at a time in bit-sliced counters.
  *
- * For each input column under the window the byte offsets of the weight words of its set input bits
- * are listed once (tml_xnor_columns_list: sliding windows share the lists). For each block of 32
- * output channels the weight words at those offsets are counted lane by lane
- * (tml_xnor_columns_count); each channel's dot product d = 4V - 2A - 2S + n then gives its int8
+ * The byte offsets of the weight words of the set input bits under a window are listed, each input
+ * column once per output row (tml_xnor_columns_list: sliding windows share them). For each block
+ * of 32 output channels the weight words at those offsets are counted lane by lane, the window in
+ * one go (tml_xnor_columns_count); each channel's dot product d = 4V - 2A - 2S + n then gives its int8
  * output as tml_conv2d_s8 would (tml_xnor_window_outputs; bias + m * (n - 2S) is computed once per
  * channel for the windows off the padding). Layout in tml_xnor.h.
  */
@@ -50,7 +50,7 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
             int8_t *y = output + ((size_t)oy * out.w + ox) * out.c;
             for (int32_t first = 0; first < out.c; first += 32) {
                 tml_xnor_count_start(&counter);
-                tml_xnor_columns_count(&columns, &counter, weights + (size_t)first / 32 * taps, in.c, filter.w, sx);
+                tml_xnor_columns_count(&columns, &counter, weights + (size_t)first / 32 * taps, in.c, sx);
                 tml_xnor_count_finish(&counter, used);
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
                 tml_xnor_window_outputs(&counter, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,

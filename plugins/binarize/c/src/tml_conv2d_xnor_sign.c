@@ -208,7 +208,7 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
                 if (monotone[block]) {
                     const size_t at = ((size_t)block * 2 + (size_t)(set & 1)) * TML_XNOR_PLANES;
                     tml_xnor_count_start_at(&counter, start + at);
-                    tml_xnor_columns_count(&columns, &counter, block_weights, in.c, filter.w, sx);
+                    tml_xnor_columns_count(&columns, &counter, block_weights, in.c, sx);
                     tml_xnor_count_finish(&counter, sign_planes);
                     const uint32_t lane_mask = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
                     y[block] = tml_xnor_at_least(counter.planes, sign_planes, (uint32_t)(n + 1 + set / 2)) & lane_mask;
@@ -216,7 +216,7 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
                 }
                 const int32_t used = tml_xnor_planes_for(set);
                 tml_xnor_count_start(&counter);
-                tml_xnor_columns_count(&columns, &counter, block_weights, in.c, filter.w, sx);
+                tml_xnor_columns_count(&columns, &counter, block_weights, in.c, sx);
                 tml_xnor_count_finish(&counter, used);
                 tml_xnor_window_outputs(&counter, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
                                         whole_window, tap_ones, magnitude, bias, quant, &p, values);

@@ -34,7 +34,7 @@ tml_status tml_fc_xnor(const tml_fc_params *params, const tml_quant_channels *qu
     int32_t counts[32], constant[32];
     for (int32_t block = 0; 32 * block < out_features; block++) {
         tml_xnor_count_start(&counter);
-        tml_xnor_count_add(&counter, weights + (size_t)block * in_features, offsets, set);
+        tml_xnor_count_add(&counter, (uintptr_t)(weights + (size_t)block * in_features), offsets, set);
         tml_xnor_count_finish(&counter, used);
         tml_xnor_lanes(counter.planes, used, counts);
         const int32_t first = 32 * block;
