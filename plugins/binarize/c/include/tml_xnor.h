@@ -365,11 +365,37 @@ static inline void tml_xnor_count_add(tml_xnor_counter *counter, uintptr_t base,
     }
 }
 
-/* Adds the carries still waiting (those of weight 2^used and up are zero: the count is below 2^used) and
- * stores the count into planes. */
-static inline void tml_xnor_count_finish(tml_xnor_counter *counter, int32_t used)
+/* Adds the carries still waiting (those of weight 2^used and up are zero: the count is below 2^used); the
+ * count is then in the levels' planes. */
+static inline void tml_xnor_count_settle(tml_xnor_counter *counter, int32_t used)
 {
     tml_xnor_count_carries(counter, 0, (used + 3) / 4);
+}
+
+/* The lanes of a settled counter whose count is at least q (q < 2^used), most significant plane first;
+ * the planes above `used` are zero, so whole levels are compared. */
+static inline uint32_t tml_xnor_count_at_least(const tml_xnor_counter *counter, int32_t used, uint32_t q)
+{
+    uint32_t greater = 0, equal = 0xFFFFFFFFu;
+    for (int32_t k = (used - 1) >> 2; k >= 0; k--) {
+        const tml_xnor_level *level = &counter->level[k];
+        const uint32_t planes[4] = {level->ones, level->twos, level->fours, level->eights};
+        for (int32_t i = 3; i >= 0; i--) {
+            if ((q >> (4 * k + i)) & 1u) {
+                equal &= planes[i];
+            } else {
+                greater |= equal & planes[i];
+                equal &= ~planes[i];
+            }
+        }
+    }
+    return greater | equal;
+}
+
+/* Settles the counter and stores the count into planes. */
+static inline void tml_xnor_count_finish(tml_xnor_counter *counter, int32_t used)
+{
+    tml_xnor_count_settle(counter, used);
     for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
         counter->planes[4 * k] = counter->level[k].ones;
         counter->planes[4 * k + 1] = counter->level[k].twos;

@@ -102,21 +102,6 @@ static inline int tml_xnor_sign_holds(const uint32_t *slot, int32_t y0, int32_t 
     return slot[0] == (uint32_t)y0 && slot[1] == (uint32_t)y1 && slot[2] == (uint32_t)x0 && slot[3] == (uint32_t)x1;
 }
 
-/* Lanes whose count (planes[0..used-1]) is at least q < 2^used, most significant plane first. */
-static inline uint32_t tml_xnor_at_least(const uint32_t *planes, int32_t used, uint32_t q)
-{
-    uint32_t greater = 0, equal = 0xFFFFFFFFu;
-    for (int32_t p = used - 1; p >= 0; p--) {
-        if ((q >> p) & 1u) {
-            equal &= planes[p];
-        } else {
-            greater |= equal & planes[p];
-            equal &= ~planes[p];
-        }
-    }
-    return greater | equal;
-}
-
 tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_channels *quant,
                                 const tml_shape *input_shape, const uint32_t *input, const tml_shape *filter_shape,
                                 const uint32_t *weights, const int16_t *tap_ones, const int32_t *magnitude,
@@ -209,9 +194,9 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
                     const size_t at = ((size_t)block * 2 + (size_t)(set & 1)) * TML_XNOR_PLANES;
                     tml_xnor_count_start_at(&counter, start + at);
                     tml_xnor_columns_count(&columns, &counter, block_weights, in.c, sx);
-                    tml_xnor_count_finish(&counter, sign_planes);
+                    tml_xnor_count_settle(&counter, sign_planes);
                     const uint32_t lane_mask = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
-                    y[block] = tml_xnor_at_least(counter.planes, sign_planes, (uint32_t)(n + 1 + set / 2)) & lane_mask;
+                    y[block] = tml_xnor_count_at_least(&counter, sign_planes, (uint32_t)(n + 1 + set / 2)) & lane_mask;
                     continue;
                 }
                 const int32_t used = tml_xnor_planes_for(set);
