@@ -14,7 +14,7 @@ Layers: a 3x3 convolution 32x32x64 -> 32x32x64 (stride 1, padding 1) and a fully
 bits: `tml_conv2d_xnor`, `tml_fc_xnor`, int8 out) and as the int8 layer on the same shapes, built at
 -O3 and counted exactly by the QEMU instruction-count plugin. The convolution is measured a second
 time as it runs between two binary layers (`bits out`): its int8 output goes to a sign (each
-channel's threshold its median output, so half the bits are set) read by a binary 1x1 convolution,
+channel's threshold setting about half its bits) read by a binary 1x1 convolution,
 and `fuse-sign` merges it with the sign into `tml_conv2d_xnor_sign`, which writes the bits with no
 int8 output; the int8 layer it is compared with is the same. The int8 layer runs with the kernel the code
 generator picks for `--board` (default cortex-m4: the DSP kernels) and, where the layer is eligible,
@@ -105,12 +105,18 @@ def layer_input(graph: Graph) -> np.ndarray:
     return np.random.default_rng(SEED + 1).integers(-128, 128, size=(1, graph.tensors["x"].size)).astype(np.int8)
 
 
+def balanced_threshold(values: np.ndarray) -> int:
+    """The threshold t that sets the bit (value >= t) of the nearest to half of `values` (outputs tie often)."""
+    candidates = np.unique(values)
+    return int(min(candidates, key=lambda t: abs(float(np.mean(values >= t)) - 0.5)))
+
+
 def layer_graph(layer: Layer, binary: bool) -> Graph:
     """One int8 layer (random weights, input zero point -128), or the same shapes binary: sign, then the layer.
 
-    A `bits out` layer is followed by a sign, its threshold each channel's median output on the bench input
-    (so half the bits are set, as in a trained binary network), read by a binary 1x1 conv; the layer and the
-    sign are then merged (technique `fuse-sign`)."""
+    A `bits out` layer is followed by a sign whose threshold sets about half of each channel's bits on the
+    bench input (`balanced_threshold`, as batch norm does in a trained binary network), read by a binary 1x1
+    conv; the layer and the sign are then merged (technique `fuse-sign`)."""
     rng = np.random.default_rng(SEED)
     weights = rng.integers(-127, 128, size=layer.weight_shape).astype(np.int8)
     if binary:
@@ -148,7 +154,7 @@ def layer_graph(layer: Layer, binary: bool) -> Graph:
     if not (binary and layer.binary_output):
         return graph
     y = run_int8(graph, layer_input(graph).reshape(graph.tensors["x"].shape))["y"]
-    threshold = np.median(y.reshape(-1, layer.out_c), axis=0).astype(np.int32)
+    threshold = np.array([balanced_threshold(column) for column in y.reshape(-1, layer.out_c).T], dtype=np.int32)
     tensors["t2"] = Tensor("t2", (layer.out_c,), "int32", data=threshold)
     tensors["s2"] = Tensor("s2", (1, *layer.output), "int8", scale=1.0, zero_point=0)
     nodes.append(Node("sign2", "sign", ["y", "t2"], ["s2"], {}))

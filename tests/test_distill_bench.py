@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -48,3 +49,27 @@ def test_bench_reports_both_students_per_seed(bench: ModuleType, tmp_path: Path)
     out = io.StringIO()
     bench.print_table(report, Console(file=out, width=200))
     assert "distilled - alone" in out.getvalue()
+
+
+def test_select_chooses_the_student_by_its_gain_on_the_validation_split(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinyml.examples import get_example
+
+    monkeypatch.setattr(bench, "SELECTION_STUDENTS", (("mlp", (10,)), ("mlp", (6, 6))))
+    monkeypatch.setattr(bench, "SELECTION_SOFT", ((4.0, 0.9),))
+    monkeypatch.setattr(bench, "SELECTION_EPOCHS", (1, 3))
+    selection = bench.select_student(seeds=1)
+    train = len(get_example("digits").x_train)
+    assert selection["validation_samples"] == math.ceil(train * bench.VALIDATION_FRACTION)  # as scikit-learn rounds
+    assert len(selection["rows"]) == 2 * 4  # per student: alone for 2 epoch counts, distilled for 1 x 2
+    gains = {}
+    for student in ("mlp 64-10-10", "mlp 64-6-6-10"):
+        rows = [r for r in selection["rows"] if r["student"] == student]
+        alone = max(r["validation_mean"] for r in rows if r["alpha"] == 0.0)
+        distilled = max(r["validation_mean"] for r in rows if r["alpha"] > 0.0)
+        gains[student] = distilled - alone
+    chosen = selection["chosen"]
+    assert chosen["student"] == max(gains, key=gains.__getitem__)
+    assert chosen["validation_gain_points"] == pytest.approx(100 * gains[chosen["student"]])
+    assert chosen["alone_epochs"] in (1, 3) and chosen["epochs"] in (1, 3) and chosen["alpha"] == 0.9
