@@ -47,6 +47,13 @@ def requantization(rng: np.random.Generator, n: int) -> dict:
     }
 
 
+def c_conv_params(ffi, stride: tuple[int, int], padding: tuple[int, int], q: dict):
+    return ffi.new("tml_conv_params *", {
+        "stride_h": stride[0], "stride_w": stride[1], "pad_h": padding[0], "pad_w": padding[1], "depth_multiplier": 1,
+        "input_offset": 0, "output_offset": q["output_offset"], "act_min": q["act_min"], "act_max": q["act_max"],
+    })  # fmt: skip
+
+
 def c_quant(ffi, q: dict):
     return ffi.new("tml_quant_channels *", {"multiplier": ffi.from_buffer("int32_t[]", q["multiplier"]),
                                             "shift": ffi.from_buffer("int32_t[]", q["shift"])})  # fmt: skip
@@ -77,10 +84,7 @@ def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, kh, kw, sh, s
     np.testing.assert_array_equal(
         expected, conv2d_s8(plus_minus, weights, bias, stride=(sh, sw), padding=(ph, pw), input_offset=0, **q)
     )
-    params = ffi.new("tml_conv_params *", {
-        "stride_h": sh, "stride_w": sw, "pad_h": ph, "pad_w": pw, "depth_multiplier": 1,
-        "input_offset": 0, "output_offset": q["output_offset"], "act_min": q["act_min"], "act_max": q["act_max"],
-    })  # fmt: skip
+    params = c_conv_params(ffi, (sh, sw), (ph, pw), q)
     f_shape = ffi.new("tml_shape *", [kh, kw, in_c])
     scratch = np.zeros(c.tml_conv2d_xnor_scratch_bytes(f_shape, out_c), np.int8)
     assert len(scratch) == kernels.conv2d_scratch_bytes((kh, kw, in_c), out_c)
@@ -129,10 +133,7 @@ def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
     plus_minus = np.where(signs, 1, -1).astype(np.int8)
     y = conv2d_s8(plus_minus, weights, bias, stride=(sh, sw), padding=(ph, pw), input_offset=0, **q)
     expected = packing.binarize_s8(y.reshape(-1, out_c), threshold).reshape(out_h, out_w, -1)
-    params = ffi.new("tml_conv_params *", {
-        "stride_h": sh, "stride_w": sw, "pad_h": ph, "pad_w": pw, "depth_multiplier": 1,
-        "input_offset": 0, "output_offset": q["output_offset"], "act_min": q["act_min"], "act_max": q["act_max"],
-    })  # fmt: skip
+    params = c_conv_params(ffi, (sh, sw), (ph, pw), q)
     f_shape = ffi.new("tml_shape *", [kh, kw, in_c])
     scratch = np.zeros(c.tml_conv2d_xnor_sign_scratch_bytes(f_shape, out_c), np.int8)
     assert len(scratch) == kernels.conv2d_sign_scratch_bytes((kh, kw, in_c), out_c)
@@ -244,14 +245,15 @@ def binary_build(tmp_path_factory: pytest.TempPathFactory) -> compiler.Build:
     )  # fmt: skip
 
 
-def two_binary_convs() -> torch.nn.Module:
-    """int8 conv, two binary convs in a row (40 channels: a block and a part of one), the int8 classifier."""
+def two_binary_convs(size: int = 8) -> torch.nn.Module:
+    """int8 conv, two binary convs in a row (40 channels: a block and a part of one), the int8 classifier; for
+    `size` x `size` inputs."""
     torch.manual_seed(0)
     return torch.nn.Sequential(OrderedDict(
         conv1=torch.nn.Conv2d(1, 8, 3, padding=1), relu1=torch.nn.ReLU(),
         conv2=torch.nn.Conv2d(8, 40, 3, padding=1), bn2=torch.nn.BatchNorm2d(40), relu2=torch.nn.ReLU(),
         conv3=torch.nn.Conv2d(40, 12, 3, stride=2, padding=1), bn3=torch.nn.BatchNorm2d(12), relu3=torch.nn.ReLU(),
-        flatten=torch.nn.Flatten(), classifier=torch.nn.Linear(12 * 4 * 4, 4),
+        flatten=torch.nn.Flatten(), classifier=torch.nn.Linear(12 * (size // 2) ** 2, 4),
     )).eval()  # fmt: skip
 
 
@@ -301,6 +303,20 @@ def test_the_fused_reference_gives_the_bits_of_the_pair():
     np.testing.assert_array_equal(bits, pair[node.outputs[0]])
     np.testing.assert_array_equal(merged[fused.outputs[0]], pair[graph.outputs[0]])
     assert len(fused.nodes) == len(graph.nodes) - 1
+
+
+def test_fuse_sign_leaves_a_layer_of_few_windows_per_shape_unless_always():
+    """A 4x4 output with padding 1 has 16 windows in 9 shapes: the set-up would cost more than fusing saves."""
+    from tinyml_plugins.binarize.fuse import FUSED, FuseSign, window_shapes
+
+    rng = np.random.default_rng(3)
+    x, y = rng.random((32, 1, 4, 4)).astype(np.float32), rng.integers(0, 4, 32)
+    graph = compiler.compile(two_binary_convs(4), x, [("binarize", {"epochs": 1}), "quantize-int8"],
+                             train_data=(x, y), progress=False).graph  # fmt: skip
+    conv = next(n for n in graph.nodes if n.name.startswith("conv2") and n.op == "conv2d")
+    assert window_shapes(conv, graph) == 9
+    assert not any(n.op == FUSED for n in FuseSign().apply(graph, None).nodes)
+    assert any(n.op == FUSED for n in FuseSign({"when": "always"}).apply(graph, None).nodes)
 
 
 def test_fuse_sign_before_quantization_is_one_paragraph():

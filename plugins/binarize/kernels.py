@@ -17,7 +17,7 @@ import numpy as np
 
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node, Tensor
-from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels, conv_params
+from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
 from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
 from tinyml_plugins.binarize.fuse import FUSED
 from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
@@ -115,17 +115,28 @@ def _channel_arrays(call: CallSite) -> str:
 
 
 def _emit_conv(call: CallSite) -> str:
-    g, n = call.graph, call.node
-    x, w, b = n.inputs
+    """The call of a binary convolution: `tml_conv2d_xnor` (int8 out), or `tml_conv2d_xnor_sign` for a
+    conv2d_sign node (its sign's thresholds after the bias, packed bits out)."""
+    g, n, a = call.graph, call.node, call.node.attrs
+    x, w, b = n.inputs[:3]
     out = n.outputs[0]
-    params = conv_params(call)  # the input offset is 0: a sign's output has zero point 0
-    quant = _quant_channels(call)
+    fused = n.op == FUSED
+    function = "tml_conv2d_xnor_sign" if fused else "tml_conv2d_xnor"
+    params = call.add_static(
+        "tml_conv_params", "params",
+        _fields(stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
+                depth_multiplier=1, input_offset=0,  # a sign's output has zero point 0
+                output_offset=a["conv_zero_point"] if fused else g.tensors[out].zero_point, act_min=a["act_min"],
+                act_max=a["act_max"]),
+    )  # fmt: skip
     kh, kw = g.tensors[w].shape[1:3]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
+    threshold = f"{call.tensor(n.inputs[3])}, " if fused else ""
+    output = f"(uint32_t *){call.output()}" if fused else call.output()
     return (
-        f"status = tml_conv2d_xnor(&{params}, &{quant}, &{call.shape(x)}, (const uint32_t *){call.input(0)}, "
-        f"&{filt}, {call.tensor(w)}, {_channel_arrays(call)}, {call.tensor(b)}, &{call.shape(out)}, "
-        f"{call.output()}, {call.scratch});"
+        f"status = {function}(&{params}, &{_quant_channels(call)}, &{call.shape(x)}, "
+        f"(const uint32_t *){call.input(0)}, &{filt}, {call.tensor(w)}, {_channel_arrays(call)}, {call.tensor(b)}, "
+        f"{threshold}&{call.shape(out)}, {output}, {call.scratch});"
     )
 
 
@@ -146,24 +157,6 @@ def _emit_fc(call: CallSite) -> str:
     )
 
 
-def _emit_conv_sign(call: CallSite) -> str:
-    g, n, a = call.graph, call.node, call.node.attrs
-    x, w, b, threshold = n.inputs
-    params = call.add_static(
-        "tml_conv_params", "params",
-        _fields(stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
-                depth_multiplier=1, input_offset=0, output_offset=a["conv_zero_point"], act_min=a["act_min"],
-                act_max=a["act_max"]),
-    )  # fmt: skip
-    kh, kw = g.tensors[w].shape[1:3]
-    filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
-    return (
-        f"status = tml_conv2d_xnor_sign(&{params}, &{_quant_channels(call)}, &{call.shape(x)}, "
-        f"(const uint32_t *){call.input(0)}, &{filt}, {call.tensor(w)}, {_channel_arrays(call)}, {call.tensor(b)}, "
-        f"{call.tensor(threshold)}, &{call.shape(n.outputs[0])}, (uint32_t *){call.output()}, {call.scratch});"
-    )
-
-
 def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | None:
     """The binary kernels for sign nodes, the layers with binary weights that read them and the binary
     convolutions fused with their sign; None otherwise."""
@@ -176,7 +169,7 @@ def select_kernel(node: Node, graph: Graph, board: Board | None) -> Kernel | Non
             f"by {', '.join(f'`{r.name}`' for r in readers)}: each output bit is the dot product compared with a "
             "constant per channel, 32 channels at once in the bit-sliced counters, no int8 output"
         )
-        return Kernel("tml_conv2d_xnor_sign", _emit_conv_sign, scratch, ("tml_nn.h", HEADER), reason)
+        return Kernel("tml_conv2d_xnor_sign", _emit_conv, scratch, ("tml_nn.h", HEADER), reason)
     if node.op == OP:
         readers = _check_packed(node, graph)
         return Kernel(
