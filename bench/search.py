@@ -1,7 +1,7 @@
 """Architecture search under RAM limits that bind, measured on the device.
 
     .venv/bin/python bench/search.py [--json] [--board stm32] [--trials N] [--seed S] [--trainings N]
-        [--finalists N] [--folds K]
+        [--epochs E] [--finalists N] [--folds K]
 
 On the digits example: first a search with the board's whole RAM (its chosen model is "the best
 unconstrained model"); then, for two RAM limits below that model's peak RAM, a search under the
@@ -252,11 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the searches, trainings and baselines")
     parser.add_argument("--trainings", type=int, default=TRAININGS,
                         help="full trainings of the chosen model and of the baseline, each measured on the board")
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"], help="epochs of a candidate's short training")
     parser.add_argument("--finalists", type=int, default=SETTINGS["finalists"], help="candidates cross-validated")
     parser.add_argument("--folds", type=int, default=SearchConfig.model_fields["finalist_folds"].default,
                         help="folds of the finalists' cross-validation")
     args = parser.parse_args(argv)
-    settings = {**SETTINGS, "board": args.board, "trials": args.trials, "seed": args.seed,
+    settings = {**SETTINGS, "board": args.board, "trials": args.trials, "seed": args.seed, "epochs": args.epochs,
                 "finalists": args.finalists, "finalist_folds": args.folds}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="tinyml-search-bench-") as tmp:
         report = run_bench(settings, Path(tmp), args.trainings)
