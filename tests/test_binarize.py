@@ -29,6 +29,14 @@ from tinyml_plugins.binarize.technique import Binarize
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+# Binary convolutions: square and oblong filters, strides below, equal to and above the filter, padding on each side.
+CONV_LAYERS = given(
+    h=st.integers(1, 8), w=st.integers(1, 8), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
+    kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
+    pw=st.integers(0, 2), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+
+
 def binary_weights(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """+m/-m per output channel, m in 0..127 (an all-zero channel now and then)."""
     m = rng.integers(0, 128, size=shape[0])
@@ -60,11 +68,7 @@ def c_quant(ffi, q: dict):
 
 
 @SETTINGS
-@given(
-    h=st.integers(1, 8), w=st.integers(1, 8), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
-    kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
-    pw=st.integers(0, 2), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1),
-)  # fmt: skip
+@CONV_LAYERS
 def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed):
     """Square and oblong filters, strides below, equal to and above the filter (the column lists that
     sliding windows share, and none shared), padding on each side."""
@@ -111,11 +115,7 @@ def extreme_biases(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 @SETTINGS
-@given(
-    h=st.integers(1, 7), w=st.integers(1, 7), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
-    kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
-    pw=st.integers(0, 2), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1),
-)  # fmt: skip
+@CONV_LAYERS
 def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
     lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed
 ):
