@@ -55,6 +55,7 @@ DISTILL = {"epochs": 200, "lr": 1e-2, "temperature": 2.0, "alpha": 0.5, "batch_s
 
 
 # What `--select` tries, every one scored on a validation fifth of the training split, never on the held-out split.
+# (student, hidden layers): the CNN has none to choose
 SELECTION_STUDENTS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("cnn", ()), ("mlp", (10,)), ("mlp", (16,)), ("mlp", (24,)), ("mlp", (10, 10)), ("mlp", (16, 16)),
 )  # fmt: skip
@@ -181,7 +182,7 @@ def select_student(seeds: int = 3, scratch: Path | None = None) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="tinyml-distill-select-") as tmp:
         teacher = save_teacher(example, Path(scratch or tmp))
         for student, hidden in SELECTION_STUDENTS:
-            config = BenchConfig(student=student, hidden=hidden or (16,))
+            config = BenchConfig(student=student, hidden=hidden)
             for schedule in selection_schedules():
                 started = time.monotonic()
                 scores = []
@@ -199,22 +200,27 @@ def select_student(seeds: int = 3, scratch: Path | None = None) -> dict[str, Any
                     f"select {config.student_label}, {schedule.label}: validation "
                     f"{100 * statistics.fmean(scores):.2f}% ({time.monotonic() - started:.0f} s)"
                 )
-    best: dict[str, dict[str, dict[str, Any]]] = {}
+    best = best_schedules(rows)
+    label = max(best, key=lambda student: best[student]["gain"])
+    alone, distilled = best[label]["alone"], best[label]["distilled"]
+    chosen = {"student": label, "kind": alone["kind"], "hidden": alone["hidden"], "alone_epochs": alone["epochs"]}
+    chosen |= {key: distilled[key] for key in ("epochs", "temperature", "alpha")}
+    chosen["validation_gain_points"] = 100 * best[label]["gain"]
+    return {"validation_samples": len(x_val), "seeds": seeds, "rows": rows, "chosen": chosen}
+
+
+def best_schedules(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per student (in the rows' order): its best `alone` and best `distilled` row on the validation split, and
+    the `gain` of the one over the other."""
+    best: dict[str, dict[str, Any]] = {}
     for row in rows:
         arm = "alone" if row["alpha"] == 0.0 else "distilled"
         kept = best.setdefault(row["student"], {}).get(arm)
         if kept is None or row["validation_mean"] > kept["validation_mean"]:
             best[row["student"]][arm] = row
-    gains = {
-        student: arms["distilled"]["validation_mean"] - arms["alone"]["validation_mean"]
-        for student, arms in best.items()
-    }
-    label = max(gains, key=gains.__getitem__)
-    alone, distilled = best[label]["alone"], best[label]["distilled"]
-    chosen = {"student": label, "kind": alone["kind"], "hidden": alone["hidden"], "alone_epochs": alone["epochs"]}
-    chosen |= {key: distilled[key] for key in ("epochs", "temperature", "alpha")}
-    chosen["validation_gain_points"] = 100 * gains[label]
-    return {"validation_samples": len(x_val), "seeds": seeds, "rows": rows, "chosen": chosen}
+    for arms in best.values():
+        arms["gain"] = arms["distilled"]["validation_mean"] - arms["alone"]["validation_mean"]
+    return best
 
 
 def save_teacher(example: Example, scratch: Path) -> dict[str, str]:
@@ -305,14 +311,11 @@ def print_selection(selection: dict[str, Any], console: Console) -> None:
     )
     for col in ("student", "best alone", "validation", "best distilled", "validation", "gain"):
         table.add_column(col, justify="left" if col in ("student", "best alone", "best distilled") else "right")
-    for student in dict.fromkeys(row["student"] for row in selection["rows"]):
-        rows = [row for row in selection["rows"] if row["student"] == student]
-        alone = max((r for r in rows if r["alpha"] == 0.0), key=lambda r: r["validation_mean"])
-        distilled = max((r for r in rows if r["alpha"] > 0.0), key=lambda r: r["validation_mean"])
+    for student, best in best_schedules(selection["rows"]).items():
+        alone, distilled = best["alone"], best["distilled"]
         table.add_row(
             student, alone["schedule"], f"{100 * alone['validation_mean']:.2f}%", distilled["schedule"],
-            f"{100 * distilled['validation_mean']:.2f}%",
-            f"{100 * (distilled['validation_mean'] - alone['validation_mean']):+.2f}",
+            f"{100 * distilled['validation_mean']:.2f}%", f"{100 * best['gain']:+.2f}",
         )  # fmt: skip
     console.print(table)
     chosen = selection["chosen"]

@@ -73,3 +73,6 @@ def test_select_chooses_the_student_by_its_gain_on_the_validation_split(
     assert chosen["student"] == max(gains, key=gains.__getitem__)
     assert chosen["validation_gain_points"] == pytest.approx(100 * gains[chosen["student"]])
     assert chosen["alone_epochs"] in (1, 3) and chosen["epochs"] in (1, 3) and chosen["alpha"] == 0.9
+    out = io.StringIO()
+    bench.print_selection(selection, Console(file=out, width=200))
+    assert f"chosen: {chosen['student']}" in out.getvalue()

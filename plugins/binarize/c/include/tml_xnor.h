@@ -321,15 +321,6 @@ static TML_XNOR_NOINLINE void tml_xnor_count_words(tml_xnor_level *level, uintpt
 }
 #endif
 
-static inline void tml_xnor_count_start(tml_xnor_counter *counter)
-{
-    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
-        tml_xnor_level *level = &counter->level[k];
-        level->ones = level->twos = level->fours = level->eights = 0;
-        level->carry = counter->waiting[k];
-    }
-}
-
 /* A counter holding start[p] as plane p (each lane its own starting count). */
 static inline void tml_xnor_count_start_at(tml_xnor_counter *counter, const uint32_t start[TML_XNOR_PLANES])
 {
@@ -339,6 +330,16 @@ static inline void tml_xnor_count_start_at(tml_xnor_counter *counter, const uint
         level->twos = start[4 * k + 1];
         level->fours = start[4 * k + 2];
         level->eights = start[4 * k + 3];
+        level->carry = counter->waiting[k];
+    }
+}
+
+/* A counter at zero in every lane (tml_xnor_count_start_at with zero planes, without reading them). */
+static inline void tml_xnor_count_start(tml_xnor_counter *counter)
+{
+    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
+        tml_xnor_level *level = &counter->level[k];
+        level->ones = level->twos = level->fours = level->eights = 0;
         level->carry = counter->waiting[k];
     }
 }
@@ -561,6 +562,19 @@ static inline void tml_xnor_columns_count(const tml_xnor_columns *c, tml_xnor_co
                        c->end - c->window);
 }
 
+/* S of a window: channel oc's positive weights at filter rows [y0, y1) and columns [x0, x1). */
+static inline int32_t tml_xnor_window_ones(const int16_t *tap_ones, int32_t oc, int32_t positions, int32_t filter_w,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1)
+{
+    int32_t s = 0;
+    for (int32_t ky = y0; ky < y1; ky++) {
+        for (int32_t kx = x0; kx < x1; kx++) {
+            s += tap_ones[oc * positions + ky * filter_w + kx];
+        }
+    }
+    return s;
+}
+
 /* Per channel, bias + m * (taps - 2S): the int8 accumulator of a window on real cells only, less
  * m * (4V - 2A). */
 static inline void tml_xnor_whole_window(int32_t *constant, const int16_t *tap_ones, const int32_t *magnitude,
@@ -591,12 +605,8 @@ static inline void tml_xnor_window_outputs(const tml_xnor_counter *counter, int3
     if (n != taps) {
         for (int32_t lane = 0; lane < lanes; lane++) {
             const int32_t oc = first + lane;
-            int32_t s = 0;
-            for (int32_t ky = sy.begin; ky < sy.end; ky++) {
-                for (int32_t kx = sx.begin; kx < sx.end; kx++) {
-                    s += tap_ones[oc * positions + ky * filter_w + kx];
-                }
-            }
+            const int32_t s = tml_xnor_window_ones(tap_ones, oc, positions, filter_w, sy.begin, sy.end, sx.begin,
+                                                   sx.end);
             const uint32_t b = (uint32_t)(bias ? bias[oc] : 0);
             border[lane] = (int32_t)(b + (uint32_t)(magnitude[oc] * (n - 2 * s)));
         }

@@ -76,12 +76,7 @@ static void tml_xnor_sign_fill(uint32_t *planes, int32_t y0, int32_t y1, int32_t
         if (!monotone[oc / 32]) {
             continue;
         }
-        int32_t s = 0;
-        for (int32_t ky = y0; ky < y1; ky++) {
-            for (int32_t kx = x0; kx < x1; kx++) {
-                s += tap_ones[oc * positions + ky * filter_w + kx];
-            }
-        }
+        const int32_t s = tml_xnor_window_ones(tap_ones, oc, positions, filter_w, y0, y1, x0, x1);
         const int32_t e = least[oc] + 2 * s - n;
         const int32_t r = ((e % 4) + 4) % 4, a = (e - r) / 4;
         for (int32_t parity = 0; parity < 2; parity++) {
