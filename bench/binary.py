@@ -124,14 +124,8 @@ def layer_graph(layer: Layer, binary: bool) -> Graph:
     tensors = {
         "x": Tensor("x", (1, *layer.input), "int8", scale=1.0, zero_point=0 if binary else -128),
         "y": Tensor("y", (1, *layer.output), "int8", scale=1.0, zero_point=-128),
-        "w": Tensor(
-            "w",
-            layer.weight_shape,
-            "int8",
-            data=weights,
-            scale=np.ones(layer.out_c),
-            encoding="binary" if binary else "raw",
-        ),  # fmt: skip
+        "w": Tensor("w", layer.weight_shape, "int8", data=weights, scale=np.ones(layer.out_c),
+                    encoding="binary" if binary else "raw"),  # fmt: skip
         "b": Tensor("b", (layer.out_c,), "int32", data=rng.integers(-16384, 16384, layer.out_c).astype(np.int32)),
     }
     attrs: dict[str, Any] = {

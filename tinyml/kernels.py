@@ -98,8 +98,12 @@ def _fields(**values: int) -> str:
     return "{" + ", ".join(f".{k} = {int(v)}" for k, v in values.items()) + "}"
 
 
-def conv_params(call: CallSite) -> str:
-    """The static `tml_conv_params` of a conv2d or dwconv2d node: stride, padding, offsets and clamp."""
+def conv_params(call: CallSite, output_offset: int | None = None) -> str:
+    """The static `tml_conv_params` of a conv2d or dwconv2d node: stride, padding, offsets and clamp.
+
+    `output_offset` stands in for the output's zero point where the node's output is not the int8 tensor the
+    kernel requantizes to (a plugin's fused node).
+    """
     g, n, a = call.graph, call.node, call.node.attrs
     return call.add_static(
         "tml_conv_params",
@@ -107,7 +111,8 @@ def conv_params(call: CallSite) -> str:
         _fields(
             stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
             depth_multiplier=a.get("depth_multiplier", 1), input_offset=-g.tensors[n.inputs[0]].zero_point,
-            output_offset=g.tensors[n.outputs[0]].zero_point, act_min=a["act_min"], act_max=a["act_max"],
+            output_offset=g.tensors[n.outputs[0]].zero_point if output_offset is None else output_offset,
+            act_min=a["act_min"], act_max=a["act_max"],
         ),
     )  # fmt: skip
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node, Tensor
-from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels
+from tinyml.kernels import CallSite, Kernel, _fields, _quant_channels, conv_params
 from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
 from tinyml_plugins.binarize.fuse import FUSED
 from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
@@ -117,18 +117,14 @@ def _channel_arrays(call: CallSite) -> str:
 def _emit_conv(call: CallSite) -> str:
     """The call of a binary convolution: `tml_conv2d_xnor` (int8 out), or `tml_conv2d_xnor_sign` for a
     conv2d_sign node (its sign's thresholds after the bias, packed bits out)."""
-    g, n, a = call.graph, call.node, call.node.attrs
+    g, n = call.graph, call.node
     x, w, b = n.inputs[:3]
     out = n.outputs[0]
     fused = n.op == FUSED
     function = "tml_conv2d_xnor_sign" if fused else "tml_conv2d_xnor"
-    params = call.add_static(
-        "tml_conv_params", "params",
-        _fields(stride_h=a["stride"][0], stride_w=a["stride"][1], pad_h=a["padding"][0], pad_w=a["padding"][1],
-                depth_multiplier=1, input_offset=0,  # a sign's output has zero point 0
-                output_offset=a["conv_zero_point"] if fused else g.tensors[out].zero_point, act_min=a["act_min"],
-                act_max=a["act_max"]),
-    )  # fmt: skip
+    # the input offset is 0 (a sign's output has zero point 0); a fused node requantizes to the int8 output it
+    # replaced, whose zero point it keeps
+    params = conv_params(call, n.attrs["conv_zero_point"] if fused else None)
     kh, kw = g.tensors[w].shape[1:3]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
     threshold = f"{call.tensor(n.inputs[3])}, " if fused else ""
