@@ -46,11 +46,11 @@ def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) 
 
 def conv2d_sign_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
     """Scratch of `tml_conv2d_xnor_sign`; mirrors `tml_conv2d_xnor_sign_scratch_bytes`: the convolution's, a
-    threshold per channel, a flag per block of 32 channels, and SIGN_SLOTS window shapes with the counter's
-    starting planes of every block for an even and an odd count of set input bits."""
+    threshold per channel, a flag per block of 32 channels, SIGN_SLOTS window shapes with the counter's
+    starting planes of every block for an even and an odd count of set input bits, and each block's count."""
     blocks = (out_channels + 31) // 32
     slots = SIGN_SLOTS * (4 + blocks * 2 * SIGN_PLANES)
-    return conv2d_scratch_bytes(filter_shape, out_channels) + 4 * (out_channels + blocks + slots)
+    return conv2d_scratch_bytes(filter_shape, out_channels) + 4 * (out_channels + blocks + slots + blocks * SIGN_PLANES)
 
 
 def fc_scratch_bytes(in_features: int) -> int:

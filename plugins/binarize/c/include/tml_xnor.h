@@ -123,38 +123,34 @@ static inline uint32_t *tml_xnor_set_bits(uint32_t bits, uint32_t base, uint32_t
     return offsets;
 }
 
-#define TML_XNOR_LEVELS 4   /* level k holds planes 4k..4k+3 */
-#define TML_XNOR_CHUNK 384  /* words a level-0 call adds at most: at most 25 carries */
-#define TML_XNOR_WAITING 40 /* carries waiting for a level: up to 15, then a call's 25 */
+#define TML_XNOR_LEVELS 4    /* level k holds planes 4k..4k+3 */
+#define TML_XNOR_CARRIES 64  /* carries a level keeps: level 0 of a chunk makes at most n / 16 + 1 */
+#define TML_XNOR_CHUNK (16 * (TML_XNOR_CARRIES - 1)) /* words tml_xnor_count_chunk adds at most */
 
-/* Planes 4k..4k+3 of a count (ones, twos, fours, eights of the words of weight 16^k added at level k),
- * and where the next carry (a word of weight 16^(k+1)) goes. The layout tml_xnor_count_words reads. */
+/* A count, for one or more blocks of 32 output channels over the same input: block b adds the n words at the
+ * byte offsets offsets[0..n) from the address base + b * base_step (an integer: a convolution's base may lie
+ * before its weights, the offsets bringing every address into them) lane by lane to its starting count. A
+ * count is planes[4 * levels]: bit j of plane p is bit p of lane j's count. Block b's sum, which must stay
+ * below 16^levels, goes to planes + TML_XNOR_PLANES * b (which may be its start), and lanes[b] gets the lanes
+ * whose sum is at least q. The layout is the one the assembly reads. */
 typedef struct {
-    uint32_t ones, twos, fours, eights;
-    uint32_t *carry;
-} tml_xnor_level;
-
-/* Lane by lane, how many of the words counted so far have each bit set: bit j of planes[p] is bit p
- * of lane j's count. While counting, words are added at level 0; level k's carries wait in waiting[k]
- * until level k + 1 adds them (level 3's are zero: counts stay below 65536). tml_xnor_count_finish
- * adds what waits and fills planes. */
-typedef struct {
-    tml_xnor_level level[TML_XNOR_LEVELS];
-    uint32_t waiting[TML_XNOR_LEVELS][TML_XNOR_WAITING];
-    uint32_t planes[TML_XNOR_PLANES];
-} tml_xnor_counter;
-
-/* The byte offsets of consecutive words: a level adds the carries waiting in a buffer. */
-static inline const uint32_t *tml_xnor_consecutive(void)
-{
-    static const uint32_t offsets[TML_XNOR_WAITING] = {
-        0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92, 96, 100, 104,
-        108, 112, 116, 120, 124, 128, 132, 136, 140, 144, 148, 152, 156
-    };
-    return offsets;
-}
+    uintptr_t base;          /* +0: block 0's */
+    const uint32_t *offsets; /* +4 */
+    int32_t n;               /* +8: 0..TML_XNOR_CHUNK for tml_xnor_count_chunk, any for tml_xnor_count */
+    int32_t levels;          /* +12: 1..TML_XNOR_LEVELS */
+    const uint32_t *start;   /* +16: block 0's starting count */
+    uint32_t *planes;        /* +20: [blocks][TML_XNOR_PLANES] */
+    uint32_t q;              /* +24: below 16^levels */
+    int32_t blocks;          /* +28: >= 1 */
+    int32_t base_step;       /* +32: bytes */
+    int32_t start_step;      /* +36: bytes from one block's starting count to the next's (0: one for all) */
+    uint32_t *lanes;         /* +40: [blocks] */
+} tml_xnor_count_job;
 
 #if defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__)
+/* The assembly below reads the job at these offsets (pointers are 4 bytes on these cores). */
+typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40 ? 1 : -1];
+
 /* One carry-save adder in place: (a, c) = (high, low) of a + b + c, lane by lane; b is clobbered. */
 #define TML_XNOR_CSA_ASM(a, b, c) \
     "eor " b ", " b ", " a "\n\t" \
@@ -168,241 +164,238 @@ static inline const uint32_t *tml_xnor_consecutive(void)
     "and " high ", " c ", " a "\n\t" \
     "eor " c ", " c ", " a "\n\t"
 
-/* Four words at the byte offsets read from r2 (advanced) off the base r1, into registers a..d. */
-#define TML_XNOR_LOAD4_ASM(a, b, c, d)          \
+/* Level 0 reads its words through the byte offsets at r2 (advanced) off the base r1; the levels above read
+ * the carries themselves, consecutive words at r2. The order of the words a load gives does not matter. */
+#define TML_XNOR_LOAD4_AT_ASM(a, b, c, d)       \
     "ldm r2!, {" a ", " b ", " c ", " d "}\n\t" \
     "ldr " a ", [r1, " a "]\n\t"                \
     "ldr " b ", [r1, " b "]\n\t"                \
     "ldr " c ", [r1, " c "]\n\t"                \
     "ldr " d ", [r1, " d "]\n\t"
+#define TML_XNOR_LOAD2_AT_ASM "ldm r2!, {r0, r9}\n\tldr r0, [r1, r0]\n\tldr r9, [r1, r9]\n\t"
+#define TML_XNOR_LOAD1_AT_ASM "ldr r0, [r2]\n\tldr r0, [r1, r0]\n\t"
+#define TML_XNOR_LOAD4_ASM(a, b, c, d) "ldm r2!, {" a ", " b ", " c ", " d "}\n\t"
+#define TML_XNOR_LOAD2_ASM "ldm r2!, {r0, r9}\n\t"
+#define TML_XNOR_LOAD1_ASM "ldr r0, [r2]\n\t"
 
 /* Eight words into ones (r4) and twos (r5): the lanes that carry four in a, two clobbered registers b, c
  * and r11, r12. */
-#define TML_XNOR_ADD8_ASM(a, b, c)                    \
-    TML_XNOR_LOAD4_ASM(a, b, c, "r11")                \
-    TML_XNOR_CSA_ASM(a, b, "r4")                      \
-    TML_XNOR_CSA_ASM(c, "r11", "r4")                  \
-    TML_XNOR_CSA_ASM(a, c, "r5")                      \
-    TML_XNOR_LOAD4_ASM(b, c, "r11", "r12")            \
-    TML_XNOR_CSA_ASM(b, c, "r4")                      \
-    TML_XNOR_CSA_ASM("r11", "r12", "r4")              \
-    TML_XNOR_CSA_ASM(b, "r11", "r5")                  \
+#define TML_XNOR_ADD8_ASM(LOAD4, a, b, c)   \
+    LOAD4(a, b, c, "r11")                   \
+    TML_XNOR_CSA_ASM(a, b, "r4")            \
+    TML_XNOR_CSA_ASM(c, "r11", "r4")        \
+    TML_XNOR_CSA_ASM(a, c, "r5")            \
+    LOAD4(b, c, "r11", "r12")               \
+    TML_XNOR_CSA_ASM(b, c, "r4")            \
+    TML_XNOR_CSA_ASM("r11", "r12", "r4")    \
+    TML_XNOR_CSA_ASM(b, "r11", "r5")        \
     TML_XNOR_CSA_ASM(a, b, "r6") /* a: the eights */
+
+/* Adds r3 words to one level, its planes in r4..r7 (Harley-Seal): 16 at a time, each group storing its carry
+ * at r8 (advanced), then 8, 4, 2 and 1 as r3 has them, each piece rippling its top into eights, their carries
+ * out (a lane carries once in fewer than 16 words) stored as one word. At most r3 / 16 + 1 carries; a carry is
+ * stored after the words before it are read, so the carries may overwrite the words they come from. */
+#define TML_XNOR_LEVEL_ASM(LOAD4, LOAD2, LOAD1)                  \
+    "subs r3, r3, #16\n\t"                                        \
+    "blt 2f\n"                                                    \
+    "1:\n\t" /* r3 = words left - 16 */                           \
+    TML_XNOR_ADD8_ASM(LOAD4, "r0", "r9", "r10")                   \
+    TML_XNOR_ADD8_ASM(LOAD4, "r9", "r10", "lr")                   \
+    TML_XNOR_CSA_ASM("r0", "r9", "r7")                            \
+    "str r0, [r8], #4\n\t"                                        \
+    "subs r3, r3, #16\n\t"                                        \
+    "bge 1b\n"                                                    \
+    "2:\n\t" /* the low four bits of r3 are the words left; lr gathers their carry */ \
+    "ands r3, r3, #15\n\t"                                        \
+    "beq 6f\n\t"                                                  \
+    "mov lr, #0\n\t"                                              \
+    "tst r3, #8\n\t"                                              \
+    "beq 3f\n\t"                                                  \
+    TML_XNOR_ADD8_ASM(LOAD4, "r0", "r9", "r10")                   \
+    TML_XNOR_HA_ASM("lr", "r0", "r7")                             \
+    "3:\n\t"                                                      \
+    "tst r3, #4\n\t"                                              \
+    "beq 4f\n\t"                                                  \
+    LOAD4("r0", "r9", "r10", "r11")                               \
+    TML_XNOR_CSA_ASM("r0", "r9", "r4")                            \
+    TML_XNOR_CSA_ASM("r10", "r11", "r4")                          \
+    TML_XNOR_CSA_ASM("r0", "r10", "r5")                           \
+    TML_XNOR_HA_ASM("r9", "r0", "r6")                             \
+    TML_XNOR_HA_ASM("r10", "r9", "r7")                            \
+    "orr lr, lr, r10\n"                                           \
+    "4:\n\t"                                                      \
+    "tst r3, #2\n\t"                                              \
+    "beq 5f\n\t"                                                  \
+    LOAD2                                                         \
+    TML_XNOR_CSA_ASM("r0", "r9", "r4")                            \
+    TML_XNOR_HA_ASM("r9", "r0", "r5")                             \
+    TML_XNOR_HA_ASM("r10", "r9", "r6")                            \
+    TML_XNOR_HA_ASM("r9", "r10", "r7")                            \
+    "orr lr, lr, r9\n"                                            \
+    "5:\n\t"                                                      \
+    "tst r3, #1\n\t"                                              \
+    "beq 7f\n\t"                                                  \
+    LOAD1                                                         \
+    TML_XNOR_HA_ASM("r9", "r0", "r4")                             \
+    TML_XNOR_HA_ASM("r10", "r9", "r5")                            \
+    TML_XNOR_HA_ASM("r9", "r10", "r6")                            \
+    TML_XNOR_HA_ASM("r10", "r9", "r7")                            \
+    "orr lr, lr, r10\n"                                           \
+    "7:\n\t"                                                      \
+    "str lr, [r8], #4\n"                                          \
+    "6:\n\t"
+
+/* Compares one level's planes (r4..r7) with the next four bits of q (r12, shifted out) in the borrow of
+ * count - q (lr): a plane p with q's bit set borrows where p is 0 or a borrow comes in, else where both. */
+#define TML_XNOR_BORROW_ASM(plane) \
+    "lsrs r12, r12, #1\n\t"       \
+    "ite cs\n\t"                  \
+    "orncs lr, lr, " plane "\n\t" \
+    "biccc lr, lr, " plane "\n\t"
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter" /* read by the assembly */
-/* Adds the n words at the byte offsets offsets[0..n) from the address base to level (its planes in r4..r7, the
- * carry pointer in r8; Harley-Seal): 16 at a time, each group storing its carry, then 8, 4, 2 and 1 as n
- * has them, each piece rippling its top into eights, their carries out (a lane carries once in fewer
- * than 16 words) stored as one word. At most n / 16 + 1 carries. */
-__attribute__((naked, noinline, unused)) static void tml_xnor_count_words(tml_xnor_level *level, uintptr_t base,
-                                                                        const uint32_t *offsets, int32_t n)
+/* tml_xnor_count_job, on Armv7-M, block by block: level 0 adds the words to the starting planes of level 0 and
+ * leaves its carries on the stack; each level above adds the carries of the one below, in place, to its own
+ * starting planes. A level's planes are stored, and compared with q, as soon as it is done. The frame: the
+ * carries (4 * TML_XNOR_CARRIES bytes); at 256 the level's state (levels left, start, planes, q, the borrow of
+ * the count less q); at 276 the job, advanced block by block. */
+__attribute__((naked, noinline, unused)) static void tml_xnor_count_chunk(const tml_xnor_count_job *job)
 {
-    __asm__("push {r0, r4-r11, lr}\n\t"
-            "ldm r0, {r4-r8}\n\t"
-            "subs r3, r3, #16\n\t"
-            "blt 2f\n"
-            "1:\n\t" /* r3 = words left - 16 */
-            TML_XNOR_ADD8_ASM("r0", "r9", "r10")
-            TML_XNOR_ADD8_ASM("r9", "r10", "lr")
-            TML_XNOR_CSA_ASM("r0", "r9", "r7")
-            "str r0, [r8], #4\n\t"
-            "subs r3, r3, #16\n\t"
-            "bge 1b\n"
-            "2:\n\t" /* the low four bits of r3 are the words left; lr gathers their carry */
-            "ands r3, r3, #15\n\t"
-            "beq 6f\n\t"
-            "mov lr, #0\n\t"
-            "tst r3, #8\n\t"
-            "beq 3f\n\t"
-            TML_XNOR_ADD8_ASM("r0", "r9", "r10")
-            TML_XNOR_HA_ASM("lr", "r0", "r7")
-            "3:\n\t"
-            "tst r3, #4\n\t"
-            "beq 4f\n\t"
-            TML_XNOR_LOAD4_ASM("r0", "r9", "r10", "r11")
-            TML_XNOR_CSA_ASM("r0", "r9", "r4")
-            TML_XNOR_CSA_ASM("r10", "r11", "r4")
-            TML_XNOR_CSA_ASM("r0", "r10", "r5")
-            TML_XNOR_HA_ASM("r9", "r0", "r6")
-            TML_XNOR_HA_ASM("r10", "r9", "r7")
-            "orr lr, lr, r10\n"
-            "4:\n\t"
-            "tst r3, #2\n\t"
-            "beq 5f\n\t"
-            "ldm r2!, {r0, r9}\n\t"
-            "ldr r0, [r1, r0]\n\t"
-            "ldr r9, [r1, r9]\n\t"
-            TML_XNOR_CSA_ASM("r0", "r9", "r4")
-            TML_XNOR_HA_ASM("r9", "r0", "r5")
-            TML_XNOR_HA_ASM("r10", "r9", "r6")
-            TML_XNOR_HA_ASM("r9", "r10", "r7")
-            "orr lr, lr, r9\n"
-            "5:\n\t"
-            "tst r3, #1\n\t"
-            "beq 7f\n\t"
-            "ldr r0, [r2]\n\t"
-            "ldr r0, [r1, r0]\n\t"
-            TML_XNOR_HA_ASM("r9", "r0", "r4")
-            TML_XNOR_HA_ASM("r10", "r9", "r5")
-            TML_XNOR_HA_ASM("r9", "r10", "r6")
-            TML_XNOR_HA_ASM("r10", "r9", "r7")
-            "orr lr, lr, r10\n"
-            "7:\n\t"
-            "str lr, [r8], #4\n"
-            "6:\n\t"
-            "pop {r0}\n\t"
+    __asm__("push {r4-r11, lr}\n\t"
+            "sub sp, sp, #328\n\t"
+            "add r12, sp, #276\n\t"
+            "ldm r0!, {r1-r7}\n\t"
+            "stm r12!, {r1-r7}\n\t"
+            "ldm r0, {r1-r4}\n\t"
+            "stm r12, {r1-r4}\n"
+            "10:\n\t" /* a block */
+            "add r0, sp, #276\n\t"
+            "ldm r0, {r1-r7}\n\t" /* base, offsets, n, levels, start, planes, q */
+            "mov r8, #0\n\t"
+            "add r0, sp, #256\n\t"
             "stm r0, {r4-r8}\n\t"
+            "ldm r5, {r4-r7}\n\t"
+            "mov r8, sp\n\t"
+            TML_XNOR_LEVEL_ASM(TML_XNOR_LOAD4_AT_ASM, TML_XNOR_LOAD2_AT_ASM, TML_XNOR_LOAD1_AT_ASM)
+            "9:\n\t" /* a level is done: its planes in r4..r7, its carries on the stack up to r8 */
+            "add r0, sp, #256\n\t"
+            "ldm r0, {r9-r12, lr}\n\t"
+            "stm r11!, {r4-r7}\n\t"
+            TML_XNOR_BORROW_ASM("r4")
+            TML_XNOR_BORROW_ASM("r5")
+            TML_XNOR_BORROW_ASM("r6")
+            TML_XNOR_BORROW_ASM("r7")
+            "add r10, r10, #16\n\t"
+            "subs r9, r9, #1\n\t"
+            "stm r0, {r9-r12, lr}\n\t"
+            "beq 8f\n\t"
+            "ldm r10, {r4-r7}\n\t"
+            "mov r2, sp\n\t"
+            "sub r3, r8, r2\n\t"
+            "lsrs r3, r3, #2\n\t"
+            "mov r8, sp\n\t"
+            TML_XNOR_LEVEL_ASM(TML_XNOR_LOAD4_ASM, TML_XNOR_LOAD2_ASM, TML_XNOR_LOAD1_ASM)
+            "b 9b\n"
+            "8:\n\t" /* the block is done: no borrow where the count is at least q */
+            "add r12, sp, #276\n\t"
+            "ldm r12, {r0-r10}\n\t" /* the job as advanced so far */
+            "mvn lr, lr\n\t"
+            "str lr, [r10], #4\n\t"
+            "add r0, r0, r8\n\t"
+            "add r4, r4, r9\n\t"
+            "add r5, r5, #64\n\t"
+            "subs r7, r7, #1\n\t"
+            "stm r12, {r0-r10}\n\t"
+            "bne 10b\n\t"
+            "add sp, sp, #328\n\t"
             "pop {r4-r11, pc}\n\t");
 }
 #pragma GCC diagnostic pop
 #else
-/* One carry-save adder: (high, low) = a + b + c, lane by lane. */
-#define TML_XNOR_CSA(high, low, a, b, c) \
-    do {                                 \
-        const uint32_t u_ = (a) ^ (b);   \
-        const uint32_t c_ = (c);         \
-        high = ((a) & (b)) | (u_ & c_);  \
-        low = u_ ^ c_;                   \
-    } while (0)
-
-/* The word at byte offset `at` from the address `base` (an integer: a convolution's base may lie before its
- * weights, the offsets bringing every address into them). */
+/* The word at byte offset `at` from the address `base`. */
 #define TML_XNOR_AT(base, at) (*(const uint32_t *)((base) + (uintptr_t)(at)))
 
-/* Eight words at the byte offsets at[0..7] from base into ones, twos and fours of the calling scope
- * (with its temporaries twos_a, twos_b, fours_a, fours_b); `eights_out` gets the lanes that carry eight. */
-#define TML_XNOR_ADD8(eights_out, base, at)                                                        \
-    do {                                                                                            \
-        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(base, (at)[0]), TML_XNOR_AT(base, (at)[1])); \
-        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(base, (at)[2]), TML_XNOR_AT(base, (at)[3])); \
-        TML_XNOR_CSA(fours_a, twos, twos, twos_a, twos_b);                                          \
-        TML_XNOR_CSA(twos_a, ones, ones, TML_XNOR_AT(base, (at)[4]), TML_XNOR_AT(base, (at)[5])); \
-        TML_XNOR_CSA(twos_b, ones, ones, TML_XNOR_AT(base, (at)[6]), TML_XNOR_AT(base, (at)[7])); \
-        TML_XNOR_CSA(fours_b, twos, twos, twos_a, twos_b);                                          \
-        TML_XNOR_CSA(eights_out, fours, fours, fours_a, fours_b);                                   \
-    } while (0)
-
-/* Adds the n words at the byte offsets offsets[0..n) from the address base to level (Harley-Seal): 16 at a time,
- * each group storing its carry, then the last words one at a time rippled into eights, their carries
- * out (a lane carries once in fewer than 16 words) stored as one word. At most n / 16 + 1 carries. */
-static TML_XNOR_NOINLINE void tml_xnor_count_words(tml_xnor_level *level, uintptr_t base,
-                                                   const uint32_t *offsets, int32_t n)
+/* Adds n words to one level's planes[4], one at a time, storing the carry out of every 16 (a lane carries at
+ * most once in them) into carries; the words are words[i] or, when words is NULL, at the byte offsets
+ * offsets[i] from base. Returns the carries stored; a carry is stored after the words before it are read. */
+static int32_t tml_xnor_count_level(uint32_t planes[4], const uint32_t *words, uintptr_t base,
+                                    const uint32_t *offsets, int32_t n, uint32_t *carries)
 {
-    uint32_t ones = level->ones, twos = level->twos, fours = level->fours, eights = level->eights;
-    uint32_t *carry = level->carry;
-    uint32_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-    for (; n >= 16; n -= 16, offsets += 16) {
-        TML_XNOR_ADD8(eights_a, base, offsets);
-        TML_XNOR_ADD8(eights_b, base, offsets + 8);
-        TML_XNOR_CSA(sixteens, eights, eights, eights_a, eights_b);
-        *carry++ = sixteens;
-    }
-    if (n > 0) {
+    int32_t stored = 0;
+    for (int32_t i = 0; i < n; i += 16) {
         uint32_t out = 0;
-        for (; n > 0; n--) {
-            uint32_t c = TML_XNOR_AT(base, *offsets++), next;
-            next = ones & c;
-            ones ^= c;
-            c = twos & next;
-            twos ^= next;
-            next = fours & c;
-            fours ^= c;
-            out |= eights & next;
-            eights ^= next;
+        for (int32_t j = i; j < n && j < i + 16; j++) {
+            uint32_t carry = words ? words[j] : TML_XNOR_AT(base, offsets[j]);
+            for (int32_t p = 0; p < 4; p++) {
+                const uint32_t next = planes[p] & carry;
+                planes[p] ^= carry;
+                carry = next;
+            }
+            out |= carry;
         }
-        *carry++ = out;
+        carries[stored++] = out;
     }
-    level->ones = ones;
-    level->twos = twos;
-    level->fours = fours;
-    level->eights = eights;
-    level->carry = carry;
+    return stored;
+}
+
+/* tml_xnor_count_job, portable: block by block, level by level, each level adding the carries of the one below. */
+static void tml_xnor_count_chunk(const tml_xnor_count_job *job)
+{
+    uint32_t carries[TML_XNOR_CARRIES];
+    for (int32_t block = 0; block < job->blocks; block++) {
+        const uint32_t *start = job->start + (size_t)block * (size_t)job->start_step / 4;
+        uint32_t *planes = job->planes + (size_t)block * TML_XNOR_PLANES;
+        const uintptr_t base = job->base + (uintptr_t)((intptr_t)block * job->base_step);
+        uint32_t borrow = 0, q = job->q;
+        int32_t n = job->n;
+        for (int32_t k = 0; k < job->levels; k++) {
+            uint32_t level[4];
+            for (int32_t p = 0; p < 4; p++) {
+                level[p] = start[4 * k + p];
+            }
+            n = tml_xnor_count_level(level, k == 0 ? NULL : carries, base, job->offsets, n, carries);
+            for (int32_t p = 0; p < 4; p++, q >>= 1) {
+                planes[4 * k + p] = level[p];
+                borrow = (q & 1u) ? (borrow | ~level[p]) : (borrow & ~level[p]);
+            }
+        }
+        job->lanes[block] = ~borrow;
+    }
 }
 #endif
 
-/* A counter holding start[p] as plane p (each lane its own starting count). */
-static inline void tml_xnor_count_start_at(tml_xnor_counter *counter, const uint32_t start[TML_XNOR_PLANES])
+/* A count of zero in every lane. */
+static const uint32_t tml_xnor_zero_count[TML_XNOR_PLANES] = {0};
+
+/* tml_xnor_count_job for any n: in chunks, each block's sum so far the start of its next chunk. */
+static inline void tml_xnor_count(tml_xnor_count_job job)
 {
-    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
-        tml_xnor_level *level = &counter->level[k];
-        level->ones = start[4 * k];
-        level->twos = start[4 * k + 1];
-        level->fours = start[4 * k + 2];
-        level->eights = start[4 * k + 3];
-        level->carry = counter->waiting[k];
+    const int32_t n = job.n;
+    job.n = n < TML_XNOR_CHUNK ? n : TML_XNOR_CHUNK;
+    tml_xnor_count_chunk(&job);
+    for (int32_t done = job.n; done < n; done += job.n) {
+        job.offsets += job.n;
+        job.n = n - done < TML_XNOR_CHUNK ? n - done : TML_XNOR_CHUNK;
+        job.start = job.planes;
+        job.start_step = 4 * TML_XNOR_PLANES;
+        tml_xnor_count_chunk(&job);
     }
 }
 
-/* A counter at zero in every lane (tml_xnor_count_start_at with zero planes, without reading them). */
-static inline void tml_xnor_count_start(tml_xnor_counter *counter)
+/* One block's count from zero: the n words at the byte offsets offsets[0..n) from base into planes[4 * levels]. */
+static inline void tml_xnor_count_block(uintptr_t base, const uint32_t *offsets, int32_t n, int32_t levels,
+                                        uint32_t planes[TML_XNOR_PLANES])
 {
-    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
-        tml_xnor_level *level = &counter->level[k];
-        level->ones = level->twos = level->fours = level->eights = 0;
-        level->carry = counter->waiting[k];
-    }
+    uint32_t lanes;
+    const tml_xnor_count_job job = {base, offsets, n, levels, tml_xnor_zero_count, planes, 0, 1, 0, 0, &lanes};
+    tml_xnor_count(job);
 }
 
-/* Every level above 0 below `levels` adds the carries waiting for it when there are more than `most`. */
-static inline void tml_xnor_count_carries(tml_xnor_counter *counter, int32_t most, int32_t levels)
+/* Levels a count below 2^used needs. */
+static inline int32_t tml_xnor_levels(int32_t used)
 {
-    for (int32_t k = 1; k < levels; k++) {
-        const int32_t n = (int32_t)(counter->level[k - 1].carry - counter->waiting[k - 1]);
-        if (n > most) {
-            tml_xnor_count_words(&counter->level[k], (uintptr_t)counter->waiting[k - 1], tml_xnor_consecutive(), n);
-            counter->level[k - 1].carry = counter->waiting[k - 1];
-        }
-    }
-    counter->level[TML_XNOR_LEVELS - 1].carry = counter->waiting[TML_XNOR_LEVELS - 1];
-}
-
-/* Adds the words at the byte offsets offsets[i] (i < n) from the address base to the counter. */
-static inline void tml_xnor_count_add(tml_xnor_counter *counter, uintptr_t base, const uint32_t *offsets, int32_t n)
-{
-    for (; n > 0; n -= TML_XNOR_CHUNK, offsets += TML_XNOR_CHUNK) {
-        tml_xnor_count_words(&counter->level[0], base, offsets, n < TML_XNOR_CHUNK ? n : TML_XNOR_CHUNK);
-        tml_xnor_count_carries(counter, TML_XNOR_WAITING - TML_XNOR_CHUNK / 16 - 1, TML_XNOR_LEVELS);
-    }
-}
-
-/* Adds the carries still waiting (those of weight 2^used and up are zero: the count is below 2^used); the
- * count is then in the levels' planes. */
-static inline void tml_xnor_count_settle(tml_xnor_counter *counter, int32_t used)
-{
-    tml_xnor_count_carries(counter, 0, (used + 3) / 4);
-}
-
-/* The lanes of a settled counter whose count is at least q (q < 2^used), most significant plane first;
- * the planes above `used` are zero, so whole levels are compared. */
-static inline uint32_t tml_xnor_count_at_least(const tml_xnor_counter *counter, int32_t used, uint32_t q)
-{
-    uint32_t greater = 0, equal = 0xFFFFFFFFu;
-    for (int32_t k = (used - 1) >> 2; k >= 0; k--) {
-        const tml_xnor_level *level = &counter->level[k];
-        const uint32_t planes[4] = {level->ones, level->twos, level->fours, level->eights};
-        for (int32_t i = 3; i >= 0; i--) {
-            if ((q >> (4 * k + i)) & 1u) {
-                equal &= planes[i];
-            } else {
-                greater |= equal & planes[i];
-                equal &= ~planes[i];
-            }
-        }
-    }
-    return greater | equal;
-}
-
-/* Settles the counter and stores the count into planes. */
-static inline void tml_xnor_count_finish(tml_xnor_counter *counter, int32_t used)
-{
-    tml_xnor_count_settle(counter, used);
-    for (int32_t k = 0; k < TML_XNOR_LEVELS; k++) {
-        counter->planes[4 * k] = counter->level[k].ones;
-        counter->planes[4 * k + 1] = counter->level[k].twos;
-        counter->planes[4 * k + 2] = counter->level[k].fours;
-        counter->planes[4 * k + 3] = counter->level[k].eights;
-    }
+    return (used + 3) / 4;
 }
 
 /* Every lane's count out of the planes (only the first `used` can be nonzero) into counts[32]. Four
@@ -554,12 +547,15 @@ static inline uintptr_t tml_xnor_columns_base(const uint32_t *block_weights, int
     return (uintptr_t)block_weights - (uintptr_t)(4 * (intptr_t)origin * in_c);
 }
 
-/* Adds to the counter the weight words of one block at the window's entries. */
-static inline void tml_xnor_columns_count(const tml_xnor_columns *c, tml_xnor_counter *counter,
-                                          const uint32_t *block_weights, int32_t in_c, tml_window_span sx)
+/* The count job of a window's entries over blocks of weights [filter.h][filter.w][in.c] from block_weights
+ * (tml_xnor_count_job: base, offsets and n set, one block, from zero; the caller sets the rest it needs). */
+static inline tml_xnor_count_job tml_xnor_columns_job(const tml_xnor_columns *c, const uint32_t *block_weights,
+                                                      int32_t in_c, tml_window_span sx, int32_t levels,
+                                                      uint32_t *planes, uint32_t *lanes)
 {
-    tml_xnor_count_add(counter, tml_xnor_columns_base(block_weights, sx.origin, in_c), c->entries + c->window,
-                       c->end - c->window);
+    const tml_xnor_count_job job = {tml_xnor_columns_base(block_weights, sx.origin, in_c), c->entries + c->window,
+                                    c->end - c->window, levels, tml_xnor_zero_count, planes, 0, 1, 0, 0, lanes};
+    return job;
 }
 
 /* S of a window: channel oc's positive weights at filter rows [y0, y1) and columns [x0, x1). */
@@ -590,9 +586,9 @@ static inline void tml_xnor_whole_window(int32_t *constant, const int16_t *tap_o
 }
 
 /* The int8 outputs y[0..lanes) of the block of channels from `first` for a window (spans sy, sx; n real
- * taps, `set` of them set) from its finished counter: the constant of a window on real cells, or over the
+ * taps, `set` of them set) from its count's planes: the constant of a window on real cells, or over the
  * padding S and n of its real taps only. */
-static inline void tml_xnor_window_outputs(const tml_xnor_counter *counter, int32_t used, int32_t first,
+static inline void tml_xnor_window_outputs(const uint32_t *planes, int32_t used, int32_t first,
                                            int32_t lanes, int32_t set, int32_t n, int32_t taps,
                                            tml_window_span sy, tml_window_span sx, int32_t filter_w,
                                            int32_t positions, const int32_t *whole_window, const int16_t *tap_ones,
@@ -600,7 +596,7 @@ static inline void tml_xnor_window_outputs(const tml_xnor_counter *counter, int3
                                            const tml_quant_channels *quant, const tml_conv_params *p, int8_t *y)
 {
     int32_t counts[32], border[32];
-    tml_xnor_lanes(counter->planes, used, counts);
+    tml_xnor_lanes(planes, used, counts);
     const int32_t *constant = whole_window + first;
     if (n != taps) {
         for (int32_t lane = 0; lane < lanes; lane++) {

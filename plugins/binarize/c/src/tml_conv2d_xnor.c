@@ -38,7 +38,7 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
     int32_t *whole_window = (int32_t *)((int8_t *)scratch + tml_xnor_columns_bytes(&filter));
     tml_xnor_whole_window(whole_window, tap_ones, magnitude, bias, out.c, positions, taps);
     const tml_conv_params p = *params; /* a copy: the int8 stores below could alias the caller's */
-    tml_xnor_counter counter;
+    uint32_t planes[TML_XNOR_PLANES], lanes_at_least;
     for (int32_t oy = 0; oy < out.h; oy++) {
         const tml_window_span sy = tml_window_span_at(oy, p.stride_h, p.pad_h, filter.h, in.h);
         const int32_t rows = sy.end > sy.begin ? sy.end - sy.begin : 0; /* none: all padding */
@@ -49,11 +49,10 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
             const int32_t used = tml_xnor_planes_for(set);
             int8_t *y = output + ((size_t)oy * out.w + ox) * out.c;
             for (int32_t first = 0; first < out.c; first += 32) {
-                tml_xnor_count_start(&counter);
-                tml_xnor_columns_count(&columns, &counter, weights + (size_t)first / 32 * taps, in.c, sx);
-                tml_xnor_count_finish(&counter, used);
+                tml_xnor_count(tml_xnor_columns_job(&columns, weights + (size_t)first / 32 * taps, in.c, sx,
+                                                    tml_xnor_levels(used), planes, &lanes_at_least));
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
-                tml_xnor_window_outputs(&counter, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
+                tml_xnor_window_outputs(planes, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
                                         whole_window, tap_ones, magnitude, bias, quant, &p, y + first);
             }
         }

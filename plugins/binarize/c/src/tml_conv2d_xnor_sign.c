@@ -28,9 +28,11 @@ static int32_t tml_xnor_sign_slot_words(int32_t out_channels)
 
 int32_t tml_conv2d_xnor_sign_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels)
 {
-    /* the column lists, per channel the constant of a whole window and D, a flag per block, the slots */
+    /* the column lists, per channel the constant of a whole window and D, a flag per block, the slots, per
+     * block a count */
     return tml_xnor_columns_bytes(filter_shape) + 8 * out_channels + 4 * tml_xnor_words(out_channels)
-         + 4 * TML_XNOR_SIGN_SLOTS * tml_xnor_sign_slot_words(out_channels);
+         + 4 * TML_XNOR_SIGN_SLOTS * tml_xnor_sign_slot_words(out_channels)
+         + 4 * TML_XNOR_PLANES * tml_xnor_words(out_channels);
 }
 
 /* Whether bias + m * d, |d| <= taps, keeps a channel's int8 output monotone in d (see above). */
@@ -138,17 +140,19 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
             monotone[oc / 32] = 0;
         }
     }
-    int32_t any_monotone = 0;
+    int32_t any_monotone = 0, all_monotone = 1;
     for (int32_t block = 0; block < out_words; block++) {
         any_monotone |= monotone[block];
+        all_monotone &= monotone[block];
     }
+    const uint32_t last_lanes = out.c % 32 == 0 ? 0xFFFFFFFFu : (1u << (out.c % 32)) - 1u;
     for (int32_t k = 0; k < TML_XNOR_SIGN_SLOTS; k++) {
         slots[(size_t)k * slot_words] = (uint32_t)-1; /* holds no window shape (a begin is never -1) */
     }
     int32_t victim = 0;
     const uint32_t *start = slots + 4;
-    const int32_t sign_planes = tml_xnor_planes_for(2 * taps + taps / 2 + 2);
-    tml_xnor_counter counter;
+    const int32_t sign_levels = tml_xnor_levels(tml_xnor_planes_for(2 * taps + taps / 2 + 2));
+    uint32_t *planes = slots + (size_t)TML_XNOR_SIGN_SLOTS * slot_words; /* per block: its count */
     int8_t values[32];
     for (int32_t oy = 0; oy < out.h; oy++) {
         const tml_window_span sy = tml_window_span_at(oy, p.stride_h, p.pad_h, filter.h, in.h);
@@ -181,24 +185,35 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
                 }
             }
             uint32_t *y = output + ((size_t)oy * out.w + ox) * out_words;
+            const uint32_t q = (uint32_t)(n + 1 + set / 2);
+            if (all_monotone) { /* every block in one go, from the planes of its parity of A */
+                tml_xnor_count_job job = tml_xnor_columns_job(&columns, weights, in.c, sx, sign_levels, planes, y);
+                job.start = start + (size_t)(set & 1) * TML_XNOR_PLANES;
+                job.q = q;
+                job.blocks = out_words;
+                job.base_step = 4 * taps;
+                job.start_step = 4 * 2 * TML_XNOR_PLANES;
+                tml_xnor_count(job);
+                y[out_words - 1] &= last_lanes;
+                continue;
+            }
             for (int32_t block = 0; block < out_words; block++) {
                 const int32_t first = 32 * block;
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
-                const uint32_t *block_weights = weights + (size_t)block * taps;
+                tml_xnor_count_job job = tml_xnor_columns_job(&columns, weights + (size_t)block * taps, in.c, sx, 1,
+                                                              planes, y + block);
                 if (monotone[block]) {
-                    const size_t at = ((size_t)block * 2 + (size_t)(set & 1)) * TML_XNOR_PLANES;
-                    tml_xnor_count_start_at(&counter, start + at);
-                    tml_xnor_columns_count(&columns, &counter, block_weights, in.c, sx);
-                    tml_xnor_count_settle(&counter, sign_planes);
-                    const uint32_t lane_mask = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
-                    y[block] = tml_xnor_count_at_least(&counter, sign_planes, (uint32_t)(n + 1 + set / 2)) & lane_mask;
+                    job.levels = sign_levels;
+                    job.start = start + ((size_t)block * 2 + (size_t)(set & 1)) * TML_XNOR_PLANES;
+                    job.q = q;
+                    tml_xnor_count(job);
+                    y[block] &= lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
                     continue;
                 }
                 const int32_t used = tml_xnor_planes_for(set);
-                tml_xnor_count_start(&counter);
-                tml_xnor_columns_count(&columns, &counter, block_weights, in.c, sx);
-                tml_xnor_count_finish(&counter, used);
-                tml_xnor_window_outputs(&counter, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
+                job.levels = tml_xnor_levels(used);
+                tml_xnor_count(job);
+                tml_xnor_window_outputs(planes, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
                                         whole_window, tap_ones, magnitude, bias, quant, &p, values);
                 uint32_t bits = 0;
                 for (int32_t lane = 0; lane < lanes; lane++) {

@@ -2,7 +2,7 @@
  * tml_fc_xnor - binary fully connected layer, 32 outputs at a time in bit-sliced counters.
  *
  * The offsets of the input's set bits are listed once (in scratch); for each block of 32 rows
- * the weight words at those offsets are counted lane by lane (tml_xnor_count_add), and each row's dot
+ * the weight words at those offsets are counted lane by lane (tml_xnor_count), and each row's dot
  * product d = 4V - 2A - 2S + n gives its int8 output as tml_fc_s8 would. Layout in tml_xnor.h.
  */
 #include "tml_xnor.h"
@@ -30,13 +30,12 @@ tml_status tml_fc_xnor(const tml_fc_params *params, const tml_quant_channels *qu
     }
     const int32_t set = (int32_t)(end - offsets);
     const int32_t used = tml_xnor_planes_for(set);
-    tml_xnor_counter counter;
+    uint32_t planes[TML_XNOR_PLANES];
     int32_t counts[32], constant[32];
     for (int32_t block = 0; 32 * block < out_features; block++) {
-        tml_xnor_count_start(&counter);
-        tml_xnor_count_add(&counter, (uintptr_t)(weights + (size_t)block * in_features), offsets, set);
-        tml_xnor_count_finish(&counter, used);
-        tml_xnor_lanes(counter.planes, used, counts);
+        tml_xnor_count_block((uintptr_t)(weights + (size_t)block * in_features), offsets, set, tml_xnor_levels(used),
+                             planes);
+        tml_xnor_lanes(planes, used, counts);
         const int32_t first = 32 * block;
         const int32_t lanes = out_features - first < 32 ? out_features - first : 32;
         for (int32_t lane = 0; lane < lanes; lane++) {
