@@ -24,6 +24,7 @@ from tinyml.ir import Graph, Node, Tensor
 from tinyml.reference import run_int8
 from tinyml.reference.conv import conv2d_s8, fc_s8
 from tinyml_plugins.binarize import kernels, packing
+from tinyml_plugins.binarize.starts import sign_starts
 from tinyml_plugins.binarize.technique import Binarize
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -138,13 +139,21 @@ def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
     scratch = np.zeros(c.tml_conv2d_xnor_sign_scratch_bytes(f_shape, out_c), np.int8)
     assert len(scratch) == kernels.conv2d_sign_scratch_bytes((kh, kw, in_c), out_c)
     got = np.full((out_h, out_w, packing.words(out_c)), 0xA5A5A5A5, np.uint32)
+    starts = sign_starts(weights, bias, q["multiplier"], q["shift"], q["output_offset"], q["act_min"], q["act_max"],
+                         threshold, (h, w), (out_h, out_w), (sh, sw), (ph, pw))  # fmt: skip
+    arrays = [np.ascontiguousarray(a) for a in (starts.row_class, starts.column_class, starts.exact, starts.planes)]
+    starts_c = ffi.new("tml_xnor_sign_starts *", {
+        "row_class": ffi.from_buffer("uint8_t[]", arrays[0]), "column_class": ffi.from_buffer("uint8_t[]", arrays[1]),
+        "column_classes": starts.column_classes, "exact": ffi.from_buffer("uint8_t[]", arrays[2]),
+        "planes": ffi.from_buffer("uint32_t[]", arrays[3]),
+    })  # fmt: skip
     status = c.tml_conv2d_xnor_sign(
         params, c_quant(ffi, q), ffi.new("tml_shape *", [h, w, in_c]),
         ffi.from_buffer("uint32_t[]", packing.pack_bits(signs)), f_shape,
         ffi.from_buffer("uint32_t[]", packing.pack_weight_blocks(weights)),
         ffi.from_buffer("int16_t[]", packing.tap_ones(weights)),
         ffi.from_buffer("int32_t[]", packing.binary_magnitudes(weights).astype(np.int32)),
-        ffi.from_buffer("int32_t[]", bias), ffi.from_buffer("int32_t[]", threshold),
+        ffi.from_buffer("int32_t[]", bias), ffi.from_buffer("int32_t[]", threshold), starts_c,
         ffi.new("tml_shape *", [out_h, out_w, out_c]), ffi.from_buffer("uint32_t[]", got),
         ffi.from_buffer("int8_t[]", scratch),
     )  # fmt: skip

@@ -22,6 +22,7 @@ from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
 from tinyml_plugins.binarize.fuse import FUSED
 from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
 from tinyml_plugins.binarize.sign import BINARY, BINARY_OPS, OP
+from tinyml_plugins.binarize.starts import sign_starts
 
 PACKING_OPS = (OP, FUSED)  # the ops whose output is stored as packed bits
 READING_OPS = (*BINARY_OPS, FUSED)  # the ops that read packed bits
@@ -34,8 +35,7 @@ ADVICE = "train the model with technique `binarize`, which binarizes a layer's i
 
 
 MAX_TAPS = 65535  # TML_XNOR_MAX_TAPS: a count of set taps fits 16 bit-planes
-SIGN_PLANES = 16  # TML_XNOR_PLANES
-SIGN_SLOTS = 4  # TML_XNOR_SIGN_SLOTS
+PLANES = 16  # TML_XNOR_PLANES
 
 
 def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
@@ -45,12 +45,9 @@ def conv2d_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) 
 
 
 def conv2d_sign_scratch_bytes(filter_shape: tuple[int, int, int], out_channels: int) -> int:
-    """Scratch of `tml_conv2d_xnor_sign`; mirrors `tml_conv2d_xnor_sign_scratch_bytes`: the convolution's, a
-    threshold per channel, a flag per block of 32 channels, SIGN_SLOTS window shapes with the counter's
-    starting planes of every block for an even and an odd count of set input bits, and each block's count."""
-    blocks = (out_channels + 31) // 32
-    slots = SIGN_SLOTS * (4 + blocks * 2 * SIGN_PLANES)
-    return conv2d_scratch_bytes(filter_shape, out_channels) + 4 * (out_channels + blocks + slots + blocks * SIGN_PLANES)
+    """Scratch of `tml_conv2d_xnor_sign`; mirrors `tml_conv2d_xnor_sign_scratch_bytes`: the convolution's and
+    each block's count (TML_XNOR_PLANES words)."""
+    return conv2d_scratch_bytes(filter_shape, out_channels) + 4 * PLANES * words(out_channels)
 
 
 def fc_scratch_bytes(in_features: int) -> int:
@@ -114,6 +111,25 @@ def _channel_arrays(call: CallSite) -> str:
     return f"{ones}, {call.add_int32_array('magnitude', binary_magnitudes(weights))}"
 
 
+def _sign_starts(call: CallSite) -> str:
+    """The `tml_xnor_sign_starts` of a conv2d_sign node: its counters' starting planes per window shape."""
+    g, n, a = call.graph, call.node, call.node.attrs
+    _, in_h, in_w, _ = g.tensors[n.inputs[0]].shape
+    _, out_h, out_w, _ = g.tensors[n.outputs[0]].shape
+    starts = sign_starts(
+        g.tensors[n.inputs[1]].data, g.tensors[n.inputs[2]].data, a["multiplier"], a["shift"], a["conv_zero_point"],
+        a["act_min"], a["act_max"], g.tensors[n.inputs[3]].data, (in_h, in_w), (out_h, out_w), a["stride"],
+        a["padding"],
+    )  # fmt: skip
+    rows = call.add_array("uint8_t", "row_class", starts.row_class)
+    columns = call.add_array("uint8_t", "column_class", starts.column_class)
+    exact = call.add_array("uint8_t", "exact_blocks", starts.exact)
+    planes = call.add_array("uint32_t", "start_planes", starts.planes.ravel(), suffix="u")
+    return call.add_static(
+        "tml_xnor_sign_starts", "starts", f"{{{rows}, {columns}, {starts.column_classes}, {exact}, {planes}}}"
+    )
+
+
 def _emit_conv(call: CallSite) -> str:
     """The call of a binary convolution: `tml_conv2d_xnor` (int8 out), or `tml_conv2d_xnor_sign` for a
     conv2d_sign node (its sign's thresholds after the bias, packed bits out)."""
@@ -127,7 +143,7 @@ def _emit_conv(call: CallSite) -> str:
     params = conv_params(call, n.attrs["conv_zero_point"] if fused else None)
     kh, kw = g.tensors[w].shape[1:3]
     filt = call.add_static("tml_shape", "filter_shape", f"{{{kh}, {kw}, {g.tensors[x].shape[-1]}}}")
-    threshold = f"{call.tensor(n.inputs[3])}, " if fused else ""
+    threshold = f"{call.tensor(n.inputs[3])}, &{_sign_starts(call)}, " if fused else ""
     output = f"(uint32_t *){call.output()}" if fused else call.output()
     return (
         f"status = {function}(&{params}, &{_quant_channels(call)}, &{call.shape(x)}, "

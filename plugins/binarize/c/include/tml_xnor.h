@@ -60,17 +60,31 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
                            const int32_t *bias, const tml_shape *output_shape, int8_t *output, void *scratch);
 int32_t tml_conv2d_xnor_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels);
 
+/* The starting counts of tml_conv2d_xnor_sign for one layer, computed when the model is built
+ * (tinyml_plugins.binarize.starts, which gives the derivation). The output rows fall into classes whose
+ * windows have the same real filter rows, the columns likewise; for row class r, column class s, block b of
+ * 32 channels and parity a of a window's count of set input bits, the counters start at the 4 * levels planes
+ * from planes + 4 * levels * (((r * column_classes + s) * blocks + b) * 2 + a), levels = (bits of
+ * 2 * taps + taps / 2 + 2, + 3) / 4. A block with exact[b] = 1 takes the int8 outputs instead. */
+typedef struct {
+    const uint8_t *row_class;    /* [out.h] */
+    const uint8_t *column_class; /* [out.w] */
+    int32_t column_classes;
+    const uint8_t *exact;        /* [blocks] */
+    const uint32_t *planes;
+} tml_xnor_sign_starts;
+
 /* Binary convolution fused with the sign after it: the int8 output tml_conv2d_xnor would give (same
  * arguments and ranges, params->output_offset its zero point) compared with threshold int32[out.c]:
- * bit k of an output pixel is 1 when channel k's int8 output is >= threshold[k]. output packed
- * [out.h][out.w][words(out.c)], as tml_binarize_s8 writes it. filter.h * filter.w * filter.c <=
- * TML_XNOR_SIGN_MAX_TAPS. scratch: tml_conv2d_xnor_sign_scratch_bytes(filter_shape, out.c) bytes,
+ * bit k of an output pixel is 1 when channel k's int8 output is >= threshold[k]. starts: the table of these
+ * arguments. output packed [out.h][out.w][words(out.c)], as tml_binarize_s8 writes it. filter.h * filter.w *
+ * filter.c <= TML_XNOR_SIGN_MAX_TAPS. scratch: tml_conv2d_xnor_sign_scratch_bytes(filter_shape, out.c) bytes,
  * 4-byte aligned. */
 tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_channels *quant,
                                 const tml_shape *input_shape, const uint32_t *input, const tml_shape *filter_shape,
                                 const uint32_t *weights, const int16_t *tap_ones, const int32_t *magnitude,
-                                const int32_t *bias, const int32_t *threshold, const tml_shape *output_shape,
-                                uint32_t *output, void *scratch);
+                                const int32_t *bias, const int32_t *threshold, const tml_xnor_sign_starts *starts,
+                                const tml_shape *output_shape, uint32_t *output, void *scratch);
 int32_t tml_conv2d_xnor_sign_scratch_bytes(const tml_shape *filter_shape, int32_t out_channels);
 
 /* Binary fully connected layer: input packed words(in_features); weights packed in blocks
@@ -476,6 +490,22 @@ typedef struct {
     int32_t window;     /* the current window's first entry */
 } tml_xnor_columns;
 
+/* Moves n words from `from` down to `to` (to <= from; the two may overlap). */
+static inline void tml_xnor_move_down(uint32_t *to, const uint32_t *from, int32_t n)
+{
+#if defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__)
+    for (; n >= 4; n -= 4) { /* four words a load and a store */
+        __asm__ volatile("ldm %0!, {r4-r7}\n\tstm %1!, {r4-r7}"
+                         : "+r"(from), "+r"(to)
+                         :
+                         : "r4", "r5", "r6", "r7", "memory");
+    }
+#endif
+    for (; n > 0; n--) {
+        *to++ = *from++;
+    }
+}
+
 /* Scratch bytes of the buffer (4-byte aligned). */
 static inline int32_t tml_xnor_columns_bytes(const tml_shape *filter_shape)
 {
@@ -517,9 +547,7 @@ static inline int32_t tml_xnor_columns_list(tml_xnor_columns *c, const uint32_t 
         const int32_t x = c->next;
         if (c->end + room > c->capacity) { /* move the columns this and later windows need to the start */
             const int32_t keep = c->column[begin % filter_w] == begin ? c->first[begin % filter_w] : c->end;
-            for (int32_t i = keep; i < c->end; i++) {
-                c->entries[i - keep] = c->entries[i];
-            }
+            tml_xnor_move_down(c->entries, c->entries + keep, c->end - keep);
             for (int32_t k = 0; k < filter_w; k++) {
                 c->first[k] -= keep;
             }
