@@ -99,9 +99,11 @@ class SignStarts:
     planes: np.ndarray  # uint32 [row classes][column classes][blocks][parity][4 * levels]
 
 
-def sign_starts(weights: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray, shift: np.ndarray,
-                output_offset: int, act_min: int, act_max: int, threshold: np.ndarray, input_hw: tuple[int, int],
-                output_hw: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> SignStarts:  # fmt: skip
+def sign_starts(
+    weights: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray, shift: np.ndarray, output_offset: int,
+    act_min: int, act_max: int, threshold: np.ndarray, input_hw: tuple[int, int], output_hw: tuple[int, int],
+    stride: tuple[int, int], padding: tuple[int, int],
+) -> SignStarts:
     """The table of a binary convolution fused with its sign: weights int8 OHWI of +m/-m per channel, the
     convolution's requantization (to output_offset, clamped to [act_min, act_max]) and the sign's threshold."""
     out_c, kh, kw, in_c = weights.shape
