@@ -223,13 +223,12 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
     "ands r3, r3, #15\n\t"                                        \
     "beq 6f\n\t"                                                  \
     "mov lr, #0\n\t"                                              \
-    "tst r3, #8\n\t"                                              \
-    "beq 3f\n\t"                                                  \
+    "lsls r0, r3, #29\n\t" /* C: 8 words are left, N: 4 more */  \
+    "bcc 3f\n\t"                                                  \
     TML_XNOR_ADD8_ASM(LOAD4, "r0", "r9", "r10")                   \
     TML_XNOR_HA_ASM("lr", "r0", "r7")                             \
-    "3:\n\t"                                                      \
-    "tst r3, #4\n\t"                                              \
-    "beq 4f\n\t"                                                  \
+    "3:\n\t" /* the pieces below change no flag */               \
+    "bpl 4f\n\t"                                                  \
     LOAD4("r0", "r9", "r10", "r11")                               \
     TML_XNOR_CSA_ASM("r0", "r9", "r4")                            \
     TML_XNOR_CSA_ASM("r10", "r11", "r4")                          \
@@ -238,8 +237,8 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
     TML_XNOR_HA_ASM("r10", "r9", "r7")                            \
     "orr lr, lr, r10\n"                                           \
     "4:\n\t"                                                      \
-    "tst r3, #2\n\t"                                              \
-    "beq 5f\n\t"                                                  \
+    "lsls r0, r3, #31\n\t" /* C: 2 more, N: 1 more */            \
+    "bcc 5f\n\t"                                                  \
     LOAD2                                                         \
     TML_XNOR_CSA_ASM("r0", "r9", "r4")                            \
     TML_XNOR_HA_ASM("r9", "r0", "r5")                             \
@@ -247,8 +246,7 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
     TML_XNOR_HA_ASM("r9", "r10", "r7")                            \
     "orr lr, lr, r9\n"                                            \
     "5:\n\t"                                                      \
-    "tst r3, #1\n\t"                                              \
-    "beq 7f\n\t"                                                  \
+    "bpl 7f\n\t"                                                  \
     LOAD1                                                         \
     TML_XNOR_HA_ASM("r9", "r0", "r4")                             \
     TML_XNOR_HA_ASM("r10", "r9", "r5")                            \
@@ -260,12 +258,24 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
     "6:\n\t"
 
 /* Compares one level's planes (r4..r7) with the next four bits of q (r12, shifted out) in the borrow of
- * count - q (lr): a plane p with q's bit set borrows where p is 0 or a borrow comes in, else where both. */
-#define TML_XNOR_BORROW_ASM(plane) \
-    "lsrs r12, r12, #1\n\t"       \
-    "ite cs\n\t"                  \
-    "orncs lr, lr, " plane "\n\t" \
-    "biccc lr, lr, " plane "\n\t"
+ * count - q (lr): a plane p with q's bit set borrows where p is 0 or a borrow comes in, else where both. Two
+ * bits at a time: shifting q left by 31 puts its bit 0 in N and its bit 1 in C (r3 is free here). */
+#define TML_XNOR_BORROW_ASM                 \
+    "lsls r3, r12, #31\n\t"                \
+    "ite mi\n\t"                           \
+    "ornmi lr, lr, r4\n\t"                 \
+    "bicpl lr, lr, r4\n\t"                 \
+    "ite cs\n\t"                           \
+    "orncs lr, lr, r5\n\t"                 \
+    "biccc lr, lr, r5\n\t"                 \
+    "lsls r3, r12, #29\n\t"                \
+    "ite mi\n\t"                           \
+    "ornmi lr, lr, r6\n\t"                 \
+    "bicpl lr, lr, r6\n\t"                 \
+    "ite cs\n\t"                           \
+    "orncs lr, lr, r7\n\t"                 \
+    "biccc lr, lr, r7\n\t"                 \
+    "lsr r12, r12, #4\n\t"
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter" /* read by the assembly */
@@ -296,10 +306,7 @@ __attribute__((naked, noinline, unused)) static void tml_xnor_count_chunk(const 
             "add r0, sp, #256\n\t"
             "ldm r0, {r9-r12, lr}\n\t"
             "stm r11!, {r4-r7}\n\t"
-            TML_XNOR_BORROW_ASM("r4")
-            TML_XNOR_BORROW_ASM("r5")
-            TML_XNOR_BORROW_ASM("r6")
-            TML_XNOR_BORROW_ASM("r7")
+            TML_XNOR_BORROW_ASM
             "add r10, r10, #16\n\t"
             "subs r9, r9, #1\n\t"
             "stm r0, {r9-r12, lr}\n\t"
@@ -506,6 +513,21 @@ static inline void tml_xnor_move_down(uint32_t *to, const uint32_t *from, int32_
     }
 }
 
+/* Appends to `end` the entries of `rows` pixels of a column, the first at `pixel` and each row_words words after
+ * the one before: the offset of every set bit's word, from `base` for the first pixel and row_step bytes more
+ * for each next one; returns the new end. */
+static TML_XNOR_NOINLINE uint32_t *tml_xnor_list_column(const uint32_t *pixel, size_t row_words, int32_t words,
+                                                        int32_t rows, uint32_t base, uint32_t row_step,
+                                                        uint32_t *end)
+{
+    for (; rows > 0; rows--, pixel += row_words, base += row_step) {
+        for (int32_t j = 0; j < words; j++) {
+            end = tml_xnor_set_bits(pixel[j], base + 128u * (uint32_t)j, end);
+        }
+    }
+    return end;
+}
+
 /* Scratch bytes of the buffer (4-byte aligned). */
 static inline int32_t tml_xnor_columns_bytes(const tml_shape *filter_shape)
 {
@@ -555,14 +577,10 @@ static inline int32_t tml_xnor_columns_list(tml_xnor_columns *c, const uint32_t 
         }
         c->first[x % filter_w] = c->end;
         c->column[x % filter_w] = x;
-        uint32_t *end = c->entries + c->end;
-        for (int32_t ky = sy.begin; ky < sy.end; ky++) {
-            const uint32_t *pixel = input + ((size_t)(sy.origin + ky) * (size_t)in->w + (size_t)x) * (size_t)words;
-            const uint32_t base = 4u * (uint32_t)((ky * filter_w + x) * in->c);
-            for (int32_t j = 0; j < words; j++) {
-                end = tml_xnor_set_bits(pixel[j], base + 128u * (uint32_t)j, end);
-            }
-        }
+        const uint32_t *pixel = input + ((size_t)(sy.origin + sy.begin) * (size_t)in->w + (size_t)x) * (size_t)words;
+        const uint32_t *end = tml_xnor_list_column(pixel, (size_t)in->w * (size_t)words, words, sy.end - sy.begin,
+                                                   4u * (uint32_t)((sy.begin * filter_w + x) * in->c),
+                                                   4u * (uint32_t)(filter_w * in->c), c->entries + c->end);
         c->end = (int32_t)(end - c->entries);
     }
     c->window = begin < stop ? c->first[begin % filter_w] : c->end;

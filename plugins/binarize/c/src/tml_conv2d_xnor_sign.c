@@ -80,7 +80,9 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
                 job.base_step = 4 * taps;
                 job.start_step = 4 * 2 * 4 * levels;
                 tml_xnor_count(job);
-                y[out_words - 1] &= last_lanes;
+                if (last_lanes != 0xFFFFFFFFu) {
+                    y[out_words - 1] &= last_lanes;
+                }
                 continue;
             }
             for (int32_t block = 0; block < out_words; block++) {
