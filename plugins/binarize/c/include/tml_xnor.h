@@ -390,27 +390,29 @@ static void tml_xnor_count_chunk(const tml_xnor_count_job *job)
 static const uint32_t tml_xnor_zero_count[TML_XNOR_PLANES] = {0};
 
 /* tml_xnor_count_job for any n: in chunks, each block's sum so far the start of its next chunk. */
-static inline void tml_xnor_count(tml_xnor_count_job job)
+static inline void tml_xnor_count(const tml_xnor_count_job *job)
 {
-    const int32_t n = job.n;
-    job.n = n < TML_XNOR_CHUNK ? n : TML_XNOR_CHUNK;
-    tml_xnor_count_chunk(&job);
-    for (int32_t done = job.n; done < n; done += job.n) {
-        job.offsets += job.n;
-        job.n = n - done < TML_XNOR_CHUNK ? n - done : TML_XNOR_CHUNK;
-        job.start = job.planes;
-        job.start_step = 4 * TML_XNOR_PLANES;
-        tml_xnor_count_chunk(&job);
+    if (job->n <= TML_XNOR_CHUNK) {
+        tml_xnor_count_chunk(job);
+        return;
+    }
+    tml_xnor_count_job chunk = *job;
+    chunk.n = TML_XNOR_CHUNK;
+    tml_xnor_count_chunk(&chunk);
+    for (int32_t done = chunk.n; done < job->n; done += chunk.n) {
+        chunk.offsets += chunk.n;
+        chunk.n = job->n - done < TML_XNOR_CHUNK ? job->n - done : TML_XNOR_CHUNK;
+        chunk.start = chunk.planes;
+        chunk.start_step = 4 * TML_XNOR_PLANES;
+        tml_xnor_count_chunk(&chunk);
     }
 }
 
-/* One block's count from zero: the n words at the byte offsets offsets[0..n) from base into planes[4 * levels]. */
-static inline void tml_xnor_count_block(uintptr_t base, const uint32_t *offsets, int32_t n, int32_t levels,
-                                        uint32_t planes[TML_XNOR_PLANES])
+/* A job counting one block from zero into planes (its lanes, q being 0, all set, in *lanes). */
+static inline tml_xnor_count_job tml_xnor_count_from_zero(uint32_t planes[TML_XNOR_PLANES], uint32_t *lanes)
 {
-    uint32_t lanes;
-    const tml_xnor_count_job job = {base, offsets, n, levels, tml_xnor_zero_count, planes, 0, 1, 0, 0, &lanes};
-    tml_xnor_count(job);
+    const tml_xnor_count_job job = {0, NULL, 0, 1, tml_xnor_zero_count, planes, 0, 1, 0, 0, lanes};
+    return job;
 }
 
 /* Levels a count below 2^used needs. */
@@ -593,15 +595,14 @@ static inline uintptr_t tml_xnor_columns_base(const uint32_t *block_weights, int
     return (uintptr_t)block_weights - (uintptr_t)(4 * (intptr_t)origin * in_c);
 }
 
-/* The count job of a window's entries over blocks of weights [filter.h][filter.w][in.c] from block_weights
- * (tml_xnor_count_job: base, offsets and n set, one block, from zero; the caller sets the rest it needs). */
-static inline tml_xnor_count_job tml_xnor_columns_job(const tml_xnor_columns *c, const uint32_t *block_weights,
-                                                      int32_t in_c, tml_window_span sx, int32_t levels,
-                                                      uint32_t *planes, uint32_t *lanes)
+/* Points a count job at a window's entries over the weights [filter.h][filter.w][in.c] of the block from
+ * block_weights (its base, offsets and n). */
+static inline void tml_xnor_columns_aim(const tml_xnor_columns *c, const uint32_t *block_weights, int32_t in_c,
+                                        tml_window_span sx, tml_xnor_count_job *job)
 {
-    const tml_xnor_count_job job = {tml_xnor_columns_base(block_weights, sx.origin, in_c), c->entries + c->window,
-                                    c->end - c->window, levels, tml_xnor_zero_count, planes, 0, 1, 0, 0, lanes};
-    return job;
+    job->base = tml_xnor_columns_base(block_weights, sx.origin, in_c);
+    job->offsets = c->entries + c->window;
+    job->n = c->end - c->window;
 }
 
 /* S of a window: channel oc's positive weights at filter rows [y0, y1) and columns [x0, x1). */

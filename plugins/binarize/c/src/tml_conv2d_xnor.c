@@ -39,6 +39,7 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
     tml_xnor_whole_window(whole_window, tap_ones, magnitude, bias, out.c, positions, taps);
     const tml_conv_params p = *params; /* a copy: the int8 stores below could alias the caller's */
     uint32_t planes[TML_XNOR_PLANES], lanes_at_least;
+    tml_xnor_count_job job = tml_xnor_count_from_zero(planes, &lanes_at_least);
     for (int32_t oy = 0; oy < out.h; oy++) {
         const tml_window_span sy = tml_window_span_at(oy, p.stride_h, p.pad_h, filter.h, in.h);
         const int32_t rows = sy.end > sy.begin ? sy.end - sy.begin : 0; /* none: all padding */
@@ -49,8 +50,9 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
             const int32_t used = tml_xnor_planes_for(set);
             int8_t *y = output + ((size_t)oy * out.w + ox) * out.c;
             for (int32_t first = 0; first < out.c; first += 32) {
-                tml_xnor_count(tml_xnor_columns_job(&columns, weights + (size_t)first / 32 * taps, in.c, sx,
-                                                    tml_xnor_levels(used), planes, &lanes_at_least));
+                tml_xnor_columns_aim(&columns, weights + (size_t)first / 32 * taps, in.c, sx, &job);
+                job.levels = tml_xnor_levels(used);
+                tml_xnor_count(&job);
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
                 tml_xnor_window_outputs(planes, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
                                         whole_window, tap_ones, magnitude, bias, quant, &p, y + first);

@@ -57,6 +57,11 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
     const int32_t levels = tml_xnor_levels(tml_xnor_planes_for(2 * taps + taps / 2 + 2));
     const int32_t shape_words = out_words * 2 * 4 * levels; /* one window shape's planes */
     const uint32_t last_lanes = out.c % 32 == 0 ? 0xFFFFFFFFu : (1u << (out.c % 32)) - 1u;
+    tml_xnor_count_job every_block = tml_xnor_count_from_zero(planes, output); /* all_fast: every block at once */
+    every_block.levels = levels;
+    every_block.blocks = out_words;
+    every_block.base_step = 4 * taps;
+    every_block.start_step = 4 * 2 * 4 * levels;
     int8_t values[32];
     for (int32_t oy = 0; oy < out.h; oy++) {
         const tml_window_span sy = tml_window_span_at(oy, p.stride_h, p.pad_h, filter.h, in.h);
@@ -73,13 +78,11 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
             const uint32_t q = (uint32_t)(n + 1 + set / 2);
             uint32_t *y = output + ((size_t)oy * out.w + ox) * out_words;
             if (all_fast) { /* every block in one go */
-                tml_xnor_count_job job = tml_xnor_columns_job(&columns, weights, in.c, sx, levels, planes, y);
-                job.start = start;
-                job.q = q;
-                job.blocks = out_words;
-                job.base_step = 4 * taps;
-                job.start_step = 4 * 2 * 4 * levels;
-                tml_xnor_count(job);
+                tml_xnor_columns_aim(&columns, weights, in.c, sx, &every_block);
+                every_block.start = start;
+                every_block.q = q;
+                every_block.lanes = y;
+                tml_xnor_count(&every_block);
                 if (last_lanes != 0xFFFFFFFFu) {
                     y[out_words - 1] &= last_lanes;
                 }
@@ -88,19 +91,19 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
             for (int32_t block = 0; block < out_words; block++) {
                 const int32_t first = 32 * block;
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
-                tml_xnor_count_job job = tml_xnor_columns_job(&columns, weights + (size_t)block * taps, in.c, sx, 1,
-                                                              planes, y + block);
+                tml_xnor_count_job job = tml_xnor_count_from_zero(planes, y + block);
+                tml_xnor_columns_aim(&columns, weights + (size_t)block * taps, in.c, sx, &job);
                 if (!starts->exact[block]) {
                     job.levels = levels;
                     job.start = start + (size_t)block * 2 * 4 * (size_t)levels;
                     job.q = q;
-                    tml_xnor_count(job);
+                    tml_xnor_count(&job);
                     y[block] &= lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
                     continue;
                 }
                 const int32_t used = tml_xnor_planes_for(set);
                 job.levels = tml_xnor_levels(used);
-                tml_xnor_count(job);
+                tml_xnor_count(&job);
                 tml_xnor_window_outputs(planes, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,
                                         whole_window, tap_ones, magnitude, bias, quant, &p, values);
                 uint32_t bits = 0;

@@ -30,11 +30,15 @@ tml_status tml_fc_xnor(const tml_fc_params *params, const tml_quant_channels *qu
     }
     const int32_t set = (int32_t)(end - offsets);
     const int32_t used = tml_xnor_planes_for(set);
-    uint32_t planes[TML_XNOR_PLANES];
+    uint32_t planes[TML_XNOR_PLANES], lanes_at_least;
+    tml_xnor_count_job job = tml_xnor_count_from_zero(planes, &lanes_at_least);
+    job.offsets = offsets;
+    job.n = set;
+    job.levels = tml_xnor_levels(used);
     int32_t counts[32], constant[32];
     for (int32_t block = 0; 32 * block < out_features; block++) {
-        tml_xnor_count_block((uintptr_t)(weights + (size_t)block * in_features), offsets, set, tml_xnor_levels(used),
-                             planes);
+        job.base = (uintptr_t)(weights + (size_t)block * in_features);
+        tml_xnor_count(&job);
         tml_xnor_lanes(planes, used, counts);
         const int32_t first = 32 * block;
         const int32_t lanes = out_features - first < 32 ? out_features - first : 32;
