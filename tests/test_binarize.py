@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from tinyml import compiler, plugins
@@ -30,12 +30,15 @@ from tinyml_plugins.binarize.technique import Binarize
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-# Binary convolutions: square and oblong filters, strides below, equal to and above the filter, padding on each side.
+# Binary convolutions: square and oblong filters, strides below, equal to and above the filter, padding on each side,
+# windows of up to 2080 taps (more set bits than one counting chunk, TML_XNOR_CHUNK = 1008, takes).
 CONV_LAYERS = given(
-    h=st.integers(1, 8), w=st.integers(1, 8), in_c=st.integers(1, 70), out_c=st.integers(1, 70),
+    h=st.integers(1, 8), w=st.integers(1, 8), in_c=st.integers(1, 130), out_c=st.integers(1, 70),
     kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
     pw=st.integers(0, 2), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1),
 )  # fmt: skip
+# A layer whose full windows have about 1500 set bits: counted in two chunks.
+LONG_WINDOWS = example(h=6, w=5, in_c=129, out_c=40, kh=3, kw=4, sh=1, sw=2, ph=1, pw=0, density=0.97, seed=3)
 
 
 def binary_weights(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -70,6 +73,7 @@ def c_quant(ffi, q: dict):
 
 @SETTINGS
 @CONV_LAYERS
+@LONG_WINDOWS
 def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed):
     """Square and oblong filters, strides below, equal to and above the filter (the column lists that
     sliding windows share, and none shared), padding on each side."""
@@ -117,6 +121,7 @@ def extreme_biases(rng: np.random.Generator, n: int) -> np.ndarray:
 
 @SETTINGS
 @CONV_LAYERS
+@LONG_WINDOWS
 def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
     lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed
 ):
@@ -162,7 +167,7 @@ def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
 
 
 @SETTINGS
-@given(in_f=st.integers(1, 300), out_f=st.integers(1, 80), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+@given(in_f=st.integers(1, 2100), out_f=st.integers(1, 80), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
 def test_fc_xnor_equals_the_references(lib, in_f, out_f, density, seed):
     ffi, c = lib.ffi, lib.lib
     rng = np.random.default_rng(seed)
@@ -443,16 +448,16 @@ def test_fused_model_runs_on_the_board(fused_build, board, tmp_path: Path):
 
 
 def binary_conv_chain(seed: int = 5) -> Graph:
-    """sign, binary conv (37 -> 33 channels, 3x2, stride 2x1, padding 1x1), sign with mostly set bits, binary conv
-    (33 -> 70 channels, 5x3, stride 1x2, padding 2x1): odd channel counts, partial blocks and words, and columns of
-    more set bits than a counting call takes."""
+    """sign with nearly every bit set, binary conv (171 -> 75 channels, 3x2, stride 2x1, padding 1x1), sign with
+    mostly set bits, binary conv (75 -> 70 channels, 5x3, stride 1x2, padding 2x1): odd channel counts, partial
+    blocks and words, and windows of more set bits than one counting chunk takes (TML_XNOR_CHUNK, 1008)."""
     rng = np.random.default_rng(seed)
-    tensors = {"x": Tensor("x", (1, 9, 11, 37), "int8", scale=1.0, zero_point=0)}
+    tensors = {"x": Tensor("x", (1, 9, 11, 171), "int8", scale=1.0, zero_point=0)}
     nodes = []
     source = "x"
     layers = [
-        ("a", 33, (3, 2), (2, 1), (1, 1), (5, 12), (-100, 100)),
-        ("b", 70, (5, 3), (1, 2), (2, 1), (5, 6), (-128, 40)),
+        ("a", 75, (3, 2), (2, 1), (1, 1), (5, 12), (-128, -120)),
+        ("b", 70, (5, 3), (1, 2), (2, 1), (5, 6), (-128, 0)),
     ]
     for name, out_c, kernel, stride, padding, out_hw, thresholds in layers:
         in_c = tensors[source].shape[-1]
@@ -502,8 +507,8 @@ def test_binary_convolutions_of_odd_shapes_run_on_the_board(board, fused, tmp_pa
         (model_dir / name).write_text(text)
     graphfile.save_graph(graph, model_dir)
     write_manifest(model_dir, "model", {"board": target.name}, files=[p.name for p in model_dir.iterdir()])
-    x = np.random.default_rng(8).integers(-128, 128, size=(3, 9 * 11 * 37), dtype=np.int8)
+    x = np.random.default_rng(8).integers(-128, 128, size=(3, 9 * 11 * 171), dtype=np.int8)
     firmware = build_firmware(model_dir, target, tmp_path / "firmware", x, optimization="-O3")
     result = run_firmware(firmware.out_dir, timeout=120)
     assert result.outputs_match_reference is True
-    np.testing.assert_array_equal(result.outputs, run_int8(graph, x.reshape(3, 9, 11, 37))["yb"].reshape(3, -1))
+    np.testing.assert_array_equal(result.outputs, run_int8(graph, x.reshape(3, 9, 11, 171))["yb"].reshape(3, -1))
