@@ -319,18 +319,29 @@ def test_the_fused_reference_gives_the_bits_of_the_pair():
     assert len(fused.nodes) == len(graph.nodes) - 1
 
 
-def test_fuse_sign_leaves_a_layer_of_few_windows_per_shape_unless_always():
-    """A 4x4 output with padding 1 has 16 windows in 9 shapes: the set-up would cost more than fusing saves."""
-    from tinyml_plugins.binarize.fuse import FUSED, FuseSign, window_shapes
+def test_fuse_sign_tables_the_starting_counts_of_every_window_shape():
+    """A 4x4 output with padding 1 has 16 windows in 9 shapes: fused all the same, its table holds 3 x 3 shapes,
+    each with the planes of an even and an odd count of set bits; an option is refused in one paragraph."""
+    from tinyml_plugins.binarize.fuse import FUSED, FuseSign
+    from tinyml_plugins.binarize.starts import sign_levels
 
     rng = np.random.default_rng(3)
     x, y = rng.random((32, 1, 4, 4)).astype(np.float32), rng.integers(0, 4, 32)
     graph = compiler.compile(two_binary_convs(4), x, [("binarize", {"epochs": 1}), "quantize-int8"],
                              train_data=(x, y), progress=False).graph  # fmt: skip
-    conv = next(n for n in graph.nodes if n.name.startswith("conv2") and n.op == "conv2d")
-    assert window_shapes(conv, graph) == 9
-    assert not any(n.op == FUSED for n in FuseSign().apply(graph, None).nodes)
-    assert any(n.op == FUSED for n in FuseSign({"when": "always"}).apply(graph, None).nodes)
+    fused = next(n for n in FuseSign().apply(graph, None).nodes if n.op == FUSED)
+    w = graph.tensors[fused.inputs[1]].data
+    a = fused.attrs
+    in_hw, out_hw = graph.tensors[fused.inputs[0]].shape[1:3], graph.tensors[fused.outputs[0]].shape[1:3]
+    assert in_hw == out_hw == (4, 4) and tuple(a["padding"]) == (1, 1)
+    starts = sign_starts(w, graph.tensors[fused.inputs[2]].data, a["multiplier"], a["shift"], a["conv_zero_point"],
+                         a["act_min"], a["act_max"], graph.tensors[fused.inputs[3]].data, in_hw, out_hw, a["stride"],
+                         a["padding"])  # fmt: skip
+    assert list(starts.row_class) == list(starts.column_class) == [0, 1, 1, 2]
+    taps = int(np.prod(w.shape[1:]))
+    assert starts.planes.shape == (3, 3, packing.words(w.shape[0]), 2, 4 * sign_levels(taps))
+    with pytest.raises(RecipeError, match="when"):
+        FuseSign.parse_options({"when": "always"}, "fuse-sign")
 
 
 def test_fuse_sign_before_quantization_is_one_paragraph():

@@ -10,19 +10,15 @@ with no int8 output, no per-channel requantization and no packing pass. The bits
 the pair gives (the reference below is the pair's), and the int8 tensor between them is gone
 from the plan. It runs after `quantize-int8`.
 
-The fused kernel sets up, once per call, a constant per channel and the counters' starting values
-for each shape a window takes (a window over the padding has fewer real taps; padding 1 makes up
-to nine shapes). A layer with few windows does not repay that, so `when = "faster"` (the default)
-fuses a layer only where it has at least WINDOWS_PER_SHAPE windows per window shape; `"always"`
-fuses every pair it can.
+The counters' starting values for each shape a window takes (a window over the padding has fewer
+real taps; padding 1 makes up to nine shapes) are computed when the model is built
+(`tinyml_plugins.binarize.starts`) and stored with the weights, so the fused kernel has nothing to
+set up per call and every fusable pair is merged.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from tinyml.errors import RecipeError, TinymlError
 from tinyml.ir import Graph, Node, OpDefinition
@@ -32,28 +28,6 @@ from tinyml_plugins.binarize.sign import BINARY, OP
 
 FUSED = "conv2d_sign"
 MAX_TAPS = 16383  # TML_XNOR_SIGN_MAX_TAPS: the counters with their offsets stay within 16 bit planes
-WINDOWS_PER_SHAPE = 4  # below it the set-up costs more than the fused windows save (digits' 4x4 layer)
-
-
-def window_shapes(node: Node, graph: Graph) -> int:
-    """How many shapes the windows of a conv2d take: distinct (first, last) real filter rows times columns."""
-    _, in_h, in_w, _ = graph.tensors[node.inputs[0]].shape
-    _, out_h, out_w, _ = graph.tensors[node.outputs[0]].shape
-    kh, kw = graph.tensors[node.inputs[1]].shape[1:3]
-    (sh, sw), (ph, pw) = node.attrs["stride"], node.attrs["padding"]
-
-    def spans(out: int, size: int, kernel: int, stride: int, pad: int) -> int:
-        return len({(max(0, pad - o * stride), min(kernel, size + pad - o * stride)) for o in range(out)})
-
-    return spans(out_h, in_h, kh, sh, ph) * spans(out_w, in_w, kw, sw, pw)
-
-
-def repays(node: Node, graph: Graph) -> bool:
-    """Whether a conv2d has enough windows per window shape for the fused kernel's set-up to pay."""
-    _, out_h, out_w, _ = graph.tensors[node.outputs[0]].shape
-    return out_h * out_w >= WINDOWS_PER_SHAPE * window_shapes(node, graph)
-
-
 def fusable(node: Node, graph: Graph) -> Node | None:
     """The `sign` that `node` can merge with, or None: a binary conv2d (its input a sign's bits) whose int8
     output is read by one sign only and is no model output, with at most MAX_TAPS weights per channel."""
@@ -68,11 +42,10 @@ def fusable(node: Node, graph: Graph) -> Node | None:
     return readers[0]
 
 
-def fuse(graph: Graph, always: bool = True) -> Graph:
-    """A copy of `graph` with every fusable conv2d (with `always` off, every one that `repays`) and its sign
-    merged into one `conv2d_sign` node."""
+def fuse(graph: Graph) -> Graph:
+    """A copy of `graph` with every fusable conv2d and its sign merged into one `conv2d_sign` node."""
     graph = graph.copy()
-    chosen = [n for n in graph.nodes if fusable(n, graph) is not None and (always or repays(n, graph))]
+    chosen = [n for n in graph.nodes if fusable(n, graph) is not None]
     for conv in chosen:
         sign = fusable(conv, graph)
         y = conv.outputs[0]
@@ -86,22 +59,11 @@ def fuse(graph: Graph, always: bool = True) -> Graph:
     return graph
 
 
-class FuseSignOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    when: Literal["faster", "always"] = Field(
-        "faster",
-        description="faster: the layers with at least 4 windows per window shape, where fusing saves "
-        "instructions; always: every binary conv2d whose int8 output only feeds a sign",
-    )
-
-
 class FuseSign(Technique):
     """Binary convolutions feeding a sign write its packed bits directly (`tml_conv2d_xnor_sign`)."""
 
     name = "fuse-sign"
     stage = "graph"
-    Options = FuseSignOptions
 
     def apply(self, graph: Graph, context: Context) -> Graph:
         if not graph.is_quantized:
@@ -109,7 +71,7 @@ class FuseSign(Technique):
                 "Technique 'fuse-sign' merges int8 binary layers with the sign after them: list it after "
                 "`quantize-int8` in the recipe's techniques."
             )
-        return fuse(graph, always=self.options.when == "always")
+        return fuse(graph)
 
 
 def run_int8(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
