@@ -52,7 +52,8 @@ from tinyml.manifest import write_manifest
 from tinyml.reference import run_int8
 from tinyml.reference.conv import conv_output_size
 from tinyml.technique import Context
-from tinyml_plugins.binarize.fuse import fuse
+from tinyml_plugins.binarize.fuse import FUSED, fuse
+from tinyml_plugins.binarize.starts import node_starts
 from tinyml_plugins.winograd.kernels import ineligible
 from tinyml_plugins.winograd.technique import Winograd
 
@@ -190,6 +191,7 @@ def run_layer(graph: Graph, board_name: str, folder: Path) -> dict[str, Any]:
         "instructions": [int(v) for v in result.layer_instructions[0]],
         "popcount_call": elf_calls_popcount(firmware.out_dir),
         "weight_bytes": generated.weights["w"].nbytes,
+        "start_table_bytes": sum(node_starts(n, graph).nbytes for n in graph.nodes if n.op == FUSED),
     }
 
 
@@ -225,6 +227,7 @@ def bench_layer(layer: Layer, board: str, work: Path, int8_runs: dict[str, dict[
         "speedup_with_packing": round(int8["instructions"][0] / sum(binary["instructions"]), 2),
         "int8_weight_bytes": int8_runs["default"]["weight_bytes"],  # the int8 weights as they are, not transformed
         "binary_weight_bytes": binary["weight_bytes"],
+        "binary_start_table_bytes": binary["start_table_bytes"],  # flash beside the weights (`fuse-sign`)
         "popcountsi2_in_elf": binary["popcount_call"],
         "matches_reference": True,
     }
@@ -263,6 +266,8 @@ def bench_digits(board_name: str, inputs: int | None, work: Path) -> dict[str, A
             result["binary_layer_float32_bytes"] = sum(4 * w.size for w in weights)
             result["binary_layer_int8_bytes"] = sum(w.size for w in weights)
             result["weight_reduction_vs_float32"] = round(result["binary_layer_float32_bytes"] / packed, 1)
+            fused = [n for n in build.graph.nodes if n.op == FUSED]
+            result["fused_start_table_bytes"] = sum(node_starts(n, build.graph).nbytes for n in fused)
             result["popcountsi2_in_elf"] = elf_calls_popcount(firmware.out_dir)
         log(f"digits {variant}: {100 * accuracy:.2f}% on {board.name}")
     return result
@@ -281,14 +286,16 @@ def print_tables(report: dict[str, Any]) -> None:
     console.print(
         f"binary layers {', '.join(d['binary_layers'])}: {d['binary_layer_weight_bytes']:,} B packed, "
         f"{d['binary_layer_int8_bytes']:,} B as int8, {d['binary_layer_float32_bytes']:,} B as float32 "
-        f"({d['weight_reduction_vs_float32']}x smaller); __popcountsi2 in the ELF: {d['popcountsi2_in_elf']}"
+        f"({d['weight_reduction_vs_float32']}x smaller); fused layers' start tables "
+        f"{d['fused_start_table_bytes']:,} B; __popcountsi2 in the ELF: {d['popcountsi2_in_elf']}"
     )
     table = Table(title=f"one layer at -O3 on {report['layers'][0]['board']}: instructions (QEMU, exact)")
     for column in ("layer", "int8 kernel", "int8", "binary kernel", "binary", "packing input", "speedup",
                    "vs default int8", "weights B int8 / binary", "__popcountsi2"):  # fmt: skip
         table.add_column(column, justify="left" if "kernel" in column or column == "layer" else "right")
     for r in report["layers"]:
-        weights = f"{r['int8_weight_bytes']:,} / {r['binary_weight_bytes']:,}"
+        weights = f"{r['int8_weight_bytes']:,} / {r['binary_weight_bytes']:,}" + (
+            f" + {r['binary_start_table_bytes']:,} table" if r["binary_start_table_bytes"] else "")  # fmt: skip
         table.add_row(r["layer"], r["int8_kernel"], f"{r['int8_instructions']:,}", r["binary_kernel"],
                       f"{r['binary_instructions']:,}", f"{r['packing_instructions']:,}", f"{r['speedup']:.2f}x",
                       f"{r['speedup_vs_default_int8_kernel']:.2f}x", weights, str(r["popcountsi2_in_elf"]))  # fmt: skip

@@ -24,7 +24,7 @@ from tinyml.ir import Graph, Node, Tensor
 from tinyml.reference import run_int8
 from tinyml.reference.conv import conv2d_s8, fc_s8
 from tinyml_plugins.binarize import kernels, packing
-from tinyml_plugins.binarize.starts import sign_starts
+from tinyml_plugins.binarize.starts import node_starts, sign_starts
 from tinyml_plugins.binarize.technique import Binarize
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -329,14 +329,12 @@ def test_fuse_sign_tables_the_starting_counts_of_every_window_shape():
     x, y = rng.random((32, 1, 4, 4)).astype(np.float32), rng.integers(0, 4, 32)
     graph = compiler.compile(two_binary_convs(4), x, [("binarize", {"epochs": 1}), "quantize-int8"],
                              train_data=(x, y), progress=False).graph  # fmt: skip
-    fused = next(n for n in FuseSign().apply(graph, None).nodes if n.op == FUSED)
+    fused_graph = FuseSign().apply(graph, None)
+    fused = next(n for n in fused_graph.nodes if n.op == FUSED)
     w = graph.tensors[fused.inputs[1]].data
-    a = fused.attrs
-    in_hw, out_hw = graph.tensors[fused.inputs[0]].shape[1:3], graph.tensors[fused.outputs[0]].shape[1:3]
-    assert in_hw == out_hw == (4, 4) and tuple(a["padding"]) == (1, 1)
-    starts = sign_starts(w, graph.tensors[fused.inputs[2]].data, a["multiplier"], a["shift"], a["conv_zero_point"],
-                         a["act_min"], a["act_max"], graph.tensors[fused.inputs[3]].data, in_hw, out_hw, a["stride"],
-                         a["padding"])  # fmt: skip
+    assert fused_graph.tensors[fused.inputs[0]].shape[1:3] == fused_graph.tensors[fused.outputs[0]].shape[1:3] == (4, 4)
+    assert tuple(fused.attrs["padding"]) == (1, 1)
+    starts = node_starts(fused, fused_graph)
     assert list(starts.row_class) == list(starts.column_class) == [0, 1, 1, 2]
     taps = int(np.prod(w.shape[1:]))
     assert starts.planes.shape == (3, 3, packing.words(w.shape[0]), 2, 4 * sign_levels(taps))

@@ -36,3 +36,6 @@ def test_both_binary_layers_and_the_int8_kernels_run_on_the_board(bench: ModuleT
     assert [r["binary_kernel"] for r in rows] == ["tml_conv2d_xnor", "tml_conv2d_xnor_sign"]
     for row in rows:
         assert row["matches_reference"] and not row["popcountsi2_in_elf"] and row["speedup"] > 0
+    # the fused layer's table: 3 x 3 window shapes, 2 blocks, 2 parities, 12 planes; the classes of 5 rows and
+    # 6 columns and a flag per block
+    assert [r["binary_start_table_bytes"] for r in rows] == [0, 3 * 3 * 2 * 2 * 12 * 4 + 5 + 6 + 2]

@@ -22,7 +22,7 @@ from tinyml.weights import EncodedTensor, c_comment, c_values, symbol_for
 from tinyml_plugins.binarize.fuse import FUSED
 from tinyml_plugins.binarize.packing import binary_magnitudes, pack_weight_blocks, tap_ones, words
 from tinyml_plugins.binarize.sign import BINARY, BINARY_OPS, OP
-from tinyml_plugins.binarize.starts import sign_starts
+from tinyml_plugins.binarize.starts import node_starts
 
 PACKING_OPS = (OP, FUSED)  # the ops whose output is stored as packed bits
 READING_OPS = (*BINARY_OPS, FUSED)  # the ops that read packed bits
@@ -113,14 +113,7 @@ def _channel_arrays(call: CallSite) -> str:
 
 def _sign_starts(call: CallSite) -> str:
     """The `tml_xnor_sign_starts` of a conv2d_sign node: its counters' starting planes per window shape."""
-    g, n, a = call.graph, call.node, call.node.attrs
-    _, in_h, in_w, _ = g.tensors[n.inputs[0]].shape
-    _, out_h, out_w, _ = g.tensors[n.outputs[0]].shape
-    starts = sign_starts(
-        g.tensors[n.inputs[1]].data, g.tensors[n.inputs[2]].data, a["multiplier"], a["shift"], a["conv_zero_point"],
-        a["act_min"], a["act_max"], g.tensors[n.inputs[3]].data, (in_h, in_w), (out_h, out_w), a["stride"],
-        a["padding"],
-    )  # fmt: skip
+    starts = node_starts(call.node, call.graph)
     rows = call.add_array("uint8_t", "row_class", starts.row_class)
     columns = call.add_array("uint8_t", "column_class", starts.column_class)
     exact = call.add_array("uint8_t", "exact_blocks", starts.exact)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyml.ir import Graph, Node
 from tinyml.numbers import requantize
 from tinyml_plugins.binarize.packing import binary_magnitudes, tap_ones, words
 
@@ -98,6 +99,11 @@ class SignStarts:
     exact: np.ndarray  # uint8 [blocks]: 1 where a block takes the int8 outputs
     planes: np.ndarray  # uint32 [row classes][column classes][blocks][parity][4 * levels]
 
+    @property
+    def nbytes(self) -> int:
+        """The flash the table takes."""
+        return sum(a.nbytes for a in (self.row_class, self.column_class, self.exact, self.planes))
+
 
 def sign_starts(
     weights: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray, shift: np.ndarray, output_offset: int,
@@ -133,3 +139,13 @@ def sign_starts(
             for parity in range(2):
                 table[i, j, :, parity] = bit_planes(counts[:, parity], PLANES_PER_LEVEL * levels)
     return SignStarts(rows, columns, len(column_spans), exact, table)
+
+
+def node_starts(node: Node, graph: Graph) -> SignStarts:
+    """The table of a `conv2d_sign` node (technique `fuse-sign`)."""
+    a = node.attrs
+    x, w, b, threshold = (graph.tensors[name] for name in node.inputs)
+    return sign_starts(
+        w.data, b.data, a["multiplier"], a["shift"], a["conv_zero_point"], a["act_min"], a["act_max"], threshold.data,
+        x.shape[1:3], graph.tensors[node.outputs[0]].shape[1:3], a["stride"], a["padding"],
+    )  # fmt: skip

@@ -4,7 +4,7 @@
  * The byte offsets of the weight words of the set input bits under a window are listed, each input
  * column once per output row (tml_xnor_columns_list: sliding windows share them). For each block
  * of 32 output channels the weight words at those offsets are counted lane by lane, the window in
- * one go (tml_xnor_columns_count); each channel's dot product d = 4V - 2A - 2S + n then gives its int8
+ * one go (tml_xnor_count); each channel's dot product d = 4V - 2A - 2S + n then gives its int8
  * output as tml_conv2d_s8 would (tml_xnor_window_outputs; bias + m * (n - 2S) is computed once per
  * channel for the windows off the padding). Layout in tml_xnor.h.
  */
