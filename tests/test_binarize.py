@@ -342,6 +342,31 @@ def test_fuse_sign_tables_the_starting_counts_of_every_window_shape():
         FuseSign.parse_options({"when": "always"}, "fuse-sign")
 
 
+def test_fuse_sign_leaves_a_layer_whose_windows_take_too_many_shapes():
+    """A 1x300 filter over 600 columns with padding 299 makes 300 window shapes along the row, more than the
+    table's uint8 classes hold: that conv2d stays unfused, a 1x3 filter over the same row is fused."""
+    from tinyml_plugins.binarize.fuse import fusable
+
+    def conv_then_sign(kernel_w: int) -> tuple[Graph, Node]:
+        out_w = 600 + 2 * (kernel_w - 1) - kernel_w + 1
+        tensors = {
+            "s": Tensor("s", (1, 1, 600, 32), "int8", scale=1.0, zero_point=0),
+            "w": Tensor("w", (32, 1, kernel_w, 32), "int8", data=np.ones((32, 1, kernel_w, 32), np.int8),
+                        scale=np.ones(32), encoding="binary"),
+            "b": Tensor("b", (32,), "int32", data=np.zeros(32, np.int32)),
+            "y": Tensor("y", (1, 1, out_w, 32), "int8", scale=1.0, zero_point=0),
+            "t": Tensor("t", (32,), "int32", data=np.zeros(32, np.int32)),
+            "z": Tensor("z", (1, 1, out_w, 32), "int8", scale=1.0, zero_point=0),
+        }  # fmt: skip
+        conv = Node("conv", "conv2d", ["s", "w", "b"], ["y"], {"stride": (1, 1), "padding": (0, kernel_w - 1)})
+        return Graph(tensors, [conv, Node("sign", "sign", ["y", "t"], ["z"], {})], ["s"], ["z"]), conv
+
+    graph, conv = conv_then_sign(300)
+    assert fusable(conv, graph) is None
+    graph, conv = conv_then_sign(3)
+    assert fusable(conv, graph) is not None
+
+
 def test_fuse_sign_before_quantization_is_one_paragraph():
     x, y = samples(16)
     with pytest.raises(RecipeError, match="list it after `quantize-int8`"):

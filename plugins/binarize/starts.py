@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyml.errors import TinymlError
 from tinyml.ir import Graph, Node
 from tinyml.numbers import requantize
 from tinyml_plugins.binarize.packing import binary_magnitudes, tap_ones, words
@@ -37,19 +38,31 @@ def sign_levels(taps: int) -> int:
     return (planes_for(2 * taps + taps // 2 + 2) + PLANES_PER_LEVEL - 1) // PLANES_PER_LEVEL
 
 
-def span_classes(out: int, size: int, kernel: int, stride: int, pad: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Per output index its class, and per class the real filter positions [begin, end) of its windows
+MAX_CLASSES = 255  # a class is a uint8
+
+
+def window_spans(out: int, size: int, kernel: int, stride: int, pad: int) -> list[tuple[int, int]]:
+    """Per output index along one axis, the real filter positions [begin, end) of its window
     (`tml_window_span_at`; (0, 0) for a window wholly in the padding)."""
-    spans: list[tuple[int, int]] = []
-    classes = np.zeros(out, dtype=np.uint8)
+    spans = []
     for o in range(out):
         origin = o * stride - pad
         begin, end = max(0, -origin), min(kernel, size - origin)
-        span = (begin, end) if end > begin else (0, 0)
-        if span not in spans:
-            spans.append(span)
-        classes[o] = spans.index(span)
-    return classes, spans
+        spans.append((begin, end) if end > begin else (0, 0))
+    return spans
+
+
+def span_classes(out: int, size: int, kernel: int, stride: int, pad: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Per output index its class, and per class the span of its windows (`window_spans`)."""
+    spans = window_spans(out, size, kernel, stride, pad)
+    distinct = list(dict.fromkeys(spans))
+    if len(distinct) > MAX_CLASSES:
+        raise TinymlError(
+            f"A binary convolution fused with its sign (technique `fuse-sign`) has windows of {len(distinct)} shapes "
+            f"along one axis (kernel {kernel}, stride {stride}, padding {pad}); its table takes at most "
+            f"{MAX_CLASSES}. Leave `fuse-sign` out of the recipe for this model."
+        )
+    return np.array([distinct.index(span) for span in spans], dtype=np.uint8), distinct
 
 
 def monotone_channels(bias: np.ndarray, magnitude: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,

@@ -259,23 +259,22 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
 
 /* Compares one level's planes (r4..r7) with the next four bits of q (r12, shifted out) in the borrow of
  * count - q (lr): a plane p with q's bit set borrows where p is 0 or a borrow comes in, else where both. Two
- * bits at a time: shifting q left by 31 puts its bit 0 in N and its bit 1 in C (r3 is free here). */
-#define TML_XNOR_BORROW_ASM                 \
-    "lsls r3, r12, #31\n\t"                \
-    "ite mi\n\t"                           \
-    "ornmi lr, lr, r4\n\t"                 \
-    "bicpl lr, lr, r4\n\t"                 \
-    "ite cs\n\t"                           \
-    "orncs lr, lr, r5\n\t"                 \
-    "biccc lr, lr, r5\n\t"                 \
-    "lsls r3, r12, #29\n\t"                \
-    "ite mi\n\t"                           \
-    "ornmi lr, lr, r6\n\t"                 \
-    "bicpl lr, lr, r6\n\t"                 \
-    "ite cs\n\t"                           \
-    "orncs lr, lr, r7\n\t"                 \
-    "biccc lr, lr, r7\n\t"                 \
+ * bits at a time: shifting q left by 31 puts its bit 0 in N and its bit 1 in C, by 29 its bits 2 and 3 (r3 is
+ * free here). */
+#define TML_XNOR_BORROW2_ASM(shift, low, high) \
+    "lsls r3, r12, #" shift "\n\t"              \
+    "ite mi\n\t"                                \
+    "ornmi lr, lr, " low "\n\t"                 \
+    "bicpl lr, lr, " low "\n\t"                 \
+    "ite cs\n\t"                                \
+    "orncs lr, lr, " high "\n\t"                \
+    "biccc lr, lr, " high "\n\t"
+#define TML_XNOR_BORROW_ASM                                                  \
+    TML_XNOR_BORROW2_ASM("31", "r4", "r5") TML_XNOR_BORROW2_ASM("29", "r6", "r7") \
     "lsr r12, r12, #4\n\t"
+
+/* The frame offsets of tml_xnor_count_chunk (256, 276, 328) are those of 64 carries. */
+typedef char tml_xnor_count_frame_layout[TML_XNOR_CARRIES == 64 ? 1 : -1];
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter" /* read by the assembly */
