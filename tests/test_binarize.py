@@ -518,11 +518,12 @@ def binary_conv_chain(seed: int = 5) -> Graph:
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("board", ["cortex-m4", "cortex-m3"])
+@pytest.mark.parametrize(("board", "optimization"), [("cortex-m4", "-O3"), ("cortex-m3", "-Os")])
 @pytest.mark.parametrize("fused", [False, True])
-def test_binary_convolutions_of_odd_shapes_run_on_the_board(board, fused, tmp_path: Path):
-    """The Arm counting path on strides, padding, partial blocks and long columns, with the first convolution
-    writing int8 or (fused with the sign after it) bits: outputs equal the reference."""
+def test_binary_convolutions_of_odd_shapes_run_on_the_board(board, optimization, fused, tmp_path: Path):
+    """The Arm counting path on strides, padding, partial blocks and long windows, with the first convolution
+    writing int8 or (fused with the sign after it) bits, built at two optimization levels: outputs equal the
+    reference."""
     from tinyml import graphfile
     from tinyml.board.boards import resolve_board
     from tinyml.board.project import build_firmware
@@ -542,7 +543,7 @@ def test_binary_convolutions_of_odd_shapes_run_on_the_board(board, fused, tmp_pa
     graphfile.save_graph(graph, model_dir)
     write_manifest(model_dir, "model", {"board": target.name}, files=[p.name for p in model_dir.iterdir()])
     x = np.random.default_rng(8).integers(-128, 128, size=(3, 9 * 11 * 171), dtype=np.int8)
-    firmware = build_firmware(model_dir, target, tmp_path / "firmware", x, optimization="-O3")
+    firmware = build_firmware(model_dir, target, tmp_path / "firmware", x, optimization=optimization)
     result = run_firmware(firmware.out_dir, timeout=120)
     assert result.outputs_match_reference is True
     np.testing.assert_array_equal(result.outputs, run_int8(graph, x.reshape(3, 9, 11, 171))["yb"].reshape(3, -1))

@@ -503,10 +503,10 @@ static inline void tml_xnor_move_down(uint32_t *to, const uint32_t *from, int32_
 {
 #if defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__)
     for (; n >= 4; n -= 4) { /* four words a load and a store */
-        __asm__ volatile("ldm %0!, {r4-r7}\n\tstm %1!, {r4-r7}"
+        __asm__ volatile("ldm %0!, {r4, r5, r6, r12}\n\tstm %1!, {r4, r5, r6, r12}" /* r7 may be the frame pointer */
                          : "+r"(from), "+r"(to)
                          :
-                         : "r4", "r5", "r6", "r7", "memory");
+                         : "r4", "r5", "r6", "r12", "memory");
     }
 #endif
     for (; n > 0; n--) {
