@@ -11,7 +11,8 @@ word, and the layer runs `tml_conv2d_xnor` / `tml_fc_xnor` (XOR and popcount) on
 the same way (`tinyml_encode_weights`), with the bytes of the int8 kernels. The graph-stage
 technique `fuse-sign` (`fuse`), listed after `quantize-int8`, merges a binary convolution with the
 sign after it, so that binary layers in a row pass packed bits with no int8 between them
-(`tml_conv2d_xnor_sign`). The C is in `c/`.
+(`tml_conv2d_xnor_sign`, whose counters start from a table built with the model: `starts`). The C is
+in `c/`.
 """
 
 from __future__ import annotations
