@@ -484,7 +484,8 @@ def test_fused_model_runs_on_the_board(fused_build, board, tmp_path: Path):
 def binary_conv_chain(seed: int = 5) -> Graph:
     """sign with nearly every bit set, binary conv (171 -> 75 channels, 3x2, stride 2x1, padding 1x1), sign with
     mostly set bits, binary conv (75 -> 70 channels, 5x3, stride 1x2, padding 2x1): odd channel counts, partial
-    blocks and words, and windows of more set bits than one counting chunk takes (TML_XNOR_CHUNK, 1008)."""
+    blocks and words, windows of more set bits than one counting chunk takes (TML_XNOR_CHUNK, 1008), and a
+    bias near the int32 limit, so that the fused layer has an exact block beside its fast ones."""
     rng = np.random.default_rng(seed)
     tensors = {"x": Tensor("x", (1, 9, 11, 171), "int8", scale=1.0, zero_point=0)}
     nodes = []
@@ -502,9 +503,9 @@ def binary_conv_chain(seed: int = 5) -> Graph:
         )
         tensors[f"s{name}"] = Tensor(f"s{name}", tensors[source].shape, "int8", scale=1.0, zero_point=0)
         tensors[f"w{name}"] = Tensor(f"w{name}", shape, "int8", data=weights, scale=np.ones(out_c), encoding="binary")
-        tensors[f"b{name}"] = Tensor(
-            f"b{name}", (out_c,), "int32", data=rng.integers(-4096, 4096, out_c).astype(np.int32)
-        )
+        bias = rng.integers(-4096, 4096, out_c).astype(np.int32)
+        bias[40] = 2**31 - 5000  # the accumulator may wrap: channel 40's block takes the exact path when fused
+        tensors[f"b{name}"] = Tensor(f"b{name}", (out_c,), "int32", data=bias)
         tensors[f"y{name}"] = Tensor(f"y{name}", (1, *out_hw, out_c), "int8", scale=1.0, zero_point=-3)
         attrs = {
             "activation": "none", "act_min": -128, "act_max": 127, "stride": stride, "padding": padding,
