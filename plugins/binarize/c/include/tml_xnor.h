@@ -205,6 +205,14 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
     TML_XNOR_CSA_ASM(b, "r11", "r5")        \
     TML_XNOR_CSA_ASM(a, b, "r6") /* a: the eights */
 
+/* The lanes of `word` added at twos (r5), rippled through fours and eights (r6, r7), their carry out gathered
+ * in lr; t1 and t2 are clobbered. */
+#define TML_XNOR_TWOS_ASM(word, t1, t2) \
+    TML_XNOR_HA_ASM(t1, word, "r5")     \
+    TML_XNOR_HA_ASM(t2, t1, "r6")       \
+    TML_XNOR_HA_ASM(t1, t2, "r7")       \
+    "orr lr, lr, " t1 "\n"
+
 /* Adds r3 words to one level, its planes in r4..r7 (Harley-Seal): 16 at a time, each group storing its carry
  * at r8 (advanced), then 8, 4, 2 and 1 as r3 has them, each piece rippling its top into eights, their carries
  * out (a lane carries once in fewer than 16 words) stored as one word. At most r3 / 16 + 1 carries; a carry is
@@ -241,18 +249,12 @@ typedef char tml_xnor_count_job_layout[offsetof(tml_xnor_count_job, lanes) == 40
     "bcc 5f\n\t"                                                  \
     LOAD2                                                         \
     TML_XNOR_CSA_ASM("r0", "r9", "r4")                            \
-    TML_XNOR_HA_ASM("r9", "r0", "r5")                             \
-    TML_XNOR_HA_ASM("r10", "r9", "r6")                            \
-    TML_XNOR_HA_ASM("r9", "r10", "r7")                            \
-    "orr lr, lr, r9\n"                                            \
+    TML_XNOR_TWOS_ASM("r0", "r9", "r10")                          \
     "5:\n\t"                                                      \
     "bpl 7f\n\t"                                                  \
     LOAD1                                                         \
     TML_XNOR_HA_ASM("r9", "r0", "r4")                             \
-    TML_XNOR_HA_ASM("r10", "r9", "r5")                            \
-    TML_XNOR_HA_ASM("r9", "r10", "r6")                            \
-    TML_XNOR_HA_ASM("r10", "r9", "r7")                            \
-    "orr lr, lr, r10\n"                                           \
+    TML_XNOR_TWOS_ASM("r9", "r10", "r0")                          \
     "7:\n\t"                                                      \
     "str lr, [r8], #4\n"                                          \
     "6:\n\t"
