@@ -71,18 +71,24 @@ def c_quant(ffi, q: dict):
                                             "shift": ffi.from_buffer("int32_t[]", q["shift"])})  # fmt: skip
 
 
+def conv_case(h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed) -> tuple:
+    """A drawn convolution: its generator (for the draws that follow), output size, input bits (+1 where set)
+    and binary weights; windows that do not fit are assumed away."""
+    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
+    rng = np.random.default_rng(seed)
+    out_hw = ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    signs = rng.random((h, w, in_c)) < density
+    return rng, out_hw, signs, binary_weights(rng, (out_c, kh, kw, in_c))
+
+
 @SETTINGS
 @CONV_LAYERS
 @LONG_WINDOWS
 def test_conv2d_xnor_equals_the_references(lib, h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed):
     """Square and oblong filters, strides below, equal to and above the filter (the column lists that
     sliding windows share, and none shared), padding on each side."""
-    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
     ffi, c = lib.ffi, lib.lib
-    rng = np.random.default_rng(seed)
-    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    signs = rng.random((h, w, in_c)) < density
-    weights = binary_weights(rng, (out_c, kh, kw, in_c))
+    rng, (out_h, out_w), signs, weights = conv_case(h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed)
     bias = rng.integers(-20000, 20000, size=out_c).astype(np.int32)
     q = requantization(rng, out_c)
     # the plugin's bit-level reference equals the core's int8 convolution on +1/-1 inputs
@@ -127,12 +133,8 @@ def test_conv2d_xnor_sign_writes_the_bits_of_conv_then_sign(
 ):
     """The fused kernel's bits are the int8 convolution's outputs compared with the thresholds: every threshold
     from 'always' (-128) to 'never' (128), left shifts, zero magnitudes and biases that wrap the accumulator."""
-    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
     ffi, c = lib.ffi, lib.lib
-    rng = np.random.default_rng(seed)
-    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    signs = rng.random((h, w, in_c)) < density
-    weights = binary_weights(rng, (out_c, kh, kw, in_c))
+    rng, (out_h, out_w), signs, weights = conv_case(h, w, in_c, out_c, kh, kw, sh, sw, ph, pw, density, seed)
     bias = extreme_biases(rng, out_c)
     q = requantization(rng, out_c)
     threshold = rng.integers(-128, 129, size=out_c).astype(np.int32)

@@ -25,14 +25,16 @@ from tinyml.ir import Graph, Node, OpDefinition
 from tinyml.reference.conv import conv2d_s8
 from tinyml.technique import Context, Technique
 from tinyml_plugins.binarize.sign import BINARY, OP
-from tinyml_plugins.binarize.starts import MAX_CLASSES, window_spans
+from tinyml_plugins.binarize.starts import tabled
 
 FUSED = "conv2d_sign"
 MAX_TAPS = 16383  # TML_XNOR_SIGN_MAX_TAPS: the counters with their offsets stay within 16 bit planes
+
+
 def fusable(node: Node, graph: Graph) -> Node | None:
     """The `sign` that `node` can merge with, or None: a binary conv2d (its input a sign's bits) whose int8
     output is read by one sign only and is no model output, with at most MAX_TAPS weights per channel and
-    windows the fused kernel's table can hold (`tabled`)."""
+    windows the fused kernel's table can hold (`starts.tabled`)."""
     if node.op != "conv2d" or graph.tensors[node.inputs[1]].encoding != BINARY:
         return None
     out = node.outputs[0]
@@ -42,17 +44,6 @@ def fusable(node: Node, graph: Graph) -> Node | None:
     if int(np.prod(graph.tensors[node.inputs[1]].shape[1:])) > MAX_TAPS or not tabled(node, graph):
         return None
     return readers[0]
-
-
-def tabled(node: Node, graph: Graph) -> bool:
-    """Whether the windows of a conv2d take at most MAX_CLASSES shapes along each axis (the fused kernel's
-    table, `tinyml_plugins.binarize.starts`)."""
-    _, in_h, in_w, _ = graph.tensors[node.inputs[0]].shape
-    _, out_h, out_w, _ = graph.tensors[node.outputs[0]].shape
-    kh, kw = graph.tensors[node.inputs[1]].shape[1:3]
-    (sh, sw), (ph, pw) = node.attrs["stride"], node.attrs["padding"]
-    return all(len(set(window_spans(*axis))) <= MAX_CLASSES
-               for axis in ((out_h, in_h, kh, sh, ph), (out_w, in_w, kw, sw, pw)))  # fmt: skip
 
 
 def fuse(graph: Graph) -> Graph:

@@ -154,11 +154,28 @@ def sign_starts(
     return SignStarts(rows, columns, len(column_spans), exact, table)
 
 
+def _geometry(node: Node, graph: Graph) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """A conv2d node's input and output height and width, stride and padding."""
+    shape = graph.tensors[node.inputs[0]].shape[1:3], graph.tensors[node.outputs[0]].shape[1:3]
+    return (*shape, tuple(node.attrs["stride"]), tuple(node.attrs["padding"]))
+
+
+def tabled(node: Node, graph: Graph) -> bool:
+    """Whether the windows of a binary conv2d take at most MAX_CLASSES shapes along each axis, so that its table
+    can be built when it is fused with its sign."""
+    input_hw, output_hw, stride, padding = _geometry(node, graph)
+    kernel = graph.tensors[node.inputs[1]].shape[1:3]
+    return all(
+        len(set(window_spans(output_hw[i], input_hw[i], kernel[i], stride[i], padding[i]))) <= MAX_CLASSES
+        for i in range(2)
+    )
+
+
 def node_starts(node: Node, graph: Graph) -> SignStarts:
     """The table of a `conv2d_sign` node (technique `fuse-sign`)."""
     a = node.attrs
-    x, w, b, threshold = (graph.tensors[name] for name in node.inputs)
+    _, w, b, threshold = (graph.tensors[name] for name in node.inputs)
     return sign_starts(
         w.data, b.data, a["multiplier"], a["shift"], a["conv_zero_point"], a["act_min"], a["act_max"], threshold.data,
-        x.shape[1:3], graph.tensors[node.outputs[0]].shape[1:3], a["stride"], a["padding"],
+        *_geometry(node, graph),
     )  # fmt: skip

@@ -48,10 +48,10 @@ tml_status tml_conv2d_xnor(const tml_conv_params *params, const tml_quant_channe
             const int32_t n = rows * (sx.end > sx.begin ? sx.end - sx.begin : 0) * in.c;
             const int32_t set = tml_xnor_columns_list(&columns, input, &in, filter.w, sy, sx, ox == 0);
             const int32_t used = tml_xnor_planes_for(set);
+            job.levels = tml_xnor_levels(used);
             int8_t *y = output + ((size_t)oy * out.w + ox) * out.c;
             for (int32_t first = 0; first < out.c; first += 32) {
                 tml_xnor_columns_aim(&columns, weights + (size_t)first / 32 * taps, in.c, sx, &job);
-                job.levels = tml_xnor_levels(used);
                 tml_xnor_count(&job);
                 const int32_t lanes = out.c - first < 32 ? out.c - first : 32;
                 tml_xnor_window_outputs(planes, used, first, lanes, set, n, taps, sy, sx, filter.w, positions,

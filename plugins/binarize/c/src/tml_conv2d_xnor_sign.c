@@ -98,7 +98,7 @@ tml_status tml_conv2d_xnor_sign(const tml_conv_params *params, const tml_quant_c
                     job.start = start + (size_t)block * 2 * 4 * (size_t)levels;
                     job.q = q;
                     tml_xnor_count(&job);
-                    y[block] &= lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
+                    y[block] &= block == out_words - 1 ? last_lanes : 0xFFFFFFFFu;
                     continue;
                 }
                 const int32_t used = tml_xnor_planes_for(set);
